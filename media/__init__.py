@@ -1,0 +1,37 @@
+"""ghostless media: a mediasoup-compatible SFU on aiortc/aioice primitives.
+
+The object model is mediasoup's (Worker -> Router -> WebRtcTransport ->
+Producer/Consumer/DataProducer/DataConsumer), so that the signalling layer
+could sit on a real mediasoup worker through the same calls.
+"""
+
+from .consumer import Consumer
+from .data_consumer import DataConsumer
+from .data_producer import DataProducer
+from .errors import InvalidParametersError, InvalidStateError, MediaError, UnsupportedError
+from .events import EventEmitter
+from .ports import NoFreePortError, PortRange
+from .producer import Producer
+from .router import Router
+from .webrtc_transport import EndReason, TransportSettings, WebRtcTransport
+from .worker import Worker, WorkerSettings
+
+__all__ = [
+    "Consumer",
+    "DataConsumer",
+    "DataProducer",
+    "EndReason",
+    "EventEmitter",
+    "InvalidParametersError",
+    "InvalidStateError",
+    "MediaError",
+    "NoFreePortError",
+    "PortRange",
+    "Producer",
+    "Router",
+    "TransportSettings",
+    "UnsupportedError",
+    "WebRtcTransport",
+    "Worker",
+    "WorkerSettings",
+]

@@ -1,0 +1,239 @@
+"""Every touch of aiortc's private internals lives here, and only here.
+
+aiortc gives us a production DTLS-SRTP handshake (``RTCDtlsTransport``) and an
+SCTP association with data channels (``RTCSctpTransport``), but both assume
+aiortc's own full-ICE transport and RTP receivers.  This module feeds them from
+the ICE-lite UDP endpoint instead, takes the SRTP sessions out once the
+handshake is done (so RTP is forwarded without ever being parsed by aiortc),
+and closes them synchronously.
+
+aiortc and aioice are pinned to exact versions in ``pyproject.toml``;
+``check_internals()`` (run by the test suite) fails loudly when an upgrade
+moves anything used here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable
+
+import pylibsrtp
+from aiortc.rtcdatachannel import RTCDataChannel, RTCDataChannelParameters
+from aiortc.rtcdtlstransport import (
+    RTCCertificate,
+    RTCDtlsFingerprint,
+    RTCDtlsParameters,
+    RTCDtlsTransport,
+)
+from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
+from OpenSSL import SSL
+
+__all__ = [
+    "DtlsRole",
+    "DtlsSession",
+    "RTCCertificate",
+    "RTCDataChannel",
+    "check_internals",
+]
+
+
+class DtlsRole(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class _IcePipe:
+    """What ``RTCDtlsTransport`` needs of an ``RTCIceTransport``, and no more."""
+
+    # The ICE-lite side is always controlled; aiortc only reads this for stats.
+    role = "controlled"
+    state = "connected"
+
+    def __init__(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._send = send
+        self._closed = False
+
+    async def _recv(self) -> bytes:
+        data = await self._queue.get()
+        if data is None:
+            raise ConnectionError("transport closed")
+        return data
+
+    def feed(self, data: bytes) -> None:
+        if not self._closed:
+            self._queue.put_nowait(data)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.state = "closed"
+            self._queue.put_nowait(None)
+
+
+class DtlsSession:
+    """One DTLS association (RFC 5764 DTLS-SRTP), optionally with SCTP on top.
+
+    ``on_state(state)`` receives ``connected``, ``failed`` and ``closed``
+    (the last one only when the peer sent close_notify).
+    """
+
+    def __init__(
+        self,
+        certificate: RTCCertificate,
+        send: Callable[[bytes], Awaitable[None]],
+        send_now: Callable[[bytes], None],
+        on_state: Callable[[str], None],
+    ) -> None:
+        self._pipe = _IcePipe(send)
+        self._send_now = send_now
+        self._dtls = RTCDtlsTransport(self._pipe, [certificate])  # type: ignore[arg-type]
+        self._dtls.on("statechange", self._state_changed)
+        self._on_state = on_state
+        self._closing = False
+        self._start_task: asyncio.Task[None] | None = None
+        self.sctp: RTCSctpTransport | None = None
+        self.rx_srtp: pylibsrtp.Session | None = None
+        self.tx_srtp: pylibsrtp.Session | None = None
+
+    @staticmethod
+    def local_fingerprints(certificate: RTCCertificate) -> list[dict[str, str]]:
+        return [{"algorithm": f.algorithm, "value": f.value} for f in certificate.getFingerprints()]
+
+    @property
+    def state(self) -> str:
+        return self._dtls.state
+
+    def feed(self, data: bytes) -> None:
+        """A DTLS record arrived (first byte 20-63, RFC 7983)."""
+        self._pipe.feed(data)
+
+    def start(self, role: DtlsRole, fingerprints: list[dict[str, str]]) -> None:
+        """Start the handshake in ``role``; the remote fingerprints are verified."""
+        self._dtls._set_role(role.value)
+        remote = RTCDtlsParameters(
+            fingerprints=[
+                RTCDtlsFingerprint(algorithm=f["algorithm"], value=f["value"]) for f in fingerprints
+            ]
+        )
+        self._start_task = asyncio.ensure_future(self._dtls.start(remote))
+
+    def _state_changed(self) -> None:
+        state = self._dtls.state
+        if state == "connected":
+            self.rx_srtp = self._dtls._rx_srtp
+            self.tx_srtp = self._dtls._tx_srtp
+        if self._closing:
+            return
+        if state in ("connected", "failed", "closed"):
+            self._on_state(state)
+
+    # -- SCTP -----------------------------------------------------------------
+
+    def start_sctp(self, *, port: int, remote_port: int, max_message_size: int) -> RTCSctpTransport:
+        """Start the SCTP association once DTLS is connected (RFC 8841)."""
+        sctp = self.sctp
+        if sctp is None:
+            sctp = self.sctp = RTCSctpTransport(self._dtls, port=port)
+            self._sctp_task = asyncio.ensure_future(
+                sctp.start(RTCSctpCapabilities(maxMessageSize=max_message_size), remote_port)
+            )
+        return sctp
+
+    def sctp_state(self) -> str:
+        return "new" if self.sctp is None else self.sctp.state
+
+    @staticmethod
+    def open_negotiated_channel(
+        sctp: RTCSctpTransport,
+        *,
+        stream_id: int,
+        label: str,
+        protocol: str,
+        ordered: bool,
+        max_packet_life_time: int | None,
+        max_retransmits: int | None,
+    ) -> RTCDataChannel:
+        """A data channel both sides agreed on out of band (``negotiated: true``)."""
+        return RTCDataChannel(
+            sctp,
+            RTCDataChannelParameters(
+                label=label,
+                protocol=protocol,
+                ordered=ordered,
+                maxPacketLifeTime=max_packet_life_time,
+                maxRetransmits=max_retransmits,
+                negotiated=True,
+                id=stream_id,
+            ),
+        )
+
+    @staticmethod
+    def close_channel(sctp: RTCSctpTransport, channel: RTCDataChannel) -> None:
+        """Forget a channel at once, without an SCTP stream reset round trip."""
+        if channel.id is not None:
+            sctp._data_channels.pop(channel.id, None)
+        channel._setReadyState("closed")
+        channel.remove_all_listeners()
+
+    # -- close ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Send close_notify (RFC 6347 section 4.2.7) and stop every task, now."""
+        if self._closing:
+            return
+        self._closing = True
+        dtls = self._dtls
+        if self.sctp is not None:
+            self.sctp._set_state(RTCSctpTransport.State.CLOSED)
+            dtls._unregister_data_receiver(self.sctp)
+            self.sctp = None
+        if dtls._ssl is not None and dtls.state in ("connecting", "connected"):
+            try:
+                dtls._ssl.shutdown()
+                record = dtls._ssl.bio_read(1500)
+            except SSL.Error:
+                record = b""
+            if record:
+                self._send_now(record)
+        for task in (self._start_task, dtls._task, getattr(self, "_sctp_task", None)):
+            if task is not None and not task.done():
+                task.cancel()
+        dtls._task = None
+        self._pipe.close()
+        dtls.remove_all_listeners()
+        self.rx_srtp = self.tx_srtp = None
+
+
+def check_internals() -> None:
+    """Raise if the aiortc internals this module relies on have moved.
+
+    Call it inside a running event loop (aiortc's SCTP transport asks for one).
+    """
+    missing: list[str] = []
+
+    async def noop(_: bytes) -> None:
+        return None
+
+    dtls = RTCDtlsTransport(_IcePipe(noop), [RTCCertificate.generateCertificate()])  # type: ignore[arg-type]
+    for name in (
+        "_set_role",
+        "_rx_srtp",
+        "_tx_srtp",
+        "_ssl",
+        "_task",
+        "_unregister_data_receiver",
+        "_register_data_receiver",
+        "_send_data",
+    ):
+        if not hasattr(dtls, name):
+            missing.append(f"RTCDtlsTransport.{name}")
+    sctp = RTCSctpTransport(dtls)
+    for name in ("_set_state", "_data_channels", "State"):
+        if not hasattr(sctp, name):
+            missing.append(f"RTCSctpTransport.{name}")
+    if not hasattr(RTCDataChannel, "_setReadyState"):
+        missing.append("RTCDataChannel._setReadyState")
+    if missing:
+        raise RuntimeError("aiortc internals changed: " + ", ".join(missing))

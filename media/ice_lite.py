@@ -1,0 +1,156 @@
+"""ICE-lite responder (RFC 8445 section 2.5) with consent tracking (RFC 7675).
+
+Sans-I/O: ``handle_binding`` takes the raw STUN datagram, its source address
+and ``now``, and returns the bytes to send back and what changed.  The server
+never sends checks of its own: as in mediasoup, the full-ICE client nominates a
+pair with USE-CANDIDATE and keeps consent alive by repeating its checks
+(RFC 7675 section 5.1: every 5 s +/- 20 %).  A consent deadline that passes
+with no authenticated check means the client is gone.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass
+
+from aioice import stun
+
+Address = tuple[str, int]
+
+
+class IceState(enum.Enum):
+    NEW = "new"
+    CONNECTED = "connected"  # a valid check arrived; a tuple is usable
+    COMPLETED = "completed"  # the client nominated a tuple (USE-CANDIDATE)
+    DISCONNECTED = "disconnected"  # consent expired
+    CLOSED = "closed"
+
+
+class IceChange(enum.Enum):
+    NONE = 0
+    TUPLE_SELECTED = 1  # state moved, or the selected tuple moved
+
+
+@dataclass(slots=True)
+class BindingResult:
+    response: bytes | None
+    change: IceChange
+
+
+def _random_token(length: int) -> str:
+    # ice-char is ALPHA / DIGIT / "+" / "/" (RFC 8839 section 5.4); hex is a subset.
+    return secrets.token_hex(length)[:length]
+
+
+class IceLiteServer:
+    """The ICE agent of one WebRtcTransport."""
+
+    __slots__ = (
+        "_password_key",
+        "consent_timeout",
+        "last_consent",
+        "password",
+        "selected_tuple",
+        "state",
+        "username_fragment",
+    )
+
+    def __init__(self, consent_timeout: float) -> None:
+        self.consent_timeout = consent_timeout
+        self.state = IceState.NEW
+        self.selected_tuple: Address | None = None
+        self.last_consent: float | None = None
+        self.username_fragment = ""
+        self.password = ""
+        self._password_key = b""
+        self.restart()
+
+    def restart(self) -> None:
+        """New credentials (``restartIce``); checks with the old ones fail."""
+        self.username_fragment = _random_token(16)
+        self.password = _random_token(32)
+        self._password_key = self.password.encode()
+
+    @property
+    def parameters(self) -> dict[str, object]:
+        return {
+            "usernameFragment": self.username_fragment,
+            "password": self.password,
+            "iceLite": True,
+        }
+
+    def consent_deadline(self) -> float | None:
+        """When consent expires unless another check arrives (None: not started)."""
+        if self.last_consent is None or self.state in (IceState.DISCONNECTED, IceState.CLOSED):
+            return None
+        return self.last_consent + self.consent_timeout
+
+    def consent_expired(self, now: float) -> bool:
+        deadline = self.consent_deadline()
+        if deadline is None or now < deadline:
+            return False
+        self.state = IceState.DISCONNECTED
+        return True
+
+    def close(self) -> None:
+        self.state = IceState.CLOSED
+
+    def handle_binding(self, data: bytes, addr: Address, now: float) -> BindingResult:
+        """Answer one inbound STUN message (already known to start with 0-3)."""
+        if self.state is IceState.CLOSED:
+            return BindingResult(None, IceChange.NONE)
+        try:
+            message = stun.parse_message(data)
+        except ValueError:
+            return BindingResult(None, IceChange.NONE)
+        if message.message_class is not stun.Class.REQUEST:
+            # Indications and responses: a lite agent sends no requests to answer.
+            return BindingResult(None, IceChange.NONE)
+        if message.message_method is not stun.Method.BINDING:
+            return BindingResult(self._error(message, 400, "Bad Request"), IceChange.NONE)
+        username = message.attributes.get("USERNAME")
+        if username is None or "MESSAGE-INTEGRITY" not in message.attributes:
+            return BindingResult(self._error(message, 400, "Bad Request"), IceChange.NONE)
+        local_ufrag, _, _ = str(username).partition(":")
+        if local_ufrag != self.username_fragment or not message.check_message_integrity(
+            self._password_key
+        ):
+            return BindingResult(self._error(message, 401, "Unauthenticated"), IceChange.NONE)
+        if "ICE-CONTROLLED" in message.attributes:
+            # A lite agent is always controlled (RFC 8445 section 6.1.1): the
+            # peer must take the controlling role, whatever its tie-breaker.
+            return BindingResult(self._error(message, 487, "Role Conflict"), IceChange.NONE)
+
+        response = stun.Message(
+            message_method=stun.Method.BINDING,
+            message_class=stun.Class.RESPONSE,
+            transaction_id=message.transaction_id,
+        )
+        response.attributes["XOR-MAPPED-ADDRESS"] = addr
+        response.add_message_integrity(self._password_key)
+
+        # Every authenticated check is a consent refresh (RFC 7675 section 5.1).
+        self.last_consent = now
+        change = IceChange.NONE
+        nominated = "USE-CANDIDATE" in message.attributes
+        if self.state is IceState.NEW or self.state is IceState.DISCONNECTED:
+            self.state = IceState.COMPLETED if nominated else IceState.CONNECTED
+            self.selected_tuple = addr
+            change = IceChange.TUPLE_SELECTED
+        elif nominated and (self.state is IceState.CONNECTED or addr != self.selected_tuple):
+            self.state = IceState.COMPLETED
+            self.selected_tuple = addr
+            change = IceChange.TUPLE_SELECTED
+        return BindingResult(bytes(response), change)
+
+    @staticmethod
+    def _error(request: stun.Message, code: int, reason: str) -> bytes:
+        response = stun.Message(
+            message_method=request.message_method,
+            message_class=stun.Class.ERROR,
+            transaction_id=request.transaction_id,
+        )
+        response.attributes["ERROR-CODE"] = (code, reason)
+        response.add_fingerprint()
+        return bytes(response)

@@ -1,0 +1,82 @@
+"""Binding the UDP socket of each WebRtcTransport inside a configured range."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from dataclasses import dataclass
+
+from .errors import MediaError
+
+
+class NoFreePortError(MediaError):
+    """Every port of the configured range is taken."""
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    """``min_port``..``max_port`` inclusive; ``0..0`` lets the kernel choose."""
+
+    min_port: int = 0
+    max_port: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.min_port <= self.max_port <= 65535):
+            raise ValueError("port range must satisfy 0 <= min <= max <= 65535")
+        if (self.min_port == 0) != (self.max_port == 0):
+            raise ValueError("a port range is either 0..0 or within 1..65535")
+
+
+class PortAllocator:
+    """Hands out bound UDP sockets; a port is free again once its socket closes.
+
+    The kernel is the registry: a port is in use exactly while a socket holds
+    it, so there is nothing to release by hand and nothing to leak.
+    """
+
+    def __init__(self, listen_ip: str, port_range: PortRange) -> None:
+        self.listen_ip = listen_ip
+        self.port_range = port_range
+        self._family = socket.AF_INET6 if ":" in listen_ip else socket.AF_INET
+
+    def bind(self) -> socket.socket:
+        low, high = self.port_range.min_port, self.port_range.max_port
+        if low == 0:
+            return self._try_bind(0) or self._fail()
+        span = high - low + 1
+        start = random.randrange(span)
+        for i in range(span):
+            sock = self._try_bind(low + (start + i) % span)
+            if sock is not None:
+                return sock
+        return self._fail()
+
+    def _try_bind(self, port: int) -> socket.socket | None:
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.listen_ip, port))
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    def _fail(self) -> socket.socket:
+        raise NoFreePortError(
+            f"no free UDP port in {self.port_range.min_port}-{self.port_range.max_port}"
+        )
+
+
+async def open_endpoint(
+    allocator: PortAllocator, protocol: asyncio.DatagramProtocol
+) -> tuple[asyncio.DatagramTransport, int]:
+    sock = allocator.bind()
+    port = sock.getsockname()[1]
+    loop = asyncio.get_running_loop()
+    try:
+        transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return transport, port

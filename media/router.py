@@ -1,0 +1,138 @@
+"""Router: one room's media, owning its transports and indexing its producers."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from .data_producer import DataProducer
+from .errors import InvalidStateError
+from .events import EventEmitter
+from .producer import Producer
+from .rtp_parameters import Json, can_consume, generate_router_rtp_capabilities
+from .webrtc_transport import TransportSettings, WebRtcTransport, create_webrtc_transport
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+
+class Router(EventEmitter):
+    """mediasoup ``Router``: events ``workerclose``; observer ``close``,
+    ``newtransport``.
+
+    The router owns its transports (id-keyed); producers and data producers
+    are owned by their transports and only indexed here, so that any transport
+    of the room can consume them by id.
+    """
+
+    def __init__(
+        self, *, worker: Worker, media_codecs: list[Json], app_data: dict[str, Any] | None
+    ) -> None:
+        super().__init__()
+        self.id = str(uuid.uuid4())
+        self.app_data = app_data if app_data is not None else {}
+        self.observer = EventEmitter()
+        self.closed = False
+        self.rtp_capabilities = generate_router_rtp_capabilities(media_codecs)
+        self.transports: dict[str, WebRtcTransport] = {}
+        self._producers: dict[str, Producer] = {}
+        self._data_producers: dict[str, DataProducer] = {}
+        self._worker = worker
+
+    def __repr__(self) -> str:
+        return f"<Router {self.id}{' closed' if self.closed else ''}>"
+
+    async def create_webrtc_transport(
+        self,
+        *,
+        enable_sctp: bool = False,
+        num_sctp_streams: tuple[int, int] = (1024, 1024),
+        max_sctp_message_size: int = 262144,
+        consent_timeout: float | None = None,
+        app_data: dict[str, Any] | None = None,
+    ) -> WebRtcTransport:
+        """A transport bound to the worker's listen IP and port range."""
+        if self.closed:
+            raise InvalidStateError("router closed")
+        worker = self._worker
+        settings = TransportSettings(
+            consent_timeout=consent_timeout or worker.settings.consent_timeout,
+            enable_sctp=enable_sctp,
+            num_sctp_streams=num_sctp_streams,
+            max_sctp_message_size=max_sctp_message_size,
+            key_frame_request_interval=worker.settings.key_frame_request_interval,
+        )
+        transport = await create_webrtc_transport(
+            router=self,
+            allocator=worker.port_allocator,
+            announced_address=worker.settings.announced_address,
+            certificate=worker.certificate,
+            settings=settings,
+            app_data=app_data,
+        )
+        if self.closed:  # closed while the socket was being bound
+            transport.router_closed()
+            raise InvalidStateError("router closed")
+        self.transports[transport.id] = transport
+        self.observer.emit("newtransport", transport)
+        return transport
+
+    def can_consume(self, producer_id: str, rtp_capabilities: Any) -> bool:
+        producer = self._producers.get(producer_id)
+        return producer is not None and can_consume(
+            producer.consumable_rtp_parameters, rtp_capabilities
+        )
+
+    # -- indexes kept by the transports -------------------------------------------
+
+    def get_producer(self, producer_id: str) -> Producer | None:
+        return self._producers.get(producer_id)
+
+    def add_producer(self, producer: Producer) -> None:
+        self._producers[producer.id] = producer
+
+    def remove_producer(self, producer: Producer) -> None:
+        self._producers.pop(producer.id, None)
+
+    def get_data_producer(self, data_producer_id: str) -> DataProducer | None:
+        return self._data_producers.get(data_producer_id)
+
+    def add_data_producer(self, data_producer: DataProducer) -> None:
+        self._data_producers[data_producer.id] = data_producer
+
+    def remove_data_producer(self, data_producer: DataProducer) -> None:
+        self._data_producers.pop(data_producer.id, None)
+
+    def transport_closed(self, transport: WebRtcTransport) -> None:
+        self.transports.pop(transport.id, None)
+
+    @property
+    def producer_count(self) -> int:
+        return len(self._producers)
+
+    @property
+    def data_producer_count(self) -> int:
+        return len(self._data_producers)
+
+    # -- close ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._close()
+        self._worker.router_closed(self)
+
+    def worker_closed(self) -> None:
+        if self.closed:
+            return
+        self._close()
+        self.emit("workerclose")
+
+    def _close(self) -> None:
+        self.closed = True
+        transports, self.transports = self.transports, {}
+        for transport in list(transports.values()):
+            transport.router_closed()
+        self._producers.clear()
+        self._data_producers.clear()
+        self.observer.emit("close")

@@ -1,0 +1,833 @@
+"""WebRtcTransport: one ICE-lite UDP socket, DTLS-SRTP, SCTP, and what rides on it.
+
+One UDP socket per transport, demultiplexed by the first byte (RFC 7983):
+0-3 STUN (answered by the ICE-lite agent), 20-63 DTLS (handed to aiortc's DTLS
+and SCTP stack), 128-191 SRTP/SRTCP (decrypted and forwarded right inside
+``datagram_received``, with no task switch or queue per packet).
+
+The transport closes itself, and says why in ``end_reason``, when the client
+is gone: ``dtls_closed`` (close_notify, or RTCP BYE for everything it sent),
+``ice_consent_expired`` (no consent check for ``consent_timeout``, RFC 7675),
+``dtls_failed``.  Otherwise it is ``closed_by_app`` or ``router_closed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import struct
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pylibsrtp
+
+from . import rtp_packet
+from .aiortc_bridge import DtlsRole, DtlsSession, RTCCertificate
+from .consumer import Consumer
+from .data_consumer import DataConsumer
+from .data_producer import DataProducer
+from .errors import InvalidParametersError, InvalidStateError, UnsupportedError
+from .events import EventEmitter
+from .ice_lite import Address, IceChange, IceLiteServer
+from .ports import PortAllocator, open_endpoint
+from .producer import Producer
+from .rtp_parameters import (
+    Json,
+    can_consume,
+    get_consumable_rtp_parameters,
+    get_consumer_rtp_parameters,
+    get_producer_mapping,
+    random_ssrc,
+    validate_producer_rtp_parameters,
+)
+
+if TYPE_CHECKING:
+    from .router import Router
+
+logger = logging.getLogger(__name__)
+
+# RFC 7675 section 5.1: consent expires 30 s after the last successful check;
+# clients check every 5 s +/- 20 %, so anything under 10 s risks false alarms.
+MIN_CONSENT_TIMEOUT = 10.0
+SCTP_PORT = 5000
+
+
+class EndReason(enum.StrEnum):
+    """How a transport ended: the liveness signal the signalling layer reads."""
+
+    DTLS_CLOSED = "dtls_closed"
+    DTLS_FAILED = "dtls_failed"
+    ICE_CONSENT_EXPIRED = "ice_consent_expired"
+    CLOSED_BY_APP = "closed_by_app"
+    ROUTER_CLOSED = "router_closed"
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSettings:
+    """Per-transport knobs; the defaults follow mediasoup's."""
+
+    consent_timeout: float = 30.0
+    enable_sctp: bool = False
+    num_sctp_streams: tuple[int, int] = (1024, 1024)  # OS, MIS
+    max_sctp_message_size: int = 262144
+    key_frame_request_interval: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.consent_timeout < MIN_CONSENT_TIMEOUT:
+            raise ValueError(f"consent_timeout must be at least {MIN_CONSENT_TIMEOUT} s")
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    """The UDP socket's protocol: hands every datagram to its transport."""
+
+    __slots__ = ("on_datagram",)
+
+    def __init__(self) -> None:
+        self.on_datagram: Callable[[bytes, Address], None] = lambda data, addr: None
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable after the client went away: consent handles it.
+        logger.debug("UDP error: %s", exc)
+
+
+class WebRtcTransport(EventEmitter):
+    """mediasoup ``WebRtcTransport``.
+
+    Events: ``icestatechange``, ``dtlsstatechange``, ``sctpstatechange``,
+    ``routerclose``, ``ended`` (reason; the client went away).
+    Observer: ``close``, ``newproducer``, ``newconsumer``, ``newdataproducer``,
+    ``newdataconsumer``.
+    """
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        udp: asyncio.DatagramTransport,
+        endpoint: _Endpoint,
+        port: int,
+        listen_ip: str,
+        announced_address: str | None,
+        certificate: RTCCertificate,
+        settings: TransportSettings,
+        app_data: dict[str, Any] | None,
+    ) -> None:
+        super().__init__()
+        self.id = str(uuid.uuid4())
+        self.app_data = app_data if app_data is not None else {}
+        self.observer = EventEmitter()
+        self.closed = False
+        self.end_reason: EndReason | None = None
+        self.settings = settings
+        self.rtcp_ssrc = random_ssrc()
+        self._router = router
+        self._udp = udp
+        self._loop = asyncio.get_running_loop()
+        self._port = port
+        self._listen_ip = listen_ip
+        self._announced = announced_address
+        self._certificate = certificate
+        self._ice = IceLiteServer(settings.consent_timeout)
+        self._tuple: Address | None = None
+        self._tuple_ready = asyncio.Event()
+        self._consent_timer: asyncio.TimerHandle | None = None
+        self._dtls = DtlsSession(
+            certificate, self._send_dtls, self._send_now, self._dtls_state_changed
+        )
+        self._dtls_state = "new"
+        self._connected = False
+        self._rx_srtp: pylibsrtp.Session | None = None
+        self._tx_srtp: pylibsrtp.Session | None = None
+        self.producers: dict[str, Producer] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self.data_producers: dict[str, DataProducer] = {}
+        self.data_consumers: dict[str, DataConsumer] = {}
+        # Forwarding tables: SSRC -> bound receive method; consumer SSRC -> consumer.
+        self._rtp_table: dict[int, Callable[[bytes], None] | None] = {}
+        self._consumers_by_ssrc: dict[int, Consumer] = {}
+        self._next_mid = 0
+        self._sctp_stream_ids: set[int] = set()
+        self._byed_ssrcs: set[int] = set()
+        self.last_activity = self._loop.time()
+        self.created_at = time.time()
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.srtp_errors = 0
+        endpoint.on_datagram = self._datagram_received
+
+    def __repr__(self) -> str:
+        return f"<WebRtcTransport {self.id}{' closed' if self.closed else ''}>"
+
+    # -- parameters -----------------------------------------------------------
+
+    @property
+    def ice_role(self) -> str:
+        return "controlled"
+
+    @property
+    def ice_parameters(self) -> Json:
+        return self._ice.parameters
+
+    @property
+    def ice_candidates(self) -> list[Json]:
+        address = self._announced or self._listen_ip
+        return [
+            {
+                "foundation": "udpcandidate",
+                "priority": 1076302079,
+                "ip": address,
+                "address": address,
+                "protocol": "udp",
+                "port": self._port,
+                "type": "host",
+            }
+        ]
+
+    @property
+    def dtls_parameters(self) -> Json:
+        return {"role": "auto", "fingerprints": DtlsSession.local_fingerprints(self._certificate)}
+
+    @property
+    def sctp_parameters(self) -> Json | None:
+        if not self.settings.enable_sctp:
+            return None
+        os_, mis = self.settings.num_sctp_streams
+        return {
+            "port": SCTP_PORT,
+            "OS": os_,
+            "MIS": mis,
+            "mctp": False,
+            "maxMessageSize": self.settings.max_sctp_message_size,
+        }
+
+    @property
+    def ice_state(self) -> str:
+        return self._ice.state.value
+
+    @property
+    def ice_selected_tuple(self) -> Json | None:
+        if self._tuple is None:
+            return None
+        return {
+            "localIp": self._listen_ip,
+            "localPort": self._port,
+            "remoteIp": self._tuple[0],
+            "remotePort": self._tuple[1],
+            "protocol": "udp",
+        }
+
+    @property
+    def dtls_state(self) -> str:
+        return self._dtls_state
+
+    @property
+    def sctp_state(self) -> str | None:
+        return self._dtls.sctp_state() if self.settings.enable_sctp else None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    # -- datagrams (RFC 7983 demultiplexing) ------------------------------------
+
+    def _datagram_received(self, data: bytes, addr: Address) -> None:
+        if not data:
+            return
+        first = data[0]
+        self.bytes_received += len(data)
+        if 127 < first < 192:
+            rx = self._rx_srtp
+            if rx is None or addr != self._tuple:
+                return
+            self.last_activity = self._loop.time()
+            try:
+                if 191 < data[1] < 224:
+                    self._receive_rtcp(rx.unprotect_rtcp(data))
+                    return
+                packet = rx.unprotect(data)
+            except pylibsrtp.Error:
+                self.srtp_errors += 1
+                return
+            ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
+            try:
+                handler = self._rtp_table[ssrc]
+            except KeyError:
+                handler = self._learn_ssrc(ssrc, packet)
+            if handler is not None:
+                handler(packet)
+        elif first < 4:
+            self._receive_stun(data, addr)
+        elif 19 < first < 64 and addr == self._tuple:
+            self.last_activity = self._loop.time()
+            self._dtls.feed(data)
+
+    def _receive_stun(self, data: bytes, addr: Address) -> None:
+        now = self._loop.time()
+        result = self._ice.handle_binding(data, addr, now)
+        if result.response is not None:
+            self._udp.sendto(result.response, addr)
+        if self._ice.last_consent == now:
+            self.last_activity = now
+        if result.change is IceChange.TUPLE_SELECTED:
+            first = self._tuple is None
+            self._tuple = addr
+            self._tuple_ready.set()
+            if first:
+                self._arm_consent_timer()
+            self.emit("icestatechange", self._ice.state.value)
+            self.emit("iceselectedtuplechange", self.ice_selected_tuple)
+
+    def _arm_consent_timer(self) -> None:
+        deadline = self._ice.consent_deadline()
+        if deadline is not None and not self.closed:
+            self._consent_timer = self._loop.call_at(deadline, self._check_consent)
+
+    def _check_consent(self) -> None:
+        # Re-armed lazily: checks only move ``last_consent``, never the timer.
+        self._consent_timer = None
+        if self._ice.consent_expired(self._loop.time()):
+            self.emit("icestatechange", self._ice.state.value)
+            self._end(EndReason.ICE_CONSENT_EXPIRED)
+        else:
+            self._arm_consent_timer()
+
+    # -- DTLS ------------------------------------------------------------------
+
+    async def _send_dtls(self, data: bytes) -> None:
+        # The DTLS client speaks first; it has to wait for ICE to pick a tuple.
+        if self._tuple is None:
+            await self._tuple_ready.wait()
+        self._send_now(data)
+
+    def _send_now(self, data: bytes) -> None:
+        if self._tuple is not None and not self._udp.is_closing():
+            self.bytes_sent += len(data)
+            self._udp.sendto(data, self._tuple)
+
+    def _dtls_state_changed(self, state: str) -> None:
+        self._dtls_state = state
+        if state == "connected":
+            self._rx_srtp = self._dtls.rx_srtp
+            self._tx_srtp = self._dtls.tx_srtp
+            self._connected = True
+            if self.settings.enable_sctp:
+                self._start_sctp()
+            self.emit("dtlsstatechange", state)
+            for consumer in self.consumers.values():
+                consumer.receive_key_frame_request()
+        elif state == "closed":
+            self.emit("dtlsstatechange", state)
+            self._end(EndReason.DTLS_CLOSED)
+        elif state == "failed":
+            self.emit("dtlsstatechange", state)
+            self._end(EndReason.DTLS_FAILED)
+
+    def _start_sctp(self) -> None:
+        _os, _mis = self.settings.num_sctp_streams
+        sctp = self._dtls.start_sctp(
+            port=SCTP_PORT,
+            remote_port=SCTP_PORT,
+            max_message_size=self.settings.max_sctp_message_size,
+        )
+        sctp.on("statechange", lambda: self.emit("sctpstatechange", sctp.state))
+        for data_producer in self.data_producers.values():
+            data_producer.attach(sctp)
+        for data_consumer in self.data_consumers.values():
+            data_consumer.attach(sctp)
+
+    async def connect(self, dtls_parameters: Any) -> None:
+        """Start DTLS with the client's role and fingerprints (``connectWebRtcTransport``)."""
+        self._check_open()
+        if self._dtls_state != "new" or self._dtls.state != "new":
+            raise InvalidStateError("connect() already called")
+        if not isinstance(dtls_parameters, dict):
+            raise InvalidParametersError("dtlsParameters must be an object")
+        fingerprints = dtls_parameters.get("fingerprints")
+        if (
+            not isinstance(fingerprints, list)
+            or not fingerprints
+            or not all(
+                isinstance(f, dict)
+                and isinstance(f.get("algorithm"), str)
+                and isinstance(f.get("value"), str)
+                for f in fingerprints
+            )
+        ):
+            raise InvalidParametersError("dtlsParameters.fingerprints must be a non-empty array")
+        remote_role = dtls_parameters.get("role", "auto")
+        # mediasoup: the remote role decides ours; "auto" makes us the client.
+        if remote_role == "client":
+            role = DtlsRole.SERVER
+        elif remote_role in ("server", "auto", None):
+            role = DtlsRole.CLIENT
+        else:
+            raise InvalidParametersError("dtlsParameters.role must be auto, client or server")
+        self._dtls_state = "connecting"
+        self.emit("dtlsstatechange", "connecting")
+        self._dtls.start(role, fingerprints)
+
+    async def restart_ice(self) -> Json:
+        """New ICE credentials; the media keeps flowing on the current tuple."""
+        self._check_open()
+        self._ice.restart()
+        return self._ice.parameters
+
+    # -- RTP / RTCP out --------------------------------------------------------
+
+    def send_rtp(self, packet: bytearray | bytes) -> None:
+        tx = self._tx_srtp
+        if tx is None or self._tuple is None:
+            return
+        data = tx.protect(bytes(packet))
+        self.bytes_sent += len(data)
+        self._udp.sendto(data, self._tuple)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        tx = self._tx_srtp
+        if tx is None or self._tuple is None:
+            return
+        data = tx.protect_rtcp(packet)
+        self.bytes_sent += len(data)
+        self._udp.sendto(data, self._tuple)
+
+    # -- RTP / RTCP in (slow paths) --------------------------------------------
+
+    def _learn_ssrc(self, ssrc: int, packet: bytes) -> Callable[[bytes], None] | None:
+        """An SSRC the client never signalled: find its producer by MID or RID."""
+        handler: Callable[[bytes], None] | None = None
+        for producer in self.producers.values():
+            mapping = producer._mapping
+            mid = (
+                rtp_packet.extension_value(packet, mapping.mid_id)
+                if mapping.mid_id is not None
+                else None
+            )
+            if mid is not None and mid.decode(errors="replace") != producer.mid:
+                continue
+            rid = (
+                rtp_packet.extension_value(packet, mapping.rid_id)
+                if mapping.rid_id is not None
+                else None
+            )
+            rrid = (
+                rtp_packet.extension_value(packet, mapping.rrid_id)
+                if mapping.rrid_id is not None
+                else None
+            )
+            if mid is None and rid is None and rrid is None:
+                continue
+            wanted = producer.rid
+            if rrid is not None and (wanted is None or rrid.decode(errors="replace") == wanted):
+                producer.rtx_ssrc = ssrc
+                handler = producer.receive_rtx
+            elif rid is not None and wanted is not None and rid.decode(errors="replace") != wanted:
+                handler = None  # another simulcast layer: not forwarded
+            elif (packet[1] & 0x7F) in mapping.rtx_payload_types:
+                producer.rtx_ssrc = ssrc
+                handler = producer.receive_rtx
+            else:
+                producer.ssrc = ssrc
+                handler = producer.receive_rtp
+            break
+        else:
+            return None  # unknown and unclaimed: maybe its producer comes later
+        if len(self._rtp_table) < 4096:
+            self._rtp_table[ssrc] = handler
+        return handler
+
+    def _receive_rtcp(self, data: bytes) -> None:
+        for pt, count, packet in rtp_packet.iter_rtcp(data):
+            try:
+                self._receive_rtcp_packet(pt, count, packet)
+            except (struct.error, IndexError):
+                continue  # truncated: ignore, as RFC 3550 receivers do
+
+    def _receive_rtcp_packet(self, pt: int, count: int, packet: bytes) -> None:
+        if pt == rtp_packet.RTCP_SR:
+            sender_ssrc, ntp, rtp_ts = struct.unpack_from("!IQI", packet, 4)
+            for producer in self.producers.values():
+                if producer.ssrc == sender_ssrc:
+                    block = producer.receive_sender_report(ntp, rtp_ts, time.monotonic())
+                    self.send_rtcp(rtp_packet.build_receiver_report(self.rtcp_ssrc, [block]))
+            self._receive_report_blocks(packet, count, 28)
+        elif pt == rtp_packet.RTCP_RR:
+            self._receive_report_blocks(packet, count, 8)
+        elif pt == rtp_packet.RTCP_PSFB and count in (1, 4):  # PLI, FIR
+            if count == 1:
+                targets = [struct.unpack_from("!I", packet, 8)[0]]
+            else:
+                targets = [
+                    struct.unpack_from("!I", packet, pos)[0]
+                    for pos in range(12, len(packet) - 7, 8)
+                ]
+            for ssrc in targets:
+                consumer = self._consumers_by_ssrc.get(ssrc)
+                if consumer is not None:
+                    consumer.receive_key_frame_request()
+        elif pt == rtp_packet.RTCP_RTPFB and count == 1:  # generic NACK
+            media_ssrc, seqs = rtp_packet.parse_nack(packet)
+            consumer = self._consumers_by_ssrc.get(media_ssrc)
+            if consumer is not None and consumer.ssrc == media_ssrc:
+                consumer.receive_nack(seqs)
+        elif pt == rtp_packet.RTCP_BYE:
+            self._receive_bye(rtp_packet.parse_bye(packet, count))
+
+    def _receive_report_blocks(self, packet: bytes, count: int, offset: int) -> None:
+        for i, (ssrc, fraction, cumulative, jitter) in enumerate(
+            rtp_packet.parse_report_blocks(packet, count, offset)
+        ):
+            consumer = self._consumers_by_ssrc.get(ssrc)
+            if consumer is not None and consumer.ssrc == ssrc:
+                lsr, dlsr = struct.unpack_from("!II", packet, offset + 24 * i + 16)
+                consumer.receive_report(fraction, cumulative, jitter, lsr, dlsr)
+
+    def _receive_bye(self, ssrcs: list[int]) -> None:
+        """RTCP BYE (RFC 3550 section 6.6) for every stream sent: the client left."""
+        producing = {p.ssrc for p in self.producers.values() if p.ssrc is not None}
+        self._byed_ssrcs.update(s for s in ssrcs if s in producing)
+        if producing and producing <= self._byed_ssrcs:
+            self._end(EndReason.DTLS_CLOSED)
+
+    # -- producers and consumers ---------------------------------------------------
+
+    async def produce(
+        self,
+        *,
+        kind: str,
+        rtp_parameters: Any,
+        paused: bool = False,
+        app_data: dict[str, Any] | None = None,
+    ) -> Producer:
+        self._check_open()
+        if kind not in ("audio", "video"):
+            raise InvalidParametersError("kind must be audio or video")
+        params = validate_producer_rtp_parameters(kind, rtp_parameters)
+        params.setdefault("encodings", [{}])
+        caps = self._router.rtp_capabilities
+        mapping = get_producer_mapping(kind, params, caps)
+        ssrcs = {
+            s
+            for e in params["encodings"]
+            for s in (e.get("ssrc"), (e.get("rtx") or {}).get("ssrc"))
+            if s is not None
+        }
+        if ssrcs & self._rtp_table.keys() - {None}:
+            for ssrc in ssrcs:
+                if self._rtp_table.get(ssrc) is not None:
+                    raise InvalidParametersError(f"ssrc {ssrc} is already in use")
+        # With several encodings (simulcast) the last (highest) one is forwarded.
+        forwarded = params["encodings"][-1]
+        producer = Producer(
+            transport=self,
+            kind=kind,
+            rtp_parameters=params,
+            forwarded_encoding=forwarded,
+            mapping=mapping,
+            consumable_rtp_parameters=get_consumable_rtp_parameters(kind, params, caps, mapping),
+            paused=paused,
+            key_frame_request_interval=self.settings.key_frame_request_interval,
+            app_data=app_data,
+        )
+        self.producers[producer.id] = producer
+        if producer.ssrc is not None:
+            self._rtp_table[producer.ssrc] = producer.receive_rtp
+        if producer.rtx_ssrc is not None:
+            self._rtp_table[producer.rtx_ssrc] = producer.receive_rtx
+        for encoding in params["encodings"][:-1]:
+            for ssrc in (encoding.get("ssrc"), (encoding.get("rtx") or {}).get("ssrc")):
+                if ssrc is not None:
+                    self._rtp_table[ssrc] = None  # other simulcast layers: dropped
+        # Packets that arrived before produce() may have cached "unknown".
+        for ssrc, handler in list(self._rtp_table.items()):
+            if handler is None and ssrc not in ssrcs:
+                del self._rtp_table[ssrc]
+        self._router.add_producer(producer)
+        self.observer.emit("newproducer", producer)
+        return producer
+
+    async def consume(
+        self,
+        *,
+        producer_id: str,
+        rtp_capabilities: Any,
+        paused: bool = False,
+        app_data: dict[str, Any] | None = None,
+    ) -> Consumer:
+        """Consume a producer of the same router (mediasoup-demo creates these paused)."""
+        self._check_open()
+        producer = self._router.get_producer(producer_id)
+        if producer is None:
+            raise InvalidParametersError(f"producer {producer_id} not found")
+        if not isinstance(rtp_capabilities, dict) or not can_consume(
+            producer.consumable_rtp_parameters, rtp_capabilities
+        ):
+            raise UnsupportedError("cannot consume this producer with these rtpCapabilities")
+        ssrc = self._unique_ssrc()
+        rtp_parameters = get_consumer_rtp_parameters(
+            producer.consumable_rtp_parameters,
+            rtp_capabilities,
+            ssrc=ssrc,
+            rtx_ssrc=self._unique_ssrc(exclude=ssrc),
+        )
+        # A MID unique within this transport, as mediasoup assigns them.
+        rtp_parameters["mid"] = str(self._next_mid)
+        self._next_mid += 1
+        consumer = Consumer(
+            transport=self,
+            producer=producer,
+            rtp_parameters=rtp_parameters,
+            paused=paused,
+            app_data=app_data,
+        )
+        self.consumers[consumer.id] = consumer
+        self._consumers_by_ssrc[consumer.ssrc] = consumer
+        if consumer.rtx_ssrc is not None:
+            self._consumers_by_ssrc[consumer.rtx_ssrc] = consumer
+        producer.add_consumer(consumer)
+        self.observer.emit("newconsumer", consumer)
+        if not paused and not producer.paused:
+            producer.request_key_frame()
+        return consumer
+
+    def _unique_ssrc(self, exclude: int | None = None) -> int:
+        while True:
+            ssrc = random_ssrc()
+            if ssrc != exclude and ssrc not in self._consumers_by_ssrc:
+                return ssrc
+
+    async def produce_data(
+        self,
+        *,
+        sctp_stream_parameters: Any,
+        label: str = "",
+        protocol: str = "",
+        app_data: dict[str, Any] | None = None,
+    ) -> DataProducer:
+        self._check_open()
+        if not self.settings.enable_sctp:
+            raise UnsupportedError("SCTP is not enabled on this transport")
+        if not isinstance(sctp_stream_parameters, dict):
+            raise InvalidParametersError("sctpStreamParameters must be an object")
+        stream_id = sctp_stream_parameters.get("streamId")
+        _os, mis = self.settings.num_sctp_streams
+        if (
+            not isinstance(stream_id, int)
+            or isinstance(stream_id, bool)
+            or not 0 <= stream_id < mis
+        ):
+            raise InvalidParametersError(f"sctpStreamParameters.streamId must be 0..{mis - 1}")
+        if stream_id in self._sctp_stream_ids:
+            raise InvalidParametersError(f"streamId {stream_id} is already in use")
+        if not isinstance(label, str) or not isinstance(protocol, str):
+            raise InvalidParametersError("label and protocol must be strings")
+        data_producer = DataProducer(
+            transport=self,
+            sctp_stream_parameters=_stream_parameters(sctp_stream_parameters, stream_id),
+            label=label,
+            protocol=protocol,
+            app_data=app_data,
+        )
+        self._sctp_stream_ids.add(stream_id)
+        self.data_producers[data_producer.id] = data_producer
+        if self._dtls.sctp is not None:
+            data_producer.attach(self._dtls.sctp)
+        self._router.add_data_producer(data_producer)
+        self.observer.emit("newdataproducer", data_producer)
+        return data_producer
+
+    async def consume_data(
+        self, *, data_producer_id: str, app_data: dict[str, Any] | None = None
+    ) -> DataConsumer:
+        self._check_open()
+        if not self.settings.enable_sctp:
+            raise UnsupportedError("SCTP is not enabled on this transport")
+        data_producer = self._router.get_data_producer(data_producer_id)
+        if data_producer is None:
+            raise InvalidParametersError(f"dataProducer {data_producer_id} not found")
+        _os, mis = self.settings.num_sctp_streams
+        stream_id = next((i for i in range(mis) if i not in self._sctp_stream_ids), None)
+        if stream_id is None:
+            raise UnsupportedError("no free SCTP stream on this transport")
+        params = dict(data_producer.sctp_stream_parameters, streamId=stream_id)
+        data_consumer = DataConsumer(
+            transport=self,
+            data_producer=data_producer,
+            sctp_stream_parameters=params,
+            app_data=app_data,
+        )
+        self._sctp_stream_ids.add(stream_id)
+        self.data_consumers[data_consumer.id] = data_consumer
+        data_producer.add_consumer(data_consumer)
+        if self._dtls.sctp is not None:
+            data_consumer.attach(self._dtls.sctp)
+        self.observer.emit("newdataconsumer", data_consumer)
+        return data_consumer
+
+    # -- child close paths (called by the children) --------------------------------
+
+    def producer_closed(self, producer: Producer) -> None:
+        self.producers.pop(producer.id, None)
+        ssrcs = {producer.ssrc, producer.rtx_ssrc}
+        for encoding in producer.rtp_parameters["encodings"]:
+            ssrcs.update((encoding.get("ssrc"), (encoding.get("rtx") or {}).get("ssrc")))
+        for ssrc in ssrcs:
+            if ssrc is not None:
+                self._rtp_table.pop(ssrc, None)
+        self._router.remove_producer(producer)
+
+    def consumer_closed(self, consumer: Consumer) -> None:
+        self.consumers.pop(consumer.id, None)
+        self._consumers_by_ssrc.pop(consumer.ssrc, None)
+        if consumer.rtx_ssrc is not None:
+            self._consumers_by_ssrc.pop(consumer.rtx_ssrc, None)
+
+    def data_producer_closed(self, data_producer: DataProducer) -> None:
+        self.data_producers.pop(data_producer.id, None)
+        self._sctp_stream_ids.discard(data_producer.stream_id)
+        self._router.remove_data_producer(data_producer)
+
+    def data_consumer_closed(self, data_consumer: DataConsumer) -> None:
+        self.data_consumers.pop(data_consumer.id, None)
+        self._sctp_stream_ids.discard(data_consumer.stream_id)
+
+    # -- stats ----------------------------------------------------------------------
+
+    async def get_stats(self) -> list[Json]:
+        self._check_open()
+        return [
+            {
+                "type": "webrtc-transport",
+                "transportId": self.id,
+                "timestamp": time.time() * 1000,
+                "iceRole": "controlled",
+                "iceState": self.ice_state,
+                "iceSelectedTuple": self.ice_selected_tuple,
+                "dtlsState": self.dtls_state,
+                "sctpState": self.sctp_state,
+                "bytesReceived": self.bytes_received,
+                "bytesSent": self.bytes_sent,
+                "rtpPacketsReceived": sum(p.packet_count for p in self.producers.values()),
+                "rtpPacketsSent": sum(c.packet_count for c in self.consumers.values()),
+                "srtpErrors": self.srtp_errors,
+            }
+        ]
+
+    # -- close ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise InvalidStateError(f"transport {self.id} is closed")
+
+    def close(self) -> None:
+        """Close it (app-initiated): everything on it closes, the port is freed."""
+        if self.closed:
+            return
+        self._close(EndReason.CLOSED_BY_APP)
+        self._router.transport_closed(self)
+
+    def router_closed(self) -> None:
+        """Its router closed: emit ``routerclose``."""
+        if self.closed:
+            return
+        self._close(EndReason.ROUTER_CLOSED)
+        self.emit("routerclose")
+
+    def _end(self, reason: EndReason) -> None:
+        """The client went away: close, then tell the app why."""
+        if self.closed:
+            return
+        logger.info("transport %s ended: %s", self.id, reason.value)
+        self._close(reason)
+        self._router.transport_closed(self)
+        self.emit("ended", reason.value)
+
+    def _close(self, reason: EndReason) -> None:
+        self.closed = True
+        self.end_reason = reason
+        if self._consent_timer is not None:
+            self._consent_timer.cancel()
+            self._consent_timer = None
+        for producer in list(self.producers.values()):
+            producer.transport_closed()
+            self._router.remove_producer(producer)
+        for consumer in list(self.consumers.values()):
+            consumer.transport_closed()
+        for data_producer in list(self.data_producers.values()):
+            data_producer.transport_closed()
+            self._router.remove_data_producer(data_producer)
+        for data_consumer in list(self.data_consumers.values()):
+            data_consumer.transport_closed()
+        self.producers.clear()
+        self.consumers.clear()
+        self.data_producers.clear()
+        self.data_consumers.clear()
+        self._rtp_table.clear()
+        self._consumers_by_ssrc.clear()
+        # close_notify goes out before the socket closes (RFC 6347 section 4.2.7).
+        self._dtls.close()
+        self._rx_srtp = self._tx_srtp = None
+        self._ice.close()
+        self._udp.close()
+        self._tuple_ready.set()
+        self.observer.emit("close")
+
+
+def _stream_parameters(params: Json, stream_id: int) -> Json:
+    ordered = params.get("ordered", True)
+    life = params.get("maxPacketLifeTime")
+    retransmits = params.get("maxRetransmits")
+    if not isinstance(ordered, bool):
+        raise InvalidParametersError("sctpStreamParameters.ordered must be a boolean")
+    for name, value in (("maxPacketLifeTime", life), ("maxRetransmits", retransmits)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            raise InvalidParametersError(
+                f"sctpStreamParameters.{name} must be a non-negative integer"
+            )
+    if life is not None and retransmits is not None:
+        raise InvalidParametersError("maxPacketLifeTime and maxRetransmits are exclusive")
+    return {
+        "streamId": stream_id,
+        "ordered": ordered if life is None and retransmits is None else False,
+        "maxPacketLifeTime": life,
+        "maxRetransmits": retransmits,
+    }
+
+
+async def create_webrtc_transport(
+    *,
+    router: Router,
+    allocator: PortAllocator,
+    announced_address: str | None,
+    certificate: RTCCertificate,
+    settings: TransportSettings,
+    app_data: dict[str, Any] | None,
+) -> WebRtcTransport:
+    endpoint = _Endpoint()
+    udp, port = await open_endpoint(allocator, endpoint)
+    return WebRtcTransport(
+        router=router,
+        udp=udp,
+        endpoint=endpoint,
+        port=port,
+        listen_ip=allocator.listen_ip,
+        announced_address=announced_address,
+        certificate=certificate,
+        settings=settings,
+        app_data=app_data,
+    )
+
+
+__all__ = ["EndReason", "TransportSettings", "WebRtcTransport"]
