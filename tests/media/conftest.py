@@ -1,0 +1,21 @@
+"""Fixtures for the media tests: a worker and a router, torn down after each test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from media import Router, Worker, WorkerSettings
+
+
+@pytest.fixture
+async def worker() -> AsyncIterator[Worker]:
+    worker = Worker(WorkerSettings(listen_ip="127.0.0.1", consent_timeout=10.0))
+    yield worker
+    worker.close()
+
+
+@pytest.fixture
+async def router(worker: Worker) -> Router:
+    return await worker.create_router()
