@@ -48,6 +48,7 @@ class IceLiteServer:
 
     __slots__ = (
         "_password_key",
+        "_previous",
         "consent_timeout",
         "last_consent",
         "password",
@@ -64,10 +65,18 @@ class IceLiteServer:
         self.username_fragment = ""
         self.password = ""
         self._password_key = b""
+        self._previous: tuple[str, bytes] | None = None
         self.restart()
 
     def restart(self) -> None:
-        """New credentials (``restartIce``); checks with the old ones fail."""
+        """New credentials (``restartIce``).
+
+        As mediasoup does, the previous credentials stay valid until the
+        client's first check with the new ones: checks already in flight, or
+        from a client that has not applied the restart yet, keep consent.
+        """
+        if self.username_fragment:
+            self._previous = (self.username_fragment, self._password_key)
         self.username_fragment = _random_token(16)
         self.password = _random_token(32)
         self._password_key = self.password.encode()
@@ -113,10 +122,16 @@ class IceLiteServer:
         if username is None or "MESSAGE-INTEGRITY" not in message.attributes:
             return BindingResult(self._error(message, 400, "Bad Request"), IceChange.NONE)
         local_ufrag, _, _ = str(username).partition(":")
-        if local_ufrag != self.username_fragment or not message.check_message_integrity(
-            self._password_key
-        ):
+        if local_ufrag == self.username_fragment:
+            key = self._password_key
+        elif self._previous is not None and local_ufrag == self._previous[0]:
+            key = self._previous[1]
+        else:
             return BindingResult(self._error(message, 401, "Unauthenticated"), IceChange.NONE)
+        if not message.check_message_integrity(key):
+            return BindingResult(self._error(message, 401, "Unauthenticated"), IceChange.NONE)
+        if key is self._password_key:
+            self._previous = None  # the client has moved to the new credentials
         if "ICE-CONTROLLED" in message.attributes:
             # A lite agent is always controlled (RFC 8445 section 6.1.1): the
             # peer must take the controlling role, whatever its tie-breaker.
@@ -128,7 +143,7 @@ class IceLiteServer:
             transaction_id=message.transaction_id,
         )
         response.attributes["XOR-MAPPED-ADDRESS"] = addr
-        response.add_message_integrity(self._password_key)
+        response.add_message_integrity(key)
 
         # Every authenticated check is a consent refresh (RFC 7675 section 5.1).
         self.last_consent = now

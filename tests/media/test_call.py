@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import pytest
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from pymediasoup.transport import IceParameters
 
 from media import EventEmitter, Router
 
@@ -235,3 +237,80 @@ async def test_a_client_vanishing_silently_is_reported_as_consent_expired(
     assert transport.ice_state == "disconnected" or transport.closed
     assert consumer.closed and video.closed
     assert transport.last_activity <= vanished + 0.5
+
+
+async def inbound_stats(client: Client) -> Any:
+    assert client.client_recv is not None
+    report = await client.client_recv.handler.pc.getStats()
+    return next(s for s in report.values() if s.type == "inbound-rtp" and s.kind == "video")
+
+
+async def test_a_paused_consumer_stops_and_resumes_without_a_sequence_gap(
+    router: Router, clients: list[Client]
+) -> None:
+    alice = await join(router, clients, send=True, recv=False)
+    bob = await join(router, clients, send=False, recv=True)
+    _, video = await alice.produce(VideoStreamTrack())
+    bob_video, consumer = await bob.consume(video)
+    assert len(await count_frames(bob_video.track, 5, timeout=20)) == 5
+
+    await consumer.pause()
+    sent_while_paused = consumer.packet_count
+    await asyncio.sleep(1)
+    assert consumer.packet_count == sent_while_paused
+    assert video.packet_count > sent_while_paused  # the producer kept sending
+
+    await consumer.resume()
+    assert len(await count_frames(bob_video.track, 10, timeout=20)) == 10
+    assert consumer.packet_count > sent_while_paused
+    # Sequence numbers continued where they stopped: the receiver lost nothing.
+    stats = await inbound_stats(bob)
+    assert stats.packetsLost == 0
+
+
+@pytest.mark.slow
+async def test_restarting_ice_keeps_media_and_consent_flowing(
+    router: Router, clients: list[Client]
+) -> None:
+    alice = await join(router, clients, send=True, recv=False)
+    bob = await join(router, clients, send=False, recv=True)
+    _, video = await alice.produce(VideoStreamTrack())
+    bob_video, _ = await bob.consume(video)
+    assert len(await count_frames(bob_video.track, 3, timeout=20)) == 3
+    assert bob.recv_transport is not None and bob.client_recv is not None
+    old = bob.recv_transport.ice_parameters
+
+    transport = bob.recv_transport
+
+    new = await transport.restart_ice()
+    restarted = asyncio.get_running_loop().time()
+    await bob.client_recv.restartIce(IceParameters.model_validate(new))
+
+    assert new["usernameFragment"] != old["usernameFragment"]
+    assert new["password"] != old["password"]
+    assert len(await count_frames(bob_video.track, 30, timeout=20)) == 30
+    # Consent checks (every 5 s +/- 20 %) are still accepted after the restart.
+    for _ in range(80):
+        if (transport._ice.last_consent or 0) > restarted:
+            break
+        await asyncio.sleep(0.1)
+    assert (transport._ice.last_consent or 0) > restarted
+    assert not transport.closed
+
+
+async def test_transport_stats_describe_the_connection(
+    router: Router, clients: list[Client]
+) -> None:
+    alice = await join(router, clients, send=True, recv=False)
+    bob = await join(router, clients, send=False, recv=True)
+    _, video = await alice.produce(VideoStreamTrack())
+    bob_video, _ = await bob.consume(video)
+    assert len(await count_frames(bob_video.track, 3, timeout=20)) == 3
+    assert alice.send_transport is not None
+
+    [stats] = await alice.send_transport.get_stats()
+
+    assert stats["type"] == "webrtc-transport"
+    assert stats["iceState"] == "completed" and stats["dtlsState"] == "connected"
+    assert stats["iceSelectedTuple"]["localIp"] == "127.0.0.1"
+    assert stats["bytesReceived"] > 0 and stats["rtpPacketsReceived"] > 0
