@@ -135,7 +135,9 @@ class IceLiteServer:
         if "ICE-CONTROLLED" in message.attributes:
             # A lite agent is always controlled (RFC 8445 section 6.1.1): the
             # peer must take the controlling role, whatever its tie-breaker.
-            return BindingResult(self._error(message, 487, "Role Conflict"), IceChange.NONE)
+            return BindingResult(
+                self._error(message, 487, "Role Conflict", key=key), IceChange.NONE
+            )
 
         response = stun.Message(
             message_method=stun.Method.BINDING,
@@ -160,12 +162,19 @@ class IceLiteServer:
         return BindingResult(bytes(response), change)
 
     @staticmethod
-    def _error(request: stun.Message, code: int, reason: str) -> bytes:
+    def _error(
+        request: stun.Message, code: int, reason: str, key: bytes | None = None
+    ) -> bytes:
         response = stun.Message(
             message_method=request.message_method,
             message_class=stun.Class.ERROR,
             transaction_id=request.transaction_id,
         )
         response.attributes["ERROR-CODE"] = (code, reason)
-        response.add_fingerprint()
+        if key is not None:
+            # RFC 8489 section 9.1.3: responses to an authenticated request are signed
+            # (add_message_integrity also adds FINGERPRINT).
+            response.add_message_integrity(key)
+        else:
+            response.add_fingerprint()
         return bytes(response)

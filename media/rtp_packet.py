@@ -120,6 +120,8 @@ def extension_value(data: bytes | bytearray, wanted_id: int) -> bytes | None:
         return None
     profile, pos, end = block
     one_byte = profile == 0xBEDE
+    if not one_byte and profile & 0xFFF0 != 0x1000:
+        return None  # not an RFC 8285 block
     while pos < end:
         if one_byte:
             ext_id, size, head = data[pos] >> 4, (data[pos] & 0x0F) + 1, 1

@@ -79,6 +79,10 @@ def _require(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> A
     return value
 
 
+def _is_u32(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
+
+
 def _is_rtx(codec: Json) -> bool:
     return str(codec.get("mimeType", "")).lower().endswith("/rtx")
 
@@ -192,12 +196,10 @@ def validate_producer_rtp_parameters(kind: str, rtp_parameters: Any) -> Json:
         if not isinstance(encoding, dict):
             raise InvalidParametersError("rtpParameters.encodings[] must be objects")
         ssrc = encoding.get("ssrc")
-        if ssrc is not None and (not isinstance(ssrc, int) or not 0 <= ssrc < 2**32):
+        if ssrc is not None and not _is_u32(ssrc):
             raise InvalidParametersError("encodings[].ssrc must be a 32-bit integer")
         rtx = encoding.get("rtx")
-        if rtx is not None and not (
-            isinstance(rtx, dict) and isinstance(rtx.get("ssrc"), int) and 0 <= rtx["ssrc"] < 2**32
-        ):
+        if rtx is not None and not (isinstance(rtx, dict) and _is_u32(rtx.get("ssrc"))):
             raise InvalidParametersError("encodings[].rtx.ssrc must be a 32-bit integer")
         rid = encoding.get("rid")
         if rid is not None and not isinstance(rid, str):
