@@ -68,16 +68,16 @@ class Client:
         server = self.send_transport = await self._server_transport()
         client = self.client_send = self.device.createSendTransport(**transport_options(server))
 
-        @client.on("connect")  # type: ignore[misc]
+        @client.on("connect")  # type: ignore[untyped-decorator]
         async def on_connect(dtlsParameters: Any) -> None:
             await server.connect(_dump(dtlsParameters))
 
-        @client.on("produce")  # type: ignore[misc]
+        @client.on("produce")  # type: ignore[untyped-decorator]
         async def on_produce(kind: str, rtpParameters: Any, appData: Any) -> str:
             producer = await server.produce(kind=kind, rtp_parameters=_dump(rtpParameters))
             return producer.id
 
-        @client.on("producedata")  # type: ignore[misc]
+        @client.on("producedata")  # type: ignore[untyped-decorator]
         async def on_produce_data(
             sctpStreamParameters: Any, label: str, protocol: str | None, appData: Any
         ) -> str:
@@ -95,7 +95,7 @@ class Client:
         server = self.recv_transport = await self._server_transport()
         client = self.client_recv = self.device.createRecvTransport(**transport_options(server))
 
-        @client.on("connect")  # type: ignore[misc]
+        @client.on("connect")  # type: ignore[untyped-decorator]
         async def on_connect(dtlsParameters: Any) -> None:
             await server.connect(_dump(dtlsParameters))
 

@@ -1,0 +1,87 @@
+"""Keys bucketed by a timestamp, so "who is older than T" costs O(answer).
+
+Moving a key happens at most once per bucket width however often it is
+touched, and asking for the keys older than a cutoff visits only the buckets
+before it (plus the boundary bucket, whose keys are checked one by one by the
+caller).  This is what makes the sweeper cost O(expired sessions) rather than
+O(all sessions).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable, Iterator
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class TimeBuckets(Generic[K]):
+    __slots__ = ("_buckets", "_heap", "_in_heap", "_where", "width")
+
+    def __init__(self, width: float) -> None:
+        if width <= 0:
+            raise ValueError("bucket width must be positive")
+        self.width = width
+        self._buckets: dict[int, dict[K, None]] = {}
+        self._where: dict[K, int] = {}
+        self._heap: list[int] = []
+        self._in_heap: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._where
+
+    def touch(self, key: K, time: float) -> None:
+        """Record that ``key``'s timestamp is now ``time`` (never goes back)."""
+        index = int(time // self.width)
+        old = self._where.get(key)
+        if old is not None and old >= index:
+            return
+        if old is not None:
+            bucket = self._buckets[old]
+            del bucket[key]
+            if not bucket:
+                del self._buckets[old]
+        found = self._buckets.get(index)
+        if found is None:
+            found = self._buckets[index] = {}
+            if index not in self._in_heap:
+                self._in_heap.add(index)
+                heapq.heappush(self._heap, index)
+        found[key] = None
+        self._where[key] = index
+
+    def remove(self, key: K) -> None:
+        index = self._where.pop(key, None)
+        if index is None:
+            return
+        bucket = self._buckets[index]
+        del bucket[key]
+        if not bucket:
+            del self._buckets[index]
+
+    def candidates(self, cutoff: float) -> Iterator[K]:
+        """Keys whose timestamp may be older than ``cutoff``.
+
+        Every key of a bucket that ends at or before ``cutoff`` is older; keys
+        of the bucket containing ``cutoff`` may be: the caller checks them.
+        Iterates over a snapshot, so the caller may touch or remove keys.
+        """
+        last = int(cutoff // self.width)
+        heap = self._heap
+        keys: list[K] = []
+        still_there: list[int] = []
+        while heap and heap[0] <= last:
+            index = heapq.heappop(heap)
+            bucket = self._buckets.get(index)
+            if bucket:
+                keys.extend(bucket)
+                still_there.append(index)
+            else:
+                self._in_heap.discard(index)  # emptied since: forget it
+        for index in still_there:
+            heapq.heappush(heap, index)
+        return iter(keys)

@@ -1,0 +1,475 @@
+"""Session liveness: a sans-I/O state machine fed with ``now``.
+
+Nothing here touches a socket, a clock or a task.  The asyncio layer feeds
+events in (``admit``, ``heard``, ``seen``, ``connection_lost``, ...), calls
+``tick(now)`` about once a second and ``sweep(now)`` every sweep interval, and
+carries out the decisions they return (send a keepalive probe, end a session
+with a reason).  Tests drive it with a fake clock.
+
+Which signal detects what (docs/liveness.md has the full table):
+
+- graceful leave (``beforeDisconnect``, ``POST /leave``, close frame 1000/1001,
+  DTLS close_notify): ended at once by the caller through ``end``;
+- socket lost without a close frame: ``reconnecting`` for ``grace_period``,
+  then ``socket_lost``; a resume with the resume token in between keeps it;
+- silent loss: what is heard on every plane (WebSocket frames including
+  keepalive pongs, ICE consent checks, RTP/RTCP through ``media_activity``) is
+  combined, and a session silent on all of them for ``silence_timeout`` ends as
+  ``keepalive_timeout``; a keepalive probe goes out after ``probe_after`` of
+  silence so a healthy idle client is heard before that;
+- app-level stale: ``sweep`` ends sessions whose last application message (or
+  media) is older than ``stale_after``; it costs O(expired sessions);
+- optional inactivity limit: connected, no interaction and no media.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .buckets import TimeBuckets
+
+
+class SessionState(enum.StrEnum):
+    CONNECTING = "connecting"  # socket open, not joined yet
+    JOINED = "joined"
+    RECONNECTING = "reconnecting"  # socket lost; media kept for the grace period
+    CLOSED = "closed"
+
+
+class EndReason(enum.StrEnum):
+    """Why a session ended: the ``reason`` of ``peerClosed`` and of the metrics."""
+
+    GRACEFUL = "graceful"  # beforeDisconnect, close frame 1000/1001, DTLS close_notify
+    BEACON = "beacon"  # POST /leave (navigator.sendBeacon on pagehide)
+    SOCKET_LOST = "socket_lost"  # socket lost, not resumed within the grace period
+    KEEPALIVE_TIMEOUT = "keepalive_timeout"  # nothing heard on any plane
+    CONSENT_EXPIRED = "consent_expired"  # the media layer's ICE consent expired
+    STALE_SWEEP = "stale_sweep"  # no application message for stale_after
+    INACTIVE = "inactive"  # the optional inactivity limit
+    REPLACED = "replaced"  # another connection took the session over
+    REJECTED = "rejected"  # a newcomer refused (reject policy, room full)
+    SHUTDOWN = "shutdown"
+    ERROR = "error"
+
+
+class ActivityLevel(enum.StrEnum):
+    ACTIVE = "active"
+    IDLE = "idle"
+    BACKGROUND = "background"
+
+
+class TakeoverPolicy(enum.StrEnum):
+    TAKEOVER = "takeover"  # the newest connection wins; the old tab is told why
+    REJECT = "reject"  # the session in place wins; the newcomer is refused
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessPolicy:
+    """Every timing, in seconds; ``None`` switches a mechanism off."""
+
+    heartbeat_interval: float = 30.0
+    """Told to clients in the ``join`` response: how often to send ``ping``."""
+    grace_period: float = 10.0
+    """How long a session whose socket was lost may be resumed."""
+    silence_timeout: float | None = 20.0
+    """End a session nothing has been heard from, on any plane, for this long."""
+    probe_after: float = 15.0
+    """Send a keepalive probe after this much WebSocket silence."""
+    stale_after: float | None = 120.0
+    """The sweeper ends sessions with no application message for this long."""
+    sweep_interval: float = 30.0
+    inactivity_limit: float | None = None
+    """End sessions with no interaction and no media for this long (off by default)."""
+    idle_after: float = 120.0
+    background_after: float = 600.0
+    takeover: TakeoverPolicy = TakeoverPolicy.TAKEOVER
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value: float | None) -> None:
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive")
+
+        for name in (
+            "heartbeat_interval",
+            "grace_period",
+            "silence_timeout",
+            "probe_after",
+            "stale_after",
+            "sweep_interval",
+            "inactivity_limit",
+            "idle_after",
+            "background_after",
+        ):
+            positive(name, getattr(self, name))
+        if self.silence_timeout is not None and self.probe_after >= self.silence_timeout:
+            raise ValueError("probe_after must be shorter than silence_timeout")
+        if self.background_after <= self.idle_after:
+            raise ValueError("background_after must be longer than idle_after")
+
+
+Identity = tuple[str, str]  # (room id, user key)
+
+
+class Session:
+    """One participant's presence in one room, across reconnections."""
+
+    __slots__ = (
+        "connection",
+        "created_at",
+        "data",
+        "display_name",
+        "end_reason",
+        "grace_deadline",
+        "hidden",
+        "id",
+        "identity",
+        "last_heard",
+        "last_interaction",
+        "last_seen",
+        "leave_token",
+        "peer_id",
+        "probed_at",
+        "resume_token",
+        "room_id",
+        "state",
+        "user_id",
+    )
+
+    def __init__(
+        self, *, room_id: str, user_id: str, peer_id: str, connection: int, now: float
+    ) -> None:
+        self.id = str(uuid.uuid4())
+        self.room_id = room_id
+        self.user_id = user_id
+        self.identity: Identity = (room_id, user_id)
+        self.peer_id = peer_id
+        self.display_name = ""
+        self.state = SessionState.CONNECTING
+        self.connection: int | None = connection
+        self.resume_token = secrets.token_urlsafe(24)
+        self.leave_token = secrets.token_urlsafe(24)
+        self.created_at = now
+        self.last_heard = now  # any WebSocket frame, keepalive pongs included
+        self.last_seen = now  # application messages (what the sweeper reads)
+        self.last_interaction = now
+        self.hidden = False
+        self.probed_at: float | None = None
+        self.grace_deadline: float | None = None
+        self.end_reason: EndReason | None = None
+        self.data: Any = None  # the I/O layer's per-session state
+
+    def __repr__(self) -> str:
+        return f"<Session {self.room_id}/{self.peer_id} {self.state.value}>"
+
+    @property
+    def open(self) -> bool:
+        return self.state is not SessionState.CLOSED
+
+
+class AdmissionOutcome(enum.StrEnum):
+    NEW = "new"
+    RESUMED = "resumed"  # the same peer came back with its resume token
+    REPLACED = "replaced"  # the newcomer took over (``previous`` must be torn down)
+    REJECTED = "rejected"  # the newcomer is refused; nothing changed
+
+
+@dataclass(slots=True)
+class Admission:
+    outcome: AdmissionOutcome
+    session: Session | None
+    """The session the new connection drives (None when rejected)."""
+    previous: Session | None = None
+    """The session taken over (already ended as ``replaced``), when replaced."""
+    previous_connection: int | None = None
+    """A connection that no longer drives its session and must be closed."""
+    was_reconnecting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    session: Session
+    reason: EndReason
+
+
+Decision = Probe | End
+
+
+def _never(_: Session) -> float | None:
+    return None
+
+
+class SessionRegistry:
+    """All sessions of the process, keyed by identity and by (room, peer id).
+
+    Handover between tabs is one synchronous transition (``admit``) that says
+    what to close, so two connections racing for one identity cannot both win.
+    """
+
+    def __init__(
+        self,
+        policy: LivenessPolicy,
+        media_activity: Callable[[Session], float | None] = _never,
+    ) -> None:
+        self.policy = policy
+        self.media_activity = media_activity
+        self.by_identity: dict[Identity, Session] = {}
+        self.by_peer: dict[tuple[str, str], Session] = {}
+        self.by_id: dict[str, Session] = {}
+        self.by_leave_token: dict[str, Session] = {}
+        self._heard: TimeBuckets[Session] = TimeBuckets(1.0)
+        self._seen: TimeBuckets[Session] = TimeBuckets(
+            max(1.0, min(policy.sweep_interval, policy.stale_after or policy.sweep_interval) / 6)
+        )
+        self._interaction: TimeBuckets[Session] = TimeBuckets(
+            max(1.0, (policy.inactivity_limit or 60.0) / 10)
+        )
+        self._grace: list[tuple[float, int, Session]] = []
+        self._grace_counter = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    # -- admission (multi-tab handover) ------------------------------------------
+
+    def admit(
+        self,
+        *,
+        room_id: str,
+        user_id: str,
+        peer_id: str,
+        connection: int,
+        resume_token: str | None,
+        now: float,
+    ) -> Admission:
+        """A new connection for (room, user, peer): new, resumed, replaced or rejected."""
+        existing = self.by_identity.get((room_id, user_id))
+        peer_holder = self.by_peer.get((room_id, peer_id))
+        if existing is None and peer_holder is not None:
+            existing = peer_holder  # a live peerId under another identity
+
+        if (
+            existing is not None
+            and resume_token is not None
+            and (
+                secrets.compare_digest(resume_token, existing.resume_token)
+                and existing.peer_id == peer_id
+                and existing.user_id == user_id
+            )
+        ):
+            return self._resume(existing, connection, now)
+
+        if existing is not None:
+            if self.policy.takeover is TakeoverPolicy.REJECT:
+                return Admission(AdmissionOutcome.REJECTED, None)
+            previous_connection = existing.connection
+            self.end(existing, EndReason.REPLACED)
+            if peer_holder is not None and peer_holder is not existing:
+                self.end(peer_holder, EndReason.REPLACED)
+            session = self._create(room_id, user_id, peer_id, connection, now)
+            return Admission(
+                AdmissionOutcome.REPLACED,
+                session,
+                previous=existing,
+                previous_connection=previous_connection,
+            )
+        return Admission(
+            AdmissionOutcome.NEW, self._create(room_id, user_id, peer_id, connection, now)
+        )
+
+    def _create(
+        self, room_id: str, user_id: str, peer_id: str, connection: int, now: float
+    ) -> Session:
+        session = Session(
+            room_id=room_id, user_id=user_id, peer_id=peer_id, connection=connection, now=now
+        )
+        self.by_identity[session.identity] = session
+        self.by_peer[(room_id, peer_id)] = session
+        self.by_id[session.id] = session
+        self.by_leave_token[session.leave_token] = session
+        self._heard.touch(session, now)
+        self._seen.touch(session, now)
+        self._interaction.touch(session, now)
+        return session
+
+    def _resume(self, session: Session, connection: int, now: float) -> Admission:
+        previous_connection = session.connection
+        was_reconnecting = session.state is SessionState.RECONNECTING
+        session.connection = connection
+        session.grace_deadline = None
+        session.state = SessionState.JOINED
+        # A resume token is good for one resume: a copied token cannot follow.
+        session.resume_token = secrets.token_urlsafe(24)
+        session.probed_at = None
+        self.seen(session, now)
+        return Admission(
+            AdmissionOutcome.RESUMED,
+            session,
+            previous_connection=previous_connection,
+            was_reconnecting=was_reconnecting,
+        )
+
+    def joined(self, session: Session, now: float) -> None:
+        if session.state is SessionState.CONNECTING:
+            session.state = SessionState.JOINED
+        self.seen(session, now)
+
+    # -- what is heard ------------------------------------------------------------
+
+    def heard(self, session: Session, now: float) -> None:
+        """Any WebSocket frame, keepalive pongs included."""
+        session.last_heard = now
+        self._heard.touch(session, now)
+
+    def seen(self, session: Session, now: float) -> None:
+        """An application message (request, notification, app ping)."""
+        session.last_heard = session.last_seen = now
+        self._heard.touch(session, now)
+        self._seen.touch(session, now)
+
+    def interacted(self, session: Session, now: float, *, hidden: bool | None = None) -> None:
+        """An ``activity`` notification: user interaction or a visibility change."""
+        if hidden is not None:
+            session.hidden = hidden
+        if not hidden:
+            session.last_interaction = now
+            self._interaction.touch(session, now)
+        self.seen(session, now)
+
+    def activity_level(self, session: Session, now: float) -> ActivityLevel:
+        idle_for = now - session.last_interaction
+        if session.hidden or idle_for >= self.policy.background_after:
+            return ActivityLevel.BACKGROUND
+        if idle_for >= self.policy.idle_after:
+            return ActivityLevel.IDLE
+        return ActivityLevel.ACTIVE
+
+    # -- connection loss and ending ---------------------------------------------------
+
+    def connection_lost(
+        self, session: Session, connection: int, now: float, *, clean: bool
+    ) -> End | None:
+        """The socket of ``connection`` closed.
+
+        A clean close (1000/1001) ends the session; a lost one keeps a joined
+        session ``reconnecting`` for the grace period.  A connection that no
+        longer drives the session (replaced, resumed elsewhere) changes nothing.
+        """
+        if not session.open or session.connection != connection:
+            return None
+        session.connection = None
+        if clean:
+            return End(session, EndReason.GRACEFUL)
+        if session.state is not SessionState.JOINED:
+            return End(session, EndReason.SOCKET_LOST)
+        session.state = SessionState.RECONNECTING
+        session.grace_deadline = now + self.policy.grace_period
+        heapq.heappush(self._grace, (session.grace_deadline, next(self._grace_counter), session))
+        self._heard.remove(session)
+        return None
+
+    def end(self, session: Session, reason: EndReason) -> bool:
+        """Close ``session`` for ``reason``; False if it was already closed."""
+        if not session.open:
+            return False
+        session.state = SessionState.CLOSED
+        session.end_reason = reason
+        session.connection = None
+        session.grace_deadline = None
+        if self.by_identity.get(session.identity) is session:
+            del self.by_identity[session.identity]
+        if self.by_peer.get((session.room_id, session.peer_id)) is session:
+            del self.by_peer[(session.room_id, session.peer_id)]
+        self.by_id.pop(session.id, None)
+        self.by_leave_token.pop(session.leave_token, None)
+        self._heard.remove(session)
+        self._seen.remove(session)
+        self._interaction.remove(session)
+        return True
+
+    # -- timers ----------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Decision]:
+        """Grace expiries, silence probes and timeouts, inactivity: call every second."""
+        decisions: list[Decision] = []
+        grace = self._grace
+        while grace and grace[0][0] <= now:
+            deadline, _, session = heapq.heappop(grace)
+            if session.state is SessionState.RECONNECTING and session.grace_deadline == deadline:
+                decisions.append(End(session, EndReason.SOCKET_LOST))
+
+        policy = self.policy
+        if policy.silence_timeout is not None:
+            cutoff = now - policy.probe_after
+            for session in self._heard.candidates(cutoff):
+                if not session.open or session.state is SessionState.RECONNECTING:
+                    continue
+                media = self.media_activity(session)
+                last = session.last_heard if media is None else max(session.last_heard, media)
+                if last > cutoff:
+                    self._heard.touch(session, last)  # media kept it alive
+                elif now - last >= policy.silence_timeout:
+                    decisions.append(End(session, EndReason.KEEPALIVE_TIMEOUT))
+                elif session.probed_at is None or session.probed_at < session.last_heard:
+                    session.probed_at = now
+                    decisions.append(Probe(session))
+
+        if policy.inactivity_limit is not None:
+            cutoff = now - policy.inactivity_limit
+            for session in self._interaction.candidates(cutoff):
+                if not session.open or session.last_interaction > cutoff:
+                    continue
+                media = self.media_activity(session)
+                if media is not None and media > cutoff:
+                    self._interaction.touch(session, media)
+                else:
+                    decisions.append(End(session, EndReason.INACTIVE))
+        return decisions
+
+    def sweep(self, now: float) -> list[End]:
+        """The backstop: sessions with no application message for ``stale_after``."""
+        if self.policy.stale_after is None:
+            return []
+        cutoff = now - self.policy.stale_after
+        stale: list[End] = []
+        for session in self._seen.candidates(cutoff):
+            if not session.open:
+                continue
+            media = self.media_activity(session)
+            last = session.last_seen if media is None else max(session.last_seen, media)
+            if last > cutoff:
+                self._seen.touch(session, last)
+            else:
+                stale.append(End(session, EndReason.STALE_SWEEP))
+        return stale
+
+    # -- introspection ------------------------------------------------------------------
+
+    def count_by_state(self) -> dict[SessionState, int]:
+        counts = dict.fromkeys(SessionState, 0)
+        for session in self.by_id.values():
+            counts[session.state] += 1
+        return counts
+
+    def index_sizes(self) -> dict[str, int]:
+        return {
+            "sessions": len(self.by_id),
+            "identities": len(self.by_identity),
+            "peers": len(self.by_peer),
+            "leave_tokens": len(self.by_leave_token),
+            "heard_index": len(self._heard),
+            "seen_index": len(self._seen),
+            "interaction_index": len(self._interaction),
+            "grace_heap": len(self._grace),
+        }

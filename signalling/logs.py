@@ -1,0 +1,71 @@
+"""Logging: one structured line per session lifecycle event, text or JSON."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from .liveness import Session
+
+lifecycle = logging.getLogger("ghostless.session")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            text += " " + " ".join(f"{k}={v}" for k, v in fields.items() if k != "event")
+        return text
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("aioice").setLevel(max(logging.WARNING, root.level))
+
+
+def log_session(event: str, session: Session | None = None, **extra: Any) -> None:
+    """One line per lifecycle event: started, joined, reconnecting, resumed, ended."""
+    if not lifecycle.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, Any] = {"event": event}
+    if session is not None:
+        fields.update(
+            session=session.id,
+            room=session.room_id,
+            peer=session.peer_id,
+            user=session.user_id,
+            state=session.state.value,
+        )
+    fields.update(extra)
+    lifecycle.info(event, extra={"fields": fields})

@@ -1,0 +1,179 @@
+"""Prometheus metrics, fed by observer events and read from the registries.
+
+Business code never imports prometheus-client: the media objects are counted
+through their ``observer`` emitters (as mediasoup's observer API intends), and
+the session gauges are computed at scrape time, on the event loop's thread.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from .liveness import ActivityLevel, EndReason, SessionState
+
+if TYPE_CHECKING:
+    from media import Router, WebRtcTransport
+
+    from .server import Server
+
+MEDIA_KINDS = (
+    "routers",
+    "transports",
+    "producers",
+    "consumers",
+    "data_producers",
+    "data_consumers",
+)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+DETECTION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 30)
+
+
+class _SessionCollector(Collector):
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def collect(self) -> Any:
+        server = self._server
+        registry = server.registry
+        by_state = GaugeMetricFamily("ghostless_sessions", "Sessions by state", labels=["state"])
+        for state, count in registry.count_by_state().items():
+            if state is not SessionState.CLOSED:
+                by_state.add_metric([state.value], count)
+        yield by_state
+        now = server.loop.time()
+        levels = dict.fromkeys(ActivityLevel, 0)
+        for session in registry.by_id.values():
+            levels[registry.activity_level(session, now)] += 1
+        by_level = GaugeMetricFamily(
+            "ghostless_sessions_by_activity", "Sessions by activity level", labels=["level"]
+        )
+        for level, count in levels.items():
+            by_level.add_metric([level.value], count)
+        yield by_level
+        yield GaugeMetricFamily(
+            "ghostless_connections", "Open WebSocket connections", value=len(server.connections)
+        )
+        yield GaugeMetricFamily("ghostless_rooms", "Open rooms", value=len(server.rooms))
+        yield GaugeMetricFamily(
+            "ghostless_peers",
+            "Joined peers",
+            value=sum(len(room.joined_peers()) for room in server.rooms.values()),
+        )
+        yield GaugeMetricFamily(
+            "ghostless_event_loop_lag_seconds",
+            "Lateness of the 1 s liveness tick",
+            value=server.loop_lag,
+        )
+
+
+class Metrics:
+    def __init__(self, server: Server) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self._loop = server.loop
+        registry.register(_SessionCollector(server))
+        self.media = Gauge(
+            "ghostless_media_objects", "Open media objects", ["kind"], registry=registry
+        )
+        self._media = {kind: self.media.labels(kind) for kind in MEDIA_KINDS}
+        self.ended = Counter(
+            "ghostless_sessions_ended", "Sessions ended, by reason", ["reason"], registry=registry
+        )
+        self._ended = {reason: self.ended.labels(reason.value) for reason in EndReason}
+        self.resumed = Counter(
+            "ghostless_sessions_resumed",
+            "Sessions resumed within the grace period",
+            registry=registry,
+        )
+        self.requests = Counter(
+            "ghostless_requests",
+            "protoo requests, by method and outcome",
+            ["method", "outcome"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "ghostless_request_duration_seconds",
+            "protoo request handling time",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.protocol_violations = Counter(
+            "ghostless_protocol_violations",
+            "Connections closed for protocol violations",
+            registry=registry,
+        )
+        self.ping_rtt = Histogram(
+            "ghostless_ping_rtt_seconds",
+            "Ping round-trip time",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ping_rtt_client = self.ping_rtt.labels("client")
+        self.ping_rtt_probe = self.ping_rtt.labels("probe")
+        self.sweep_duration = Histogram(
+            "ghostless_sweep_duration_seconds",
+            "Duration of one stale-session sweep",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.detection_to_cleanup = Histogram(
+            "ghostless_detection_to_cleanup_seconds",
+            "From detecting that a participant is gone to its media being released",
+            ["reason"],
+            buckets=DETECTION_BUCKETS,
+            registry=registry,
+        )
+        self._request_children: dict[tuple[str, str], Any] = {}
+        self._duration_children: dict[str, Any] = {}
+        server.worker.observer.on("newrouter", self._new_router)
+
+    # -- media objects, through observer events ----------------------------------------
+
+    def _count(self, kind: str, observer: Any) -> None:
+        gauge = self._media[kind]
+        gauge.inc()
+        observer.on("close", gauge.dec)
+
+    def _new_router(self, router: Router) -> None:
+        self._count("routers", router.observer)
+        router.observer.on("newtransport", self._new_transport)
+
+    def _new_transport(self, transport: WebRtcTransport) -> None:
+        self._count("transports", transport.observer)
+        observer = transport.observer
+        observer.on("newproducer", lambda p: self._count("producers", p.observer))
+        observer.on("newconsumer", lambda c: self._count("consumers", c.observer))
+        observer.on("newdataproducer", lambda d: self._count("data_producers", d.observer))
+        observer.on("newdataconsumer", lambda d: self._count("data_consumers", d.observer))
+
+    # -- sessions and requests --------------------------------------------------------------
+
+    def session_ended(self, reason: EndReason, detected_at: float | None = None) -> None:
+        self._ended[reason].inc()
+        if detected_at is not None:
+            self.detection_to_cleanup.labels(reason.value).observe(
+                max(0.0, self._loop.time() - detected_at)
+            )
+
+    def observe_request(self, method: str, outcome: str, duration: float) -> None:
+        key = (method, outcome)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(method, outcome)
+        child.inc()
+        if method == "ping":
+            return  # the hot path: counted, not timed
+        timer = self._duration_children.get(method)
+        if timer is None:
+            timer = self._duration_children[method] = self.request_duration.labels(method)
+        timer.observe(duration)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,509 @@
+"""Rooms and peers: the mediasoup-demo ``Room.js`` semantics, on the media layer.
+
+A ``Room`` holds one media ``Router`` and the peers of its sessions.  A
+``Peer`` is the media side of one session: its transports, producers,
+consumers and data channels, and the tasks that create consumers for it.
+Request handlers take the peer and the request ``data`` and return the
+response data; client mistakes raise ``RequestError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import media
+from media import Consumer, DataConsumer, DataProducer, Producer, Router, WebRtcTransport
+
+from .connection import Connection, RequestFailed
+from .liveness import Session
+from .protocol import ErrorCode
+
+logger = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+
+class RequestError(Exception):
+    """A client mistake: becomes a protoo error response with this code and reason."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _field(data: Json, name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+    value = data.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise RequestError(ErrorCode.BAD_REQUEST, f"{name} is missing or has the wrong type")
+    return value
+
+
+def _text(data: Json, name: str, *, limit: int = 256, optional: bool = False) -> str | None:
+    value = _field(data, name, str, optional=optional)
+    if value is not None and len(value) > limit:
+        raise RequestError(ErrorCode.BAD_REQUEST, f"{name} is too long")
+    return value  # type: ignore[no-any-return]
+
+
+class Peer:
+    """The media state of one session, owned by it; ``close`` releases all of it."""
+
+    def __init__(self, session: Session, room: Room) -> None:
+        self.session = session
+        self.room = room
+        self.connection: Connection | None = None
+        self.joined = False
+        self.closed = False
+        self.device: Json | None = None
+        self.rtp_capabilities: Json | None = None
+        self.sctp_capabilities: Json | None = None
+        self.transports: dict[str, WebRtcTransport] = {}
+        self.producers: dict[str, Producer] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self.data_producers: dict[str, DataProducer] = {}
+        self.data_consumers: dict[str, DataConsumer] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.on_transport_ended: Callable[[Peer, str], None] = lambda peer, reason: None
+
+    @property
+    def id(self) -> str:
+        return self.session.peer_id
+
+    @property
+    def display_name(self) -> str:
+        return self.session.display_name
+
+    def info(self) -> Json:
+        return {"id": self.id, "displayName": self.display_name, "device": self.device or {}}
+
+    def notify(self, method: str, data: Any) -> None:
+        if self.connection is not None:
+            self.connection.notify(method, data)
+
+    async def request(self, method: str, data: Any, timeout: float) -> Any:
+        if self.connection is None:
+            raise RequestFailed("peer is reconnecting")
+        return await self.connection.request(method, data, timeout)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """A task owned by this peer: cancelled when the peer closes."""
+        if self.closed:
+            coroutine.close()
+            return
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def media_activity(self) -> float | None:
+        """When anything was last received on this peer's transports (loop time)."""
+        if not self.transports:
+            return None
+        return max(t.last_activity for t in self.transports.values())
+
+    def consuming_transport(self) -> WebRtcTransport | None:
+        return next((t for t in self.transports.values() if t.app_data.get("consuming")), None)
+
+    def close(self) -> None:
+        """Close every transport (cascading to producers/consumers) and task."""
+        if self.closed:
+            return
+        self.closed = True
+        for transport in list(self.transports.values()):
+            transport.close()
+        self.transports.clear()
+        self.producers.clear()
+        self.consumers.clear()
+        self.data_producers.clear()
+        self.data_consumers.clear()
+        for task in list(self.tasks):
+            task.cancel()
+
+
+class Room:
+    """One call: a router and the peers of its sessions."""
+
+    def __init__(
+        self,
+        room_id: str,
+        router: Router,
+        *,
+        request_timeout: float,
+        heartbeat_interval: float,
+    ) -> None:
+        self.id = room_id
+        self.router = router
+        self.peers: dict[str, Peer] = {}
+        self.request_timeout = request_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.close_timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Room {self.id} peers={len(self.peers)}>"
+
+    def joined_peers(self, exclude: Peer | None = None) -> list[Peer]:
+        return [p for p in self.peers.values() if p.joined and p is not exclude and not p.closed]
+
+    def broadcast(self, method: str, data: Any, exclude: Peer | None = None) -> None:
+        for peer in self.joined_peers(exclude):
+            peer.notify(method, data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        for peer in list(self.peers.values()):
+            peer.close()
+        self.peers.clear()
+        self.router.close()
+
+    # -- requests ---------------------------------------------------------------------
+
+    async def handle(self, peer: Peer, method: str, data: Json) -> Any:
+        handler = self.HANDLERS.get(method)
+        if handler is None:
+            raise RequestError(ErrorCode.UNKNOWN_METHOD, f"unknown method {method!r}")
+        needs_join = method not in self.BEFORE_JOIN
+        if needs_join and not peer.joined:
+            raise RequestError(ErrorCode.NOT_JOINED, f"{method} needs join first")
+        return await handler(self, peer, data)
+
+    async def get_router_rtp_capabilities(self, peer: Peer, data: Json) -> Any:
+        return self.router.rtp_capabilities
+
+    async def join(self, peer: Peer, data: Json) -> Json:
+        if peer.joined:
+            raise RequestError(ErrorCode.CONFLICT, "already joined")
+        display_name = _text(data, "displayName", optional=True)
+        device = _field(data, "device", dict, optional=True)
+        rtp_capabilities = _field(data, "rtpCapabilities", dict, optional=True)
+        sctp_capabilities = _field(data, "sctpCapabilities", dict, optional=True)
+        if display_name is not None:
+            peer.session.display_name = display_name
+        peer.device = device
+        peer.rtp_capabilities = rtp_capabilities
+        peer.sctp_capabilities = sctp_capabilities
+        others = self.joined_peers(exclude=peer)
+        peer.joined = True
+        for other in others:
+            for producer in other.producers.values():
+                peer.spawn(self.create_consumer(peer, other, producer))
+            for data_producer in other.data_producers.values():
+                peer.spawn(self.create_data_consumer(peer, other, data_producer))
+        self.broadcast("newPeer", peer.info(), exclude=peer)
+        return {
+            "peers": [other.info() for other in others],
+            "heartbeatInterval": self.heartbeat_interval,
+            "resumeToken": peer.session.resume_token,
+            "leaveToken": peer.session.leave_token,
+            "sessionId": peer.session.id,
+            "serverTime": time.time() * 1000,
+        }
+
+    async def create_webrtc_transport(self, peer: Peer, data: Json) -> Json:
+        producing = bool(data.get("producing", False))
+        consuming = bool(data.get("consuming", False))
+        if data.get("forceTcp"):
+            raise RequestError(ErrorCode.BAD_REQUEST, "TCP transports are not supported")
+        sctp_capabilities = _field(data, "sctpCapabilities", dict, optional=True)
+        num_streams = (sctp_capabilities or {}).get("numStreams") or {}
+        os_streams = num_streams.get("OS", 1024) if isinstance(num_streams, dict) else 1024
+        mis_streams = num_streams.get("MIS", 1024) if isinstance(num_streams, dict) else 1024
+        if not all(isinstance(n, int) and 1 <= n <= 65535 for n in (os_streams, mis_streams)):
+            raise RequestError(ErrorCode.BAD_REQUEST, "sctpCapabilities.numStreams is invalid")
+        if len(peer.transports) >= 4:
+            raise RequestError(ErrorCode.FORBIDDEN, "too many transports for one peer")
+        transport = await self.router.create_webrtc_transport(
+            enable_sctp=sctp_capabilities is not None,
+            num_sctp_streams=(os_streams, mis_streams),
+            app_data={"producing": producing, "consuming": consuming},
+        )
+        if peer.closed:  # the session ended while the socket was being bound
+            transport.close()
+            raise RequestError(ErrorCode.NOT_FOUND, "session closed")
+        peer.transports[transport.id] = transport
+
+        def ended(reason: str) -> None:
+            peer.transports.pop(transport.id, None)
+            peer.on_transport_ended(peer, reason)
+
+        transport.on("ended", ended)
+        transport.observer.on("close", lambda: peer.transports.pop(transport.id, None))
+        return {
+            "id": transport.id,
+            "iceParameters": transport.ice_parameters,
+            "iceCandidates": transport.ice_candidates,
+            "dtlsParameters": transport.dtls_parameters,
+            "sctpParameters": transport.sctp_parameters,
+        }
+
+    def _transport(self, peer: Peer, data: Json) -> WebRtcTransport:
+        transport_id = _text(data, "transportId")
+        transport = peer.transports.get(transport_id or "")
+        if transport is None:
+            # Also for another peer's transport: its existence is not disclosed.
+            raise RequestError(ErrorCode.NOT_FOUND, "transport not found")
+        return transport
+
+    async def connect_webrtc_transport(self, peer: Peer, data: Json) -> None:
+        transport = self._transport(peer, data)
+        await transport.connect(_field(data, "dtlsParameters", dict))
+
+    async def restart_ice(self, peer: Peer, data: Json) -> Json:
+        return await self._transport(peer, data).restart_ice()
+
+    async def produce(self, peer: Peer, data: Json) -> Json:
+        transport = self._transport(peer, data)
+        kind = _text(data, "kind")
+        app_data = _field(data, "appData", dict, optional=True) or {}
+        producer = await transport.produce(
+            kind=kind or "",
+            rtp_parameters=_field(data, "rtpParameters", dict),
+            app_data={**app_data, "peerId": peer.id},
+        )
+        if peer.closed:
+            producer.close()
+            raise RequestError(ErrorCode.NOT_FOUND, "session closed")
+        peer.producers[producer.id] = producer
+        producer.observer.on("close", lambda: peer.producers.pop(producer.id, None))
+        for other in self.joined_peers(exclude=peer):
+            other.spawn(self.create_consumer(other, peer, producer))
+        return {"id": producer.id}
+
+    def _producer(self, peer: Peer, data: Json) -> Producer:
+        producer = peer.producers.get(_text(data, "producerId") or "")
+        if producer is None:
+            raise RequestError(ErrorCode.NOT_FOUND, "producer not found")
+        return producer
+
+    def _consumer(self, peer: Peer, data: Json) -> Consumer:
+        consumer = peer.consumers.get(_text(data, "consumerId") or "")
+        if consumer is None:
+            raise RequestError(ErrorCode.NOT_FOUND, "consumer not found")
+        return consumer
+
+    async def close_producer(self, peer: Peer, data: Json) -> None:
+        self._producer(peer, data).close()
+
+    async def pause_producer(self, peer: Peer, data: Json) -> None:
+        await self._producer(peer, data).pause()
+
+    async def resume_producer(self, peer: Peer, data: Json) -> None:
+        await self._producer(peer, data).resume()
+
+    async def pause_consumer(self, peer: Peer, data: Json) -> None:
+        await self._consumer(peer, data).pause()
+
+    async def resume_consumer(self, peer: Peer, data: Json) -> None:
+        await self._consumer(peer, data).resume()
+
+    async def request_consumer_key_frame(self, peer: Peer, data: Json) -> None:
+        await self._consumer(peer, data).request_key_frame()
+
+    async def set_consumer_preferred_layers(self, peer: Peer, data: Json) -> None:
+        self._consumer(peer, data)  # one layer is forwarded: nothing to change
+
+    async def set_consumer_priority(self, peer: Peer, data: Json) -> None:
+        self._consumer(peer, data)
+
+    async def produce_data(self, peer: Peer, data: Json) -> Json:
+        transport = self._transport(peer, data)
+        label = _text(data, "label", optional=True) or ""
+        protocol = _text(data, "protocol", optional=True) or ""
+        app_data = _field(data, "appData", dict, optional=True) or {}
+        data_producer = await transport.produce_data(
+            sctp_stream_parameters=_field(data, "sctpStreamParameters", dict),
+            label=label,
+            protocol=protocol,
+            app_data={**app_data, "peerId": peer.id},
+        )
+        if peer.closed:
+            data_producer.close()
+            raise RequestError(ErrorCode.NOT_FOUND, "session closed")
+        peer.data_producers[data_producer.id] = data_producer
+        data_producer.observer.on("close", lambda: peer.data_producers.pop(data_producer.id, None))
+        for other in self.joined_peers(exclude=peer):
+            other.spawn(self.create_data_consumer(other, peer, data_producer))
+        return {"id": data_producer.id}
+
+    async def change_display_name(self, peer: Peer, data: Json) -> None:
+        display_name = _text(data, "displayName") or ""
+        old = peer.session.display_name
+        peer.session.display_name = display_name
+        self.broadcast(
+            "peerDisplayNameChanged",
+            {"peerId": peer.id, "displayName": display_name, "oldDisplayName": old},
+            exclude=peer,
+        )
+
+    async def get_transport_stats(self, peer: Peer, data: Json) -> Any:
+        return await self._transport(peer, data).get_stats()
+
+    async def get_producer_stats(self, peer: Peer, data: Json) -> Any:
+        return await self._producer(peer, data).get_stats()
+
+    async def get_consumer_stats(self, peer: Peer, data: Json) -> Any:
+        return await self._consumer(peer, data).get_stats()
+
+    async def get_data_producer_stats(self, peer: Peer, data: Json) -> Any:
+        data_producer = peer.data_producers.get(_text(data, "dataProducerId") or "")
+        if data_producer is None:
+            raise RequestError(ErrorCode.NOT_FOUND, "dataProducer not found")
+        return await data_producer.get_stats()
+
+    async def get_data_consumer_stats(self, peer: Peer, data: Json) -> Any:
+        data_consumer = peer.data_consumers.get(_text(data, "dataConsumerId") or "")
+        if data_consumer is None:
+            raise RequestError(ErrorCode.NOT_FOUND, "dataConsumer not found")
+        return await data_consumer.get_stats()
+
+    HANDLERS: dict[str, Callable[[Room, Peer, Json], Awaitable[Any]]] = {
+        "getRouterRtpCapabilities": get_router_rtp_capabilities,
+        "join": join,
+        "createWebRtcTransport": create_webrtc_transport,
+        "connectWebRtcTransport": connect_webrtc_transport,
+        "restartIce": restart_ice,
+        "produce": produce,
+        "closeProducer": close_producer,
+        "pauseProducer": pause_producer,
+        "resumeProducer": resume_producer,
+        "pauseConsumer": pause_consumer,
+        "resumeConsumer": resume_consumer,
+        "setConsumerPreferredLayers": set_consumer_preferred_layers,
+        "setConsumerPriority": set_consumer_priority,
+        "requestConsumerKeyFrame": request_consumer_key_frame,
+        "produceData": produce_data,
+        "changeDisplayName": change_display_name,
+        "getTransportStats": get_transport_stats,
+        "getProducerStats": get_producer_stats,
+        "getConsumerStats": get_consumer_stats,
+        "getDataProducerStats": get_data_producer_stats,
+        "getDataConsumerStats": get_data_consumer_stats,
+    }
+    BEFORE_JOIN = frozenset(
+        {
+            "getRouterRtpCapabilities",
+            "join",
+            "createWebRtcTransport",
+            "connectWebRtcTransport",
+            "restartIce",
+            "getTransportStats",
+        }
+    )
+
+    # -- consumers (mediasoup-demo: created paused, resumed once the client has them) ---
+
+    async def create_consumer(
+        self, consumer_peer: Peer, producer_peer: Peer, producer: Producer
+    ) -> None:
+        caps = consumer_peer.rtp_capabilities
+        if caps is None or producer.closed or not self.router.can_consume(producer.id, caps):
+            return
+        transport = consumer_peer.consuming_transport()
+        if transport is None:
+            return
+        try:
+            consumer = await transport.consume(
+                producer_id=producer.id, rtp_capabilities=caps, paused=True
+            )
+        except media.MediaError as exc:
+            logger.debug("consume failed for %s: %s", consumer_peer.id, exc)
+            return
+        consumer_peer.consumers[consumer.id] = consumer
+        consumer.observer.on("close", lambda: consumer_peer.consumers.pop(consumer.id, None))
+        consumer.on(
+            "producerclose",
+            lambda: consumer_peer.notify("consumerClosed", {"consumerId": consumer.id}),
+        )
+        consumer.on(
+            "producerpause",
+            lambda: consumer_peer.notify("consumerPaused", {"consumerId": consumer.id}),
+        )
+        consumer.on(
+            "producerresume",
+            lambda: consumer_peer.notify("consumerResumed", {"consumerId": consumer.id}),
+        )
+        try:
+            await consumer_peer.request(
+                "newConsumer",
+                {
+                    "peerId": producer_peer.id,
+                    "producerId": producer.id,
+                    "id": consumer.id,
+                    "kind": consumer.kind,
+                    "rtpParameters": consumer.rtp_parameters,
+                    "type": consumer.type,
+                    "appData": producer.app_data,
+                    "producerPaused": consumer.producer_paused_state,
+                },
+                self.request_timeout,
+            )
+        except RequestFailed as exc:
+            logger.debug("newConsumer not accepted by %s: %s", consumer_peer.id, exc)
+            consumer.close()
+            return
+        if not consumer.closed:
+            await consumer.resume()
+
+    async def create_data_consumer(
+        self, consumer_peer: Peer, producer_peer: Peer, data_producer: DataProducer
+    ) -> None:
+        if consumer_peer.sctp_capabilities is None or data_producer.closed:
+            return
+        transport = consumer_peer.consuming_transport()
+        if transport is None:
+            return
+        try:
+            data_consumer = await transport.consume_data(data_producer_id=data_producer.id)
+        except media.MediaError as exc:
+            logger.debug("consumeData failed for %s: %s", consumer_peer.id, exc)
+            return
+        consumer_peer.data_consumers[data_consumer.id] = data_consumer
+        data_consumer.observer.on(
+            "close", lambda: consumer_peer.data_consumers.pop(data_consumer.id, None)
+        )
+        data_consumer.on(
+            "dataproducerclose",
+            lambda: consumer_peer.notify(
+                "dataConsumerClosed", {"dataConsumerId": data_consumer.id}
+            ),
+        )
+        try:
+            await consumer_peer.request(
+                "newDataConsumer",
+                {
+                    "peerId": producer_peer.id,
+                    "dataProducerId": data_producer.id,
+                    "id": data_consumer.id,
+                    "sctpStreamParameters": data_consumer.sctp_stream_parameters,
+                    "label": data_consumer.label,
+                    "protocol": data_consumer.protocol,
+                    "appData": data_producer.app_data,
+                },
+                self.request_timeout,
+            )
+        except RequestFailed as exc:
+            logger.debug("newDataConsumer not accepted by %s: %s", consumer_peer.id, exc)
+            data_consumer.close()
+
+    def sync_consumers(self, peer: Peer) -> None:
+        """After a resume: consume what was produced while the peer was away."""
+        consumed = {c.producer_id for c in peer.consumers.values()}
+        data_consumed = {d.data_producer_id for d in peer.data_consumers.values()}
+        for other in self.joined_peers(exclude=peer):
+            for producer in other.producers.values():
+                if producer.id not in consumed:
+                    peer.spawn(self.create_consumer(peer, other, producer))
+            for data_producer in other.data_producers.values():
+                if data_producer.id not in data_consumed:
+                    peer.spawn(self.create_data_consumer(peer, other, data_producer))

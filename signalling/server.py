@@ -1,0 +1,619 @@
+"""The ghostless signalling server: protoo over WebSocket, liveness, teardown.
+
+Every session ends through ``end_session``: the one teardown path that tells
+the peers once (``peerClosed`` with the reason), closes the media (transports
+cascade to producers and consumers), drops every registry entry and task, and
+closes the socket with a code that says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+import media
+
+from .config import Config
+from .connection import Connection
+from .liveness import (
+    AdmissionOutcome,
+    End,
+    EndReason,
+    Probe,
+    Session,
+    SessionRegistry,
+    SessionState,
+)
+from .logs import log_session
+from .metrics import Metrics
+from .protocol import (
+    CloseCode,
+    ErrorCode,
+    Kind,
+    ProtocolViolation,
+    decode,
+    encode_error,
+    encode_response,
+)
+from .rooms import Peer, RequestError, Room
+from .tokens import InvalidToken, verify_token
+
+logger = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,128}$")
+
+CLOSE_CODES: dict[EndReason, CloseCode] = {
+    EndReason.GRACEFUL: CloseCode.NORMAL,
+    EndReason.BEACON: CloseCode.SESSION_CLOSED,
+    EndReason.SOCKET_LOST: CloseCode.SESSION_CLOSED,
+    EndReason.KEEPALIVE_TIMEOUT: CloseCode.SESSION_TIMEOUT,
+    EndReason.CONSENT_EXPIRED: CloseCode.SESSION_CLOSED,
+    EndReason.STALE_SWEEP: CloseCode.SESSION_TIMEOUT,
+    EndReason.INACTIVE: CloseCode.SESSION_TIMEOUT,
+    EndReason.REPLACED: CloseCode.SESSION_REPLACED,
+    EndReason.REJECTED: CloseCode.IDENTITY_IN_USE,
+    EndReason.SHUTDOWN: CloseCode.GOING_AWAY,
+    EndReason.ERROR: CloseCode.INTERNAL_ERROR,
+}
+
+# What the media layer reports when a transport ends by itself.
+TRANSPORT_END_REASONS = {
+    "dtls_closed": EndReason.GRACEFUL,
+    "ice_consent_expired": EndReason.CONSENT_EXPIRED,
+    "dtls_failed": EndReason.ERROR,
+}
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.worker = media.Worker(
+            media.WorkerSettings(
+                listen_ip=config.rtc_listen_ip,
+                announced_address=config.rtc_announced_address,
+                port_range=media.PortRange(config.rtc_min_port, config.rtc_max_port),
+                consent_timeout=config.consent_timeout,
+            )
+        )
+        self.registry = SessionRegistry(config.liveness, media_activity=_media_activity)
+        self.rooms: dict[str, Room] = {}
+        self._room_creations: dict[str, asyncio.Future[Room]] = {}
+        self.connections: dict[int, Connection] = {}
+        self.accepting = False
+        self.loop_lag = 0.0
+        self._ws_server: WsServer | None = None
+        self._metrics_server: WsServer | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._shutting_down = False
+        self.metrics = Metrics(self)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        self._ws_server = await serve(
+            self._handle,
+            config.host,
+            config.port,
+            subprotocols=["protoo"],  # type: ignore[list-item]
+            process_request=self._http,
+            compression=None,  # small JSON: permessage-deflate would triple memory
+            max_size=config.max_message_size,
+            max_queue=16,
+            ping_interval=None,  # keepalive probes are sent only to silent sessions
+            ping_timeout=None,
+            close_timeout=2,
+            server_header="ghostless",
+        )
+        if config.metrics_port is not None:
+            self._metrics_server = await serve(
+                self._handle_metrics_ws,
+                config.metrics_host,
+                config.metrics_port,
+                process_request=self._http_metrics,
+                compression=None,
+            )
+        self._ticker = asyncio.ensure_future(self._tick_forever())
+        self.accepting = True
+        logger.info("listening on ws://%s:%d", config.host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._ws_server is not None
+        return int(next(iter(self._ws_server.sockets)).getsockname()[1])
+
+    @property
+    def metrics_port(self) -> int | None:
+        if self._metrics_server is None:
+            return None
+        return int(next(iter(self._metrics_server.sockets)).getsockname()[1])
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, tell everyone, close sockets (1001) and media, within a bound."""
+        if self._shutting_down:
+            await self._stopped.wait()
+            return
+        self._shutting_down = True
+        self.accepting = False
+        started = time.monotonic()
+        logger.info("shutting down: %d sessions", len(self.registry))
+        if self._ws_server is not None:
+            self._ws_server.close(close_connections=False)
+        for session in list(self.registry.by_id.values()):
+            peer = session.data
+            if isinstance(peer, Peer):
+                peer.notify(
+                    "serverShutdown", {"reconnectDelay": int(self.config.reconnect_delay * 1000)}
+                )
+        for session in list(self.registry.by_id.values()):
+            self.end_session(session, EndReason.SHUTDOWN)
+        remaining = self.config.shutdown_timeout - (time.monotonic() - started)
+        if self._ws_server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ws_server.wait_closed(), max(0.1, remaining))
+        for conn in list(self.connections.values()):
+            conn.ws.transport.abort()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for room in list(self.rooms.values()):
+            self._close_room(room)
+        for future in self._room_creations.values():
+            future.cancel()
+        self.worker.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
+        logger.info("shut down in %.2f s", time.monotonic() - started)
+        self._stopped.set()
+
+    # -- rooms ------------------------------------------------------------------------
+
+    async def _get_room(self, room_id: str) -> Room:
+        room = self.rooms.get(room_id)
+        if room is not None:
+            return room
+        creation = self._room_creations.get(room_id)
+        if creation is None:
+            creation = asyncio.ensure_future(self._create_room(room_id))
+            self._room_creations[room_id] = creation
+            creation.add_done_callback(lambda _: self._room_creations.pop(room_id, None))
+        return await asyncio.shield(creation)
+
+    async def _create_room(self, room_id: str) -> Room:
+        router = await self.worker.create_router(app_data={"roomId": room_id})
+        room = Room(
+            room_id,
+            router,
+            request_timeout=self.config.request_timeout,
+            heartbeat_interval=self.config.liveness.heartbeat_interval,
+        )
+        self.rooms[room_id] = room
+        logger.info("room %s created", room_id)
+        return room
+
+    def _schedule_room_close(self, room: Room) -> None:
+        if room.peers or room.closed or room.close_timer is not None:
+            return
+        room.close_timer = self.loop.call_later(
+            self.config.room_close_delay, self._close_room_if_empty, room
+        )
+
+    def _close_room_if_empty(self, room: Room) -> None:
+        room.close_timer = None
+        if not room.peers:
+            self._close_room(room)
+
+    def _close_room(self, room: Room) -> None:
+        room.close()
+        if self.rooms.get(room.id) is room:
+            del self.rooms[room.id]
+            logger.info("room %s closed", room.id)
+
+    # -- connections ------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
+
+        def param(name: str) -> str | None:
+            values = query.get(name)
+            return values[0] if values else None
+
+        room_id, peer_id = param("roomId"), param("peerId")
+        if room_id is None or peer_id is None or not _ID.match(room_id) or not _ID.match(peer_id):
+            await ws.close(CloseCode.BAD_REQUEST, "roomId and peerId are required")
+            return
+        user_id = param("userId")
+        token = param("token")
+        if token is not None and self.config.token_secret is not None:
+            try:
+                user_id = verify_token(token, self.config.token_secret)
+            except InvalidToken:
+                self.metrics.session_ended(EndReason.REJECTED)
+                await ws.close(CloseCode.UNAUTHORIZED, "invalid token")
+                return
+        if user_id is not None and not _ID.match(user_id):
+            await ws.close(CloseCode.BAD_REQUEST, "invalid userId")
+            return
+        user_id = user_id or peer_id
+        if not self.accepting:
+            await ws.close(CloseCode.GOING_AWAY, "server shutting down")
+            return
+        room = await self._get_room(room_id)
+        limit = self.config.max_peers_per_room
+        if (
+            limit is not None
+            and len(room.peers) >= limit
+            and (room_id, user_id) not in self.registry.by_identity
+            and (room_id, peer_id) not in self.registry.by_peer
+        ):
+            self.metrics.session_ended(EndReason.REJECTED)
+            await ws.close(CloseCode.ROOM_FULL, "room is full")
+            return
+
+        conn = Connection(ws)
+        now = self.loop.time()
+        admission = self.registry.admit(
+            room_id=room_id,
+            user_id=user_id,
+            peer_id=peer_id,
+            connection=conn.id,
+            resume_token=param("resumeToken"),
+            now=now,
+        )
+        if admission.outcome is AdmissionOutcome.REJECTED or admission.session is None:
+            self.metrics.session_ended(EndReason.REJECTED)
+            log_session(
+                "session_rejected", room_id=room_id, peer_id=peer_id, reason="identity_in_use"
+            )
+            await ws.close(CloseCode.IDENTITY_IN_USE, "this identity is already connected")
+            return
+        session = admission.session
+        self.connections[conn.id] = conn
+        if admission.outcome is AdmissionOutcome.REPLACED and admission.previous is not None:
+            self.end_session(admission.previous, EndReason.REPLACED, detected_at=now)
+        if admission.outcome is AdmissionOutcome.RESUMED:
+            peer = self._resume(
+                session, conn, admission.previous_connection, admission.was_reconnecting
+            )
+        else:
+            peer = Peer(session, room)
+            peer.connection = conn
+            peer.on_transport_ended = self._transport_ended
+            session.data = peer
+            room.peers[peer.id] = peer
+            if room.close_timer is not None:
+                room.close_timer.cancel()
+                room.close_timer = None
+            log_session("session_started", session)
+        try:
+            await self._serve(conn, session, peer)
+        finally:
+            self.connections.pop(conn.id, None)
+            self._connection_lost(session, conn)
+
+    def _resume(
+        self, session: Session, conn: Connection, previous: int | None, was_reconnecting: bool
+    ) -> Peer:
+        peer: Peer = session.data
+        old = self.connections.pop(previous, None) if previous is not None else None
+        if old is not None:
+            old.close(CloseCode.SESSION_REPLACED, "resumed on another connection")
+        peer.connection = conn
+        conn.notify(
+            "sessionResumed",
+            {
+                "resumeToken": session.resume_token,
+                "heartbeatInterval": self.config.liveness.heartbeat_interval,
+                "joined": peer.joined,
+            },
+        )
+        if was_reconnecting and peer.joined:
+            peer.room.broadcast("peerResumed", {"peerId": peer.id}, exclude=peer)
+        peer.room.sync_consumers(peer)
+        self.metrics.resumed.inc()
+        log_session("session_resumed", session)
+        return peer
+
+    def _connection_lost(self, session: Session, conn: Connection) -> None:
+        ws = conn.ws
+        close_rcvd = ws.protocol.close_rcvd
+        clean = close_rcvd is not None and close_rcvd.code in (1000, 1001)
+        now = self.loop.time()
+        end = self.registry.connection_lost(session, conn.id, now, clean=clean)
+        if end is not None:
+            self.end_session(end.session, end.reason, detected_at=now)
+        elif session.state is SessionState.RECONNECTING and session.connection is None:
+            peer: Peer = session.data
+            if peer.connection is conn:
+                peer.connection = None
+                peer.room.broadcast("peerReconnecting", {"peerId": peer.id}, exclude=peer)
+                log_session("session_reconnecting", session)
+
+    async def _serve(self, conn: Connection, session: Session, peer: Peer) -> None:
+        registry = self.registry
+        metrics = self.metrics
+        loop_time = self.loop.time
+        try:
+            async for raw in conn.ws:
+                try:
+                    message = decode(raw)
+                except ProtocolViolation as violation:
+                    metrics.protocol_violations.inc()
+                    logger.info(
+                        "protocol violation by %s/%s: %s",
+                        session.room_id,
+                        session.peer_id,
+                        violation.reason,
+                    )
+                    conn.close(violation.code, violation.reason)
+                    return
+                if not session.open:
+                    return
+                registry.seen(session, loop_time())
+                if message.kind is Kind.REQUEST:
+                    if message.method == "ping":
+                        await conn.send(encode_response(message.id, self._pong(message.data)))
+                        metrics.observe_request("ping", "ok", 0.0)
+                        continue
+                    await self._request(
+                        conn, session, peer, message.method, message.id, message.data
+                    )
+                elif message.kind is Kind.NOTIFICATION:
+                    self._notification(conn, session, peer, message.method, message.data)
+                else:
+                    conn.response_received(
+                        message.id, message.ok, message.data, message.error_reason
+                    )
+        except ConnectionClosed:
+            pass
+
+    def _pong(self, data: dict[str, Any]) -> dict[str, Any]:
+        rtt = data.get("rtt")
+        if isinstance(rtt, (int, float)) and not isinstance(rtt, bool) and 0 <= rtt < 60_000:
+            self.metrics.ping_rtt_client.observe(rtt / 1000)
+        return {"serverTime": time.time() * 1000}
+
+    async def _request(
+        self,
+        conn: Connection,
+        session: Session,
+        peer: Peer,
+        method: str,
+        request_id: int,
+        data: dict[str, Any],
+    ) -> None:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            if not isinstance(data, dict):
+                raise RequestError(ErrorCode.BAD_REQUEST, "data must be an object")
+            if method == "beforeDisconnect":
+                await conn.send(encode_response(request_id, {}))
+                self.end_session(session, EndReason.GRACEFUL, detected_at=self.loop.time())
+                return
+            if self._shutting_down:
+                raise RequestError(ErrorCode.UNAVAILABLE, "server shutting down")
+            result = await peer.room.handle(peer, method, data)
+            if method == "join":
+                self.registry.joined(session, self.loop.time())
+                log_session("session_joined", session)
+            frame = encode_response(request_id, {} if result is None else result)
+        except RequestError as exc:
+            outcome = "error"
+            frame = encode_error(request_id, exc.code, exc.reason)
+        except media.MediaError as exc:
+            outcome = "error"
+            code = (
+                ErrorCode.NOT_FOUND
+                if isinstance(exc, media.InvalidStateError)
+                else ErrorCode.BAD_REQUEST
+            )
+            frame = encode_error(request_id, code, str(exc))
+        except Exception:
+            outcome = "failed"
+            logger.exception("request %s of %s/%s failed", method, session.room_id, session.peer_id)
+            frame = encode_error(request_id, ErrorCode.INTERNAL, "internal error")
+        known = method if method in Room.HANDLERS or method == "beforeDisconnect" else "unknown"
+        self.metrics.observe_request(known, outcome, time.perf_counter() - started)
+        await conn.send(frame)
+
+    def _notification(
+        self, conn: Connection, session: Session, peer: Peer, method: str, data: Any
+    ) -> None:
+        if not isinstance(data, dict):
+            data = {}
+        if method == "ping":
+            conn.notify("pong", self._pong(data))
+        elif method == "beforeDisconnect":
+            self.end_session(session, EndReason.GRACEFUL, detected_at=self.loop.time())
+        elif method == "activity":
+            kind = data.get("type")
+            hidden = {"hidden": True, "visible": False}.get(str(data.get("visibility")))
+            if kind in ("interaction", "visibility"):
+                self.registry.interacted(session, self.loop.time(), hidden=hidden)
+        else:
+            logger.debug("ignored notification %r", method[:64])
+
+    # -- ending sessions: the one teardown path ----------------------------------------
+
+    def end_session(
+        self, session: Session, reason: EndReason, *, detected_at: float | None = None
+    ) -> None:
+        self.registry.end(session, reason)
+        peer = session.data
+        if not isinstance(peer, Peer) or peer.closed:
+            return
+        room = peer.room
+        conn = peer.connection
+        peer.connection = None
+        if peer.joined:
+            room.broadcast("peerClosed", {"peerId": peer.id, "reason": reason.value}, exclude=peer)
+        peer.close()
+        if room.peers.get(peer.id) is peer:
+            del room.peers[peer.id]
+        session.data = None  # no Session <-> Peer cycle survives (gc.freeze friendly)
+        if conn is not None:
+            if reason is EndReason.REPLACED:
+                conn.notify("sessionReplaced", {"reason": "another connection took over"})
+            self.connections.pop(conn.id, None)
+            conn.close(CLOSE_CODES[reason], reason.value)
+        self._schedule_room_close(room)
+        self.metrics.session_ended(reason, detected_at)
+        log_session("session_ended", session, reason=reason.value)
+
+    def _transport_ended(self, peer: Peer, transport_reason: str) -> None:
+        reason = TRANSPORT_END_REASONS.get(transport_reason)
+        if reason is not None and not peer.closed:
+            self.end_session(peer.session, reason, detected_at=self.loop.time())
+
+    def leave_with_token(self, token: str) -> bool:
+        """``POST /leave``: the beacon a page sends on ``pagehide``."""
+        session = self.registry.by_leave_token.get(token)
+        if session is None:
+            return False
+        self.end_session(session, EndReason.BEACON, detected_at=self.loop.time())
+        return True
+
+    # -- timers -------------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        policy = self.config.liveness
+        next_sweep = self.loop.time() + policy.sweep_interval
+        next_freeze = self.loop.time() + 60.0
+        expected = self.loop.time() + 1.0
+        while True:
+            await asyncio.sleep(max(0.0, expected - self.loop.time()))
+            now = self.loop.time()
+            self.loop_lag = max(0.0, now - expected)
+            expected = now + 1.0
+            try:
+                self._apply(self.registry.tick(now), now)
+                if now >= next_sweep:
+                    next_sweep = now + policy.sweep_interval
+                    started = time.perf_counter()
+                    stale = self.registry.sweep(now)
+                    self.metrics.sweep_duration.observe(time.perf_counter() - started)
+                    self._apply(stale, now)
+                if self.config.gc_freeze and now >= next_freeze:
+                    next_freeze = now + 60.0
+                    gc.collect(1)
+                    gc.freeze()
+            except Exception:
+                logger.exception("liveness tick failed")
+
+    def _apply(self, decisions: list[Probe | End] | list[End], now: float) -> None:
+        for decision in decisions:
+            if isinstance(decision, Probe):
+                self._probe(decision.session)
+            else:
+                self.end_session(decision.session, decision.reason, detected_at=now)
+
+    def _probe(self, session: Session) -> None:
+        conn = self.connections.get(session.connection) if session.connection else None
+        if conn is not None:
+            conn.spawn(self._probe_connection(conn, session))
+
+    async def _probe_connection(self, conn: Connection, session: Session) -> None:
+        try:
+            pong = await conn.ws.ping()
+            rtt = await asyncio.wait_for(pong, self.config.liveness.silence_timeout or 30.0)
+        except (ConnectionClosed, TimeoutError, RuntimeError):
+            return
+        if session.open:
+            self.registry.heard(session, self.loop.time())
+            self.metrics.ping_rtt_probe.observe(rtt)
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        route = path.path
+        if route == "/healthz":
+            return _json(connection, 200, {"status": "ok", "loopLag": round(self.loop_lag, 4)})
+        if route == "/readyz":
+            ready = self.accepting and not self.worker.closed
+            return _json(
+                connection, 200 if ready else 503, {"status": "ready" if ready else "not ready"}
+            )
+        if route == "/leave":
+            token = (parse_qs(path.query).get("token") or [""])[0]
+            if getattr(request, "method", "GET") not in ("POST", "GET"):
+                return _json(connection, 405, {"error": "use POST"})
+            if token and self.leave_with_token(token):
+                return connection.respond(204, "")
+            return _json(connection, 404, {"error": "no such session"})
+        if route == "/debug/stats":
+            return _json(connection, 200, self.debug_stats())
+        return _json(connection, 404, {"error": "not found"})
+
+    def debug_stats(self) -> dict[str, Any]:
+        return {
+            "registry": self.registry.index_sizes(),
+            "sessionsByState": {s.value: n for s, n in self.registry.count_by_state().items()},
+            "rooms": len(self.rooms),
+            "roomPeers": sum(len(r.peers) for r in self.rooms.values()),
+            "connections": len(self.connections),
+            "connectionTasks": sum(c.task_count for c in self.connections.values()),
+            "peerTasks": sum(len(p.tasks) for r in self.rooms.values() for p in r.peers.values()),
+            "media": self.worker.resource_counts(),
+            "loopLag": self.loop_lag,
+        }
+
+    def _http_metrics(self, connection: ServerConnection, request: Request) -> Response | None:
+        if urlsplit(request.path).path != "/metrics":
+            return _json(connection, 404, {"error": "not found"})
+        body, content_type = self.metrics.render()
+        response = connection.respond(200, "")
+        response.headers = Headers([("Content-Type", content_type)])
+        response.body = body
+        response.headers["Content-Length"] = str(len(body))
+        return response
+
+    async def _handle_metrics_ws(self, ws: ServerConnection) -> None:
+        await ws.close(CloseCode.BAD_REQUEST, "metrics are served over plain HTTP")
+
+
+def _media_activity(session: Session) -> float | None:
+    peer = session.data
+    return peer.media_activity() if isinstance(peer, Peer) else None
+
+
+def _json(connection: ServerConnection, status: int, payload: Any) -> Response:
+    import orjson
+
+    body = orjson.dumps(payload)
+    response = connection.respond(status, "")
+    response.headers = Headers(
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
+    )
+    response.body = body
+    return response
+
+
+Callback = Callable[[], None]
