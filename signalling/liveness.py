@@ -92,6 +92,9 @@ class LivenessPolicy:
     takeover: TakeoverPolicy = TakeoverPolicy.TAKEOVER
 
     def __post_init__(self) -> None:
+        # Accept the policy's name too ("reject"), as configuration gives it.
+        object.__setattr__(self, "takeover", TakeoverPolicy(self.takeover))
+
         def positive(name: str, value: float | None) -> None:
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive")
@@ -421,7 +424,8 @@ class SessionRegistry:
                     self._heard.touch(session, last)  # media kept it alive
                 elif now - last >= policy.silence_timeout:
                     decisions.append(End(session, EndReason.KEEPALIVE_TIMEOUT))
-                elif session.probed_at is None or session.probed_at < session.last_heard:
+                elif session.probed_at is None or session.probed_at <= session.last_heard:
+                    # (<=: a pong can arrive within the same clock tick as its probe)
                     session.probed_at = now
                     decisions.append(Probe(session))
 

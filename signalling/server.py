@@ -69,6 +69,15 @@ CLOSE_CODES: dict[EndReason, CloseCode] = {
     EndReason.ERROR: CloseCode.INTERNAL_ERROR,
 }
 
+PROTOCOL_ERROR_CODES = frozenset(
+    {
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.UNSUPPORTED_DATA,
+        CloseCode.INVALID_PAYLOAD,
+        CloseCode.MESSAGE_TOO_BIG,
+    }
+)
+
 # What the media layer reports when a transport ends by itself.
 TRANSPORT_END_REASONS = {
     "dtls_closed": EndReason.GRACEFUL,
@@ -310,6 +319,9 @@ class Server:
         finally:
             self.connections.pop(conn.id, None)
             self._connection_lost(session, conn)
+            # Let our own close frame (with its code) go out before websockets'
+            # default 1000 when the handler returns.
+            await conn.wait_closed()
 
     def _resume(
         self, session: Session, conn: Connection, previous: int | None, was_reconnecting: bool
@@ -336,9 +348,16 @@ class Server:
 
     def _connection_lost(self, session: Session, conn: Connection) -> None:
         ws = conn.ws
+        now = self.loop.time()
+        close_sent = ws.protocol.close_sent
+        if close_sent is not None and close_sent.code in PROTOCOL_ERROR_CODES and session.open:
+            # websockets itself closed it (e.g. 1009 for an oversized message).
+            if session.connection == conn.id:
+                self.metrics.protocol_violations.inc()
+                self.end_session(session, EndReason.ERROR, detected_at=now)
+            return
         close_rcvd = ws.protocol.close_rcvd
         clean = close_rcvd is not None and close_rcvd.code in (1000, 1001)
-        now = self.loop.time()
         end = self.registry.connection_lost(session, conn.id, now, clean=clean)
         if end is not None:
             self.end_session(end.session, end.reason, detected_at=now)
@@ -365,7 +384,7 @@ class Server:
                         session.peer_id,
                         violation.reason,
                     )
-                    conn.close(violation.code, violation.reason)
+                    self.end_session(session, EndReason.ERROR, close_code=violation.code)
                     return
                 if not session.open:
                     return
@@ -457,7 +476,12 @@ class Server:
     # -- ending sessions: the one teardown path ----------------------------------------
 
     def end_session(
-        self, session: Session, reason: EndReason, *, detected_at: float | None = None
+        self,
+        session: Session,
+        reason: EndReason,
+        *,
+        detected_at: float | None = None,
+        close_code: int | None = None,
     ) -> None:
         self.registry.end(session, reason)
         peer = session.data
@@ -476,7 +500,7 @@ class Server:
             if reason is EndReason.REPLACED:
                 conn.notify("sessionReplaced", {"reason": "another connection took over"})
             self.connections.pop(conn.id, None)
-            conn.close(CLOSE_CODES[reason], reason.value)
+            conn.close(close_code or CLOSE_CODES[reason], reason.value)
         self._schedule_room_close(room)
         self.metrics.session_ended(reason, detected_at)
         log_session("session_ended", session, reason=reason.value)
@@ -497,19 +521,23 @@ class Server:
     # -- timers -------------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
+        """Feed the clock to the liveness machine: tick every second, sweep on its cadence."""
         policy = self.config.liveness
+        period = min(1.0, policy.sweep_interval)
         next_sweep = self.loop.time() + policy.sweep_interval
         next_freeze = self.loop.time() + 60.0
-        expected = self.loop.time() + 1.0
+        expected = self.loop.time() + period
         while True:
             await asyncio.sleep(max(0.0, expected - self.loop.time()))
             now = self.loop.time()
             self.loop_lag = max(0.0, now - expected)
-            expected = now + 1.0
+            expected += period
+            if expected < now:  # fell behind (a stall): do not try to catch up
+                expected = now + period
             try:
                 self._apply(self.registry.tick(now), now)
-                if now >= next_sweep:
-                    next_sweep = now + policy.sweep_interval
+                if now >= next_sweep - 0.001:
+                    next_sweep = max(next_sweep + policy.sweep_interval, now)
                     started = time.perf_counter()
                     stale = self.registry.sweep(now)
                     self.metrics.sweep_duration.observe(time.perf_counter() - started)
