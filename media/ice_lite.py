@@ -162,9 +162,7 @@ class IceLiteServer:
         return BindingResult(bytes(response), change)
 
     @staticmethod
-    def _error(
-        request: stun.Message, code: int, reason: str, key: bytes | None = None
-    ) -> bytes:
+    def _error(request: stun.Message, code: int, reason: str, key: bytes | None = None) -> bytes:
         response = stun.Message(
             message_method=request.message_method,
             message_class=stun.Class.ERROR,

@@ -47,7 +47,7 @@ async def test_a_client_joins_and_learns_the_peers_and_its_tokens(connect: Clien
     assert [p["id"] for p in joined["peers"]] == ["alice"]
     assert joined["heartbeatInterval"] == 30.0
     assert joined["resumeToken"] and joined["leaveToken"] and joined["sessionId"]
-    method, data = await alice.next_notification("newPeer")
+    _, data = await alice.next_notification("newPeer")
     assert data["id"] == "bob" and data["displayName"] == "bob"
 
 
@@ -67,7 +67,7 @@ async def test_ping_as_a_request_returns_the_server_time(connect: ClientFactory)
 async def test_ping_as_a_notification_is_answered_by_a_pong(connect: ClientFactory) -> None:
     client = await connect()
     await client.notify("ping")
-    method, data = await client.next_notification("pong")
+    _, data = await client.next_notification("pong")
     assert "serverTime" in data
 
 
