@@ -31,7 +31,9 @@ def scrape(server: Server) -> dict[str, float]:
         text = r.read().decode()
     values: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("ghostless_media_objects{") or line.startswith("ghostless_sessions_ended_total{"):
+        if line.startswith("ghostless_media_objects{") or line.startswith(
+            "ghostless_sessions_ended_total{"
+        ):
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
     return values
@@ -74,8 +76,16 @@ class BotProcess:
 
     def __init__(self, server: Server, peer: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "signalling.bot", ws_url(server), "call", "--peer", peer,
-             "--loopback"],
+            [
+                sys.executable,
+                "-m",
+                "signalling.bot",
+                ws_url(server),
+                "call",
+                "--peer",
+                peer,
+                "--loopback",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -118,8 +128,13 @@ async def expect_alice_gone(server: Server, bob: Bot, reason: str, bound: float)
     assert data["reason"] == reason
     # Only Bob's two transports (and his nothing-else) remain.
     gauges = await media_gauges(server)
-    assert gauges == {"transports": 2.0, "producers": 0.0, "consumers": 0.0,
-                      "data_producers": 0.0, "data_consumers": 0.0}
+    assert gauges == {
+        "transports": 2.0,
+        "producers": 0.0,
+        "consumers": 0.0,
+        "data_producers": 0.0,
+        "data_consumers": 0.0,
+    }
     return elapsed
 
 

@@ -16,8 +16,13 @@ from .conftest import ServerFactory, eventually, url
 VIDEO = {
     "mid": "0",
     "codecs": [
-        {"mimeType": "video/VP8", "clockRate": 90000, "payloadType": 97, "parameters": {},
-         "rtcpFeedback": [{"type": "nack", "parameter": ""}]},
+        {
+            "mimeType": "video/VP8",
+            "clockRate": 90000,
+            "payloadType": 97,
+            "parameters": {},
+            "rtcpFeedback": [{"type": "nack", "parameter": ""}],
+        },
     ],
     "headerExtensions": [],
     "encodings": [{"ssrc": 1234}],
@@ -41,11 +46,13 @@ class Participant:
             return
         caps = await self.client.request("getRouterRtpCapabilities")
         consuming = await self.client.request(
-            "createWebRtcTransport", {"consuming": True, "sctpCapabilities": {"numStreams": {"OS": 16, "MIS": 16}}}
+            "createWebRtcTransport",
+            {"consuming": True, "sctpCapabilities": {"numStreams": {"OS": 16, "MIS": 16}}},
         )
         assert consuming["id"]
         joined = await self.client.request(
-            "join", {"rtpCapabilities": caps, "sctpCapabilities": {"numStreams": {"OS": 16, "MIS": 16}}}
+            "join",
+            {"rtpCapabilities": caps, "sctpCapabilities": {"numStreams": {"OS": 16, "MIS": 16}}},
         )
         self.resume_token = joined["resumeToken"]
 
@@ -55,7 +62,8 @@ class Participant:
     async def produce(self) -> None:
         assert self.client is not None
         sending = await self.client.request(
-            "createWebRtcTransport", {"producing": True, "sctpCapabilities": {"numStreams": {"OS": 16, "MIS": 16}}}
+            "createWebRtcTransport",
+            {"producing": True, "sctpCapabilities": {"numStreams": {"OS": 16, "MIS": 16}}},
         )
         params = dict(VIDEO, encodings=[{"ssrc": random.randint(1, 2**31)}])
         await self.client.request(
@@ -63,7 +71,11 @@ class Participant:
         )
         await self.client.request(
             "produceData",
-            {"transportId": sending["id"], "sctpStreamParameters": {"streamId": 1}, "label": "chat"},
+            {
+                "transportId": sending["id"],
+                "sctpStreamParameters": {"streamId": 1},
+                "label": "chat",
+            },
         )
 
     async def finish(self, how: str) -> None:
@@ -91,7 +103,10 @@ class Participant:
 
 async def one_cycle(server: Server, index: int, rng: random.Random) -> None:
     room = f"room{rng.randrange(4)}"
-    people = [Participant(server, room, f"p{index}-{i}", f"u{index}-{i}") for i in range(rng.randint(1, 3))]
+    people = [
+        Participant(server, room, f"p{index}-{i}", f"u{index}-{i}")
+        for i in range(rng.randint(1, 3))
+    ]
     for person in people:
         await person.join()
         if rng.random() < 0.6:
@@ -119,8 +134,14 @@ async def test_300_random_cycles_end_with_every_gauge_at_zero(make_server: Serve
     await asyncio.sleep(0.3)
     stats = server.debug_stats()
     assert stats["registry"] == {
-        "sessions": 0, "identities": 0, "peers": 0, "leave_tokens": 0, "heard_index": 0,
-        "seen_index": 0, "interaction_index": 0, "grace_heap": stats["registry"]["grace_heap"],
+        "sessions": 0,
+        "identities": 0,
+        "peers": 0,
+        "leave_tokens": 0,
+        "heard_index": 0,
+        "seen_index": 0,
+        "interaction_index": 0,
+        "grace_heap": stats["registry"]["grace_heap"],
     }
     server.registry.tick(server.loop.time() + 60)  # lazily dropped grace entries go too
     assert server.registry.index_sizes()["grace_heap"] == 0

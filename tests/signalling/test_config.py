@@ -1,0 +1,402 @@
+"""Configuration (signalling/config.py): flags > GHOSTLESS_* environment > defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from signalling.config import OPTIONS, Config, ConfigError, _Option, parse_config, replace
+from signalling.liveness import LivenessPolicy, TakeoverPolicy
+
+
+def parse(*argv: str, **environ: str) -> Config:
+    return parse_config(list(argv), environ)
+
+
+def error(*argv: str, **environ: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse(*argv, **environ)
+    return str(caught.value)
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.removeprefix("liveness.").replace("_", "-")
+
+
+def env_of(name: str) -> str:
+    return "GHOSTLESS_" + name.removeprefix("liveness.").upper()
+
+
+def names(message: str, field: str) -> bool:
+    """Whether ``message`` names ``field`` (as the field, its flag or its env var)."""
+    normal = message.lower().replace("-", "_")
+    return field.removeprefix("liveness.").lower() in normal
+
+
+# -- defaults and precedence ----------------------------------------------------------------
+
+
+def test_nothing_given_means_the_defaults() -> None:
+    config = parse()
+
+    assert config == Config()
+    assert (config.host, config.port) == ("127.0.0.1", 8765)
+    assert config.metrics_port == 9102
+    assert (config.rtc_min_port, config.rtc_max_port) == (40000, 49999)
+    assert config.consent_timeout == 30.0
+    assert config.liveness == LivenessPolicy()
+    assert config.liveness.takeover is TakeoverPolicy.TAKEOVER
+    assert config.liveness.inactivity_limit is None
+    assert config.token_secret is None and config.rtc_announced_address is None
+    assert config.max_peers_per_room is None
+    assert (config.log_format, config.log_level, config.gc_freeze) == ("text", "INFO", True)
+
+
+def test_unrelated_environment_variables_are_ignored() -> None:
+    assert parse(PORT="1", GHOSTLESS="x", GHOSTLESS_NOT_AN_OPTION="x") == Config()
+
+
+def test_the_environment_overrides_the_defaults() -> None:
+    config = parse(GHOSTLESS_PORT="9000", GHOSTLESS_GRACE_PERIOD="5", GHOSTLESS_HOST="0.0.0.0")
+
+    assert config.port == 9000
+    assert config.host == "0.0.0.0"
+    assert config.liveness.grace_period == 5.0
+    assert config.liveness.silence_timeout == LivenessPolicy().silence_timeout
+
+
+def test_a_flag_overrides_the_environment() -> None:
+    config = parse(
+        "--port", "9001", "--grace-period", "7", GHOSTLESS_PORT="9000", GHOSTLESS_GRACE_PERIOD="5"
+    )
+
+    assert config.port == 9001
+    assert config.liveness.grace_period == 7.0
+
+
+def test_a_flag_may_use_the_equals_form() -> None:
+    assert parse("--port=9002").port == 9002
+
+
+def test_values_are_stripped_of_surrounding_blanks() -> None:
+    config = parse(GHOSTLESS_PORT=" 9000 ", GHOSTLESS_LOG_LEVEL=" debug\n")
+
+    assert config.port == 9000 and config.log_level == "DEBUG"
+
+
+# A valid value, other than the default, for every option.
+OTHER_VALUES = {
+    "host": "127.0.0.2",
+    "port": "3000",
+    "metrics_host": "127.0.0.2",
+    "metrics_port": "3001",
+    "rtc_listen_ip": "127.0.0.2",
+    "rtc_announced_address": "203.0.113.7",
+    "rtc_min_port": "41000",
+    "rtc_max_port": "45000",
+    "consent_timeout": "31",
+    "liveness.heartbeat_interval": "31",
+    "liveness.grace_period": "11",
+    "liveness.silence_timeout": "21",
+    "liveness.probe_after": "16",
+    "liveness.stale_after": "121",
+    "liveness.sweep_interval": "31",
+    "liveness.inactivity_limit": "1000",
+    "liveness.idle_after": "121",
+    "liveness.background_after": "601",
+    "liveness.takeover": "reject",
+    "room_close_delay": "21",
+    "max_peers_per_room": "8",
+    "max_message_size": "2048",
+    "request_timeout": "31",
+    "token_secret": "s3cret",
+    "shutdown_timeout": "11",
+    "reconnect_delay": "3",
+    "log_format": "json",
+    "log_level": "DEBUG",
+    "gc_freeze": "false",
+}
+
+
+def value_of(config: Config, name: str) -> object:
+    if name.startswith("liveness."):
+        return getattr(config.liveness, name.removeprefix("liveness."))
+    return getattr(config, name)
+
+
+@pytest.mark.parametrize("name", [o.name for o in OPTIONS])
+def test_every_option_has_a_flag_and_an_environment_variable(name: str) -> None:
+    value = OTHER_VALUES[name]
+
+    from_flag = parse(flag_of(name), value)
+    from_env = parse(**{env_of(name): value})
+
+    assert from_flag == from_env
+    assert value_of(from_flag, name) != value_of(Config(), name)
+
+
+# -- optional values, choices, booleans -----------------------------------------------------
+
+
+@pytest.mark.parametrize("off", ["off", "OFF", "none", "None", ""])
+def test_off_switches_optional_values_off(off: str) -> None:
+    config = parse(
+        "--metrics-port", off,
+        "--silence-timeout", off,
+        "--stale-after", off,
+        "--max-peers-per-room", off,
+        "--token-secret", off,
+        "--rtc-announced-address", off,
+    )  # fmt: skip
+
+    assert config.metrics_port is None
+    assert config.liveness.silence_timeout is None
+    assert config.liveness.stale_after is None
+    assert config.max_peers_per_room is None
+    assert config.token_secret is None
+    assert config.rtc_announced_address is None
+
+
+def test_optional_values_may_also_be_switched_on() -> None:
+    config = parse(
+        GHOSTLESS_INACTIVITY_LIMIT="1800",
+        GHOSTLESS_MAX_PEERS_PER_ROOM="8",
+        GHOSTLESS_TOKEN_SECRET="s3cret",
+        GHOSTLESS_METRICS_PORT="0",
+    )
+
+    assert config.liveness.inactivity_limit == 1800.0
+    assert config.max_peers_per_room == 8
+    assert config.token_secret == "s3cret"
+    assert config.metrics_port == 0
+
+
+def test_an_empty_environment_variable_switches_an_optional_value_off() -> None:
+    assert parse(GHOSTLESS_METRICS_PORT="").metrics_port is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "policy"),
+    [
+        ("takeover", TakeoverPolicy.TAKEOVER),
+        ("reject", TakeoverPolicy.REJECT),
+        ("REJECT", TakeoverPolicy.REJECT),
+        ("Takeover", TakeoverPolicy.TAKEOVER),
+    ],
+)
+def test_the_takeover_policy_is_a_case_insensitive_choice(raw: str, policy: TakeoverPolicy) -> None:
+    assert parse("--takeover", raw).liveness.takeover is policy
+    assert parse(GHOSTLESS_TAKEOVER=raw).liveness.takeover is policy
+
+
+def test_choices_are_normalised_to_their_canonical_spelling() -> None:
+    config = parse("--log-format", "JSON", "--log-level", "warning")
+
+    assert (config.log_format, config.log_level) == ("json", "WARNING")
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("1", True), ("true", True), ("Yes", True), ("on", True),
+     ("0", False), ("FALSE", False), ("no", False), ("off", False)],
+)  # fmt: skip
+def test_booleans_accept_the_usual_spellings(raw: str, value: bool) -> None:
+    assert parse("--gc-freeze", raw).gc_freeze is value
+
+
+# -- bad values -------------------------------------------------------------------------------
+
+BAD_VALUES = {
+    "int": "eighty",
+    "float": "soon",
+    "optional_int": "1.5",
+    "optional_float": "never",
+    "bool": "maybe",
+    "choice": "bogus",
+}
+CONVERTED = [o for o in OPTIONS if o.kind in BAD_VALUES]
+
+
+@pytest.mark.parametrize("option", CONVERTED, ids=lambda o: o.name)
+def test_a_value_of_the_wrong_kind_names_the_flag_it_came_from(option: _Option) -> None:
+    name, kind = option.name, option.kind
+
+    message = error(flag_of(name), BAD_VALUES[kind])
+
+    assert flag_of(name) in message
+    assert repr(BAD_VALUES[kind]) in message
+
+
+@pytest.mark.parametrize("option", CONVERTED, ids=lambda o: o.name)
+def test_a_value_of_the_wrong_kind_names_the_environment_variable_it_came_from(
+    option: _Option,
+) -> None:
+    name, kind = option.name, option.kind
+
+    message = error(**{env_of(name): BAD_VALUES[kind]})
+
+    assert env_of(name) in message
+    assert repr(BAD_VALUES[kind]) in message
+
+
+def test_a_bad_flag_is_reported_even_when_the_environment_is_fine() -> None:
+    message = error("--port", "x", GHOSTLESS_PORT="9000")
+
+    assert "--port" in message and "GHOSTLESS_PORT" not in message
+
+
+def test_a_bad_choice_lists_the_choices() -> None:
+    message = error("--takeover", "steal")
+
+    assert "--takeover" in message and "takeover" in message and "reject" in message
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["--port", "65536"], "port"),
+        (["--port", "-1"], "port"),
+        (["--metrics-port", "70000"], "metrics_port"),
+        (["--rtc-min-port", "-5"], "rtc_min_port"),
+        (["--rtc-max-port", "65536"], "rtc_max_port"),
+        (["--rtc-min-port", "50000", "--rtc-max-port", "40000"], "rtc_min_port"),
+        (["--rtc-min-port", "0", "--rtc-max-port", "100"], "rtc_min_port"),
+        (["--rtc-min-port", "100", "--rtc-max-port", "0"], "rtc_max_port"),
+        (["--rtc-listen-ip", "localhost"], "rtc_listen_ip"),
+        (["--rtc-listen-ip", "0.0.0.0"], "rtc_listen_ip"),
+        (["--rtc-listen-ip", "::"], "rtc_listen_ip"),
+        (["--consent-timeout", "9.9"], "consent_timeout"),
+        (["--consent-timeout", "nan"], "consent_timeout"),
+        (["--room-close-delay", "-1"], "room_close_delay"),
+        (["--max-peers-per-room", "0"], "max_peers_per_room"),
+        (["--max-message-size", "1023"], "max_message_size"),
+        (["--request-timeout", "0"], "request_timeout"),
+        (["--shutdown-timeout", "-1"], "shutdown_timeout"),
+        (["--reconnect-delay", "-0.5"], "reconnect_delay"),
+        (["--grace-period", "0"], "grace_period"),
+        (["--heartbeat-interval", "-1"], "heartbeat_interval"),
+        (["--probe-after", "20"], "probe_after"),
+        (["--silence-timeout", "10"], "silence_timeout"),
+        (["--stale-after", "0"], "stale_after"),
+        (["--sweep-interval", "0"], "sweep_interval"),
+        (["--inactivity-limit", "-60"], "inactivity_limit"),
+        (["--idle-after", "600"], "background_after"),
+        (["--background-after", "nan"], "background_after"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else v,
+)
+def test_an_out_of_range_value_is_refused_with_a_message_naming_it(
+    argv: list[str], field: str
+) -> None:
+    message = error(*argv)
+
+    assert names(message, field), message
+
+
+def test_an_out_of_range_value_from_the_environment_is_refused_too() -> None:
+    assert names(error(GHOSTLESS_PORT="99999"), "port")
+    assert names(error(GHOSTLESS_PROBE_AFTER="25"), "probe_after")
+
+
+def test_the_liveness_policy_errors_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="liveness"):
+        parse("--probe-after", "30")
+
+
+@pytest.mark.parametrize("port", ["0", "1", "65535"])
+def test_ports_from_zero_to_65535_are_accepted(port: str) -> None:
+    config = parse("--port", port, "--metrics-port", port)
+
+    assert config.port == config.metrics_port == int(port)
+
+
+@pytest.mark.parametrize(("low", "high"), [("0", "0"), ("1", "65535"), ("40000", "40000")])
+def test_an_rtc_port_range_may_be_any_range_or_zero_zero_for_ephemeral(low: str, high: str) -> None:
+    config = parse("--rtc-min-port", low, "--rtc-max-port", high)
+
+    assert (config.rtc_min_port, config.rtc_max_port) == (int(low), int(high))
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::"])
+def test_listening_on_every_address_needs_an_announced_address(address: str) -> None:
+    message = error("--rtc-listen-ip", address)
+    assert "rtc_announced_address" in message
+
+    config = parse("--rtc-listen-ip", address, "--rtc-announced-address", "203.0.113.7")
+    assert config.rtc_listen_ip == address
+    assert config.rtc_announced_address == "203.0.113.7"
+
+
+def test_a_specific_listen_address_needs_no_announced_address() -> None:
+    assert parse("--rtc-listen-ip", "192.0.2.10").rtc_announced_address is None
+    assert parse("--rtc-listen-ip", "::1").rtc_listen_ip == "::1"
+
+
+@pytest.mark.parametrize("timeout", ["9.99", "0", "-30"])
+def test_a_consent_timeout_under_ten_seconds_is_refused(timeout: str) -> None:
+    assert "consent_timeout" in error("--consent-timeout", timeout)
+
+
+def test_a_consent_timeout_of_ten_seconds_is_the_minimum_rfc_7675_allows() -> None:
+    assert parse("--consent-timeout", "10").consent_timeout == 10.0
+
+
+def test_the_silence_timeout_may_be_off_whatever_the_probe_delay() -> None:
+    config = parse("--silence-timeout", "off", "--probe-after", "500")
+
+    assert config.liveness.silence_timeout is None and config.liveness.probe_after == 500
+
+
+# -- replace() ----------------------------------------------------------------------------------
+
+
+def test_replace_changes_top_level_fields_and_flat_liveness_fields() -> None:
+    base = Config()
+
+    changed = replace(base, port=0, grace_period=2.5, takeover=TakeoverPolicy.REJECT)
+
+    assert changed.port == 0
+    assert changed.liveness.grace_period == 2.5
+    assert changed.liveness.takeover is TakeoverPolicy.REJECT
+    assert changed.liveness.silence_timeout == base.liveness.silence_timeout
+    assert base == Config()  # the original is untouched
+
+
+def test_replace_accepts_a_whole_liveness_policy() -> None:
+    policy = LivenessPolicy(grace_period=3)
+
+    assert replace(Config(), liveness=policy).liveness is policy
+
+
+def test_replace_without_changes_is_an_equal_copy() -> None:
+    assert replace(Config()) == Config()
+
+
+def test_replace_validates_the_result() -> None:
+    with pytest.raises(ConfigError, match="port"):
+        replace(Config(), port=70000)
+    with pytest.raises(ConfigError, match="rtc_announced_address"):
+        replace(Config(), rtc_listen_ip="0.0.0.0")
+    with pytest.raises(ConfigError, match="consent_timeout"):
+        replace(Config(), consent_timeout=5)
+
+    ok = replace(Config(), rtc_listen_ip="0.0.0.0", rtc_announced_address="203.0.113.7")
+    assert ok.rtc_listen_ip == "0.0.0.0"
+
+
+def test_replace_reports_a_bad_liveness_value_as_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="probe_after"):
+        replace(Config(), probe_after=25)
+    with pytest.raises(ConfigError, match="grace_period"):
+        replace(Config(), grace_period=0)
+
+
+def test_replace_refuses_an_unknown_field() -> None:
+    with pytest.raises(TypeError):
+        replace(Config(), no_such_option=1)
+
+
+def test_config_is_immutable() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().port = 1  # type: ignore[misc]
