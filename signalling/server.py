@@ -306,6 +306,9 @@ class Server:
             )
         else:
             peer = Peer(session, room)
+            display_name = param("displayName")
+            if display_name is not None:
+                session.display_name = display_name[:128]
             peer.connection = conn
             peer.on_transport_ended = self._transport_ended
             session.data = peer
