@@ -204,6 +204,22 @@ class DtlsSession:
         self._pipe.close()
         dtls.remove_all_listeners()
         self.rx_srtp = self.tx_srtp = None
+        # Drop the callbacks into the owning transport: no reference cycle survives.
+        self._pipe._send = _discard
+        self._send_now = _discard_now
+        self._on_state = _discard_now_state
+
+
+async def _discard(data: bytes) -> None:
+    return None
+
+
+def _discard_now(data: bytes) -> None:
+    return None
+
+
+def _discard_now_state(state: str) -> None:
+    return None
 
 
 def check_internals() -> None:

@@ -237,6 +237,7 @@ class Consumer(EventEmitter):
         self._close()
         self._producer.remove_consumer(self)
         self._transport.consumer_closed(self)
+        self.release_listeners()
 
     def producer_closed(self) -> None:
         """Its producer closed: emit ``producerclose`` (mediasoup behaviour)."""
@@ -245,6 +246,7 @@ class Consumer(EventEmitter):
         self._close()
         self._transport.consumer_closed(self)
         self.emit("producerclose")
+        self.release_listeners()
 
     def transport_closed(self) -> None:
         """Its transport closed: emit ``transportclose``."""
@@ -253,6 +255,7 @@ class Consumer(EventEmitter):
         self._close()
         self._producer.remove_consumer(self)
         self.emit("transportclose")
+        self.release_listeners()
 
     def _close(self) -> None:
         self.closed = True

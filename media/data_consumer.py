@@ -93,6 +93,7 @@ class DataConsumer(EventEmitter):
         self._close()
         self._data_producer.remove_consumer(self)
         self._transport.data_consumer_closed(self)
+        self.release_listeners()
 
     def data_producer_closed(self) -> None:
         if self.closed:
@@ -100,6 +101,7 @@ class DataConsumer(EventEmitter):
         self._close()
         self._transport.data_consumer_closed(self)
         self.emit("dataproducerclose")
+        self.release_listeners()
 
     def transport_closed(self) -> None:
         if self.closed:
@@ -107,6 +109,7 @@ class DataConsumer(EventEmitter):
         self._close()
         self._data_producer.remove_consumer(self)
         self.emit("transportclose")
+        self.release_listeners()
 
     def _close(self) -> None:
         self.closed = True

@@ -98,12 +98,14 @@ class DataProducer(EventEmitter):
             return
         self._close()
         self._transport.data_producer_closed(self)
+        self.release_listeners()
 
     def transport_closed(self) -> None:
         if self.closed:
             return
         self._close()
         self.emit("transportclose")
+        self.release_listeners()
 
     def _close(self) -> None:
         self.closed = True

@@ -52,6 +52,18 @@ class EventEmitter:
     def remove_all_listeners(self) -> None:
         self._listeners.clear()
 
+    def release_listeners(self) -> None:
+        """Drop every listener, and the observer's, once the object is closed.
+
+        Listeners are often closures over the object itself; left in place they
+        keep it alive in a reference cycle that only the cyclic collector frees
+        (and never, once ``gc.freeze()`` has moved it out of reach).
+        """
+        self._listeners.clear()
+        observer = getattr(self, "observer", None)
+        if isinstance(observer, EventEmitter):
+            observer._listeners.clear()
+
     def emit(self, event: str, *args: Any) -> bool:
         """Call every listener of ``event``; return whether there was one."""
         listeners = self._listeners.get(event)

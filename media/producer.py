@@ -288,6 +288,7 @@ class Producer(EventEmitter):
             return
         self._close()
         self._transport.producer_closed(self)
+        self.release_listeners()
 
     def transport_closed(self) -> None:
         """Its transport closed: emit ``transportclose``."""
@@ -295,6 +296,7 @@ class Producer(EventEmitter):
             return
         self._close()
         self.emit("transportclose")
+        self.release_listeners()
 
     def _close(self) -> None:
         self.closed = True

@@ -121,12 +121,14 @@ class Router(EventEmitter):
             return
         self._close()
         self._worker.router_closed(self)
+        self.release_listeners()
 
     def worker_closed(self) -> None:
         if self.closed:
             return
         self._close()
         self.emit("workerclose")
+        self.release_listeners()
 
     def _close(self) -> None:
         self.closed = True

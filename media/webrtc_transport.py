@@ -160,6 +160,7 @@ class WebRtcTransport(EventEmitter):
         self.bytes_received = 0
         self.bytes_sent = 0
         self.srtp_errors = 0
+        self._endpoint = endpoint
         endpoint.on_datagram = self._datagram_received
 
     def __repr__(self) -> str:
@@ -735,6 +736,7 @@ class WebRtcTransport(EventEmitter):
             return
         self._close(EndReason.CLOSED_BY_APP)
         self._router.transport_closed(self)
+        self.release_listeners()
 
     def router_closed(self) -> None:
         """Its router closed: emit ``routerclose``."""
@@ -742,6 +744,7 @@ class WebRtcTransport(EventEmitter):
             return
         self._close(EndReason.ROUTER_CLOSED)
         self.emit("routerclose")
+        self.release_listeners()
 
     def _end(self, reason: EndReason) -> None:
         """The client went away: close, then tell the app why."""
@@ -751,6 +754,7 @@ class WebRtcTransport(EventEmitter):
         self._close(reason)
         self._router.transport_closed(self)
         self.emit("ended", reason.value)
+        self.release_listeners()
 
     def _close(self, reason: EndReason) -> None:
         self.closed = True
@@ -779,8 +783,13 @@ class WebRtcTransport(EventEmitter):
         self._rx_srtp = self._tx_srtp = None
         self._ice.close()
         self._udp.close()
+        self._endpoint.on_datagram = _ignore_datagram
         self._tuple_ready.set()
         self.observer.emit("close")
+
+
+def _ignore_datagram(data: bytes, addr: Address) -> None:
+    return None
 
 
 def _stream_parameters(params: Json, stream_id: int) -> Json:

@@ -95,3 +95,4 @@ class Worker(EventEmitter):
         for router in list(routers.values()):
             router.worker_closed()
         self.observer.emit("close")
+        self.release_listeners()

@@ -45,6 +45,7 @@ class TimeBuckets(Generic[K]):
             del bucket[key]
             if not bucket:
                 del self._buckets[old]
+                self._forget_emptied()
         found = self._buckets.get(index)
         if found is None:
             found = self._buckets[index] = {}
@@ -62,6 +63,14 @@ class TimeBuckets(Generic[K]):
         del bucket[key]
         if not bucket:
             del self._buckets[index]
+            self._forget_emptied()
+
+    def _forget_emptied(self) -> None:
+        # An emptied bucket's index stays in the heap until candidates() reaches it;
+        # when nobody asks (a mechanism switched off), rebuild the heap once in a while.
+        if len(self._heap) > 2 * len(self._buckets) + 16:
+            self._heap = sorted(self._buckets)  # a sorted list is a heap
+            self._in_heap = set(self._heap)
 
     def candidates(self, cutoff: float) -> Iterator[K]:
         """Keys whose timestamp may be older than ``cutoff``.

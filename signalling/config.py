@@ -220,7 +220,10 @@ def replace(config: Config, **changes: Any) -> Config:
     """A copy with ``changes`` (``liveness`` fields may be given flat), validated."""
     live = {k: changes.pop(k) for k in list(changes) if k in LivenessPolicy.__dataclass_fields__}
     if live:
-        changes["liveness"] = dataclasses.replace(config.liveness, **live)
+        try:
+            changes["liveness"] = dataclasses.replace(config.liveness, **live)
+        except ValueError as exc:
+            raise ConfigError(f"liveness: {exc}") from None
     new = dataclasses.replace(config, **changes)
     validate(new)
     return new

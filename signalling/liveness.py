@@ -193,6 +193,9 @@ class Admission:
     previous_connection: int | None = None
     """A connection that no longer drives its session and must be closed."""
     was_reconnecting: bool = False
+    displaced: Session | None = None
+    """Another session ended as ``replaced`` because the newcomer took its peer id."""
+    displaced_connection: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,15 +280,19 @@ class SessionRegistry:
             if self.policy.takeover is TakeoverPolicy.REJECT:
                 return Admission(AdmissionOutcome.REJECTED, None)
             previous_connection = existing.connection
+            displaced = peer_holder if peer_holder is not existing else None
+            displaced_connection = displaced.connection if displaced is not None else None
             self.end(existing, EndReason.REPLACED)
-            if peer_holder is not None and peer_holder is not existing:
-                self.end(peer_holder, EndReason.REPLACED)
+            if displaced is not None:
+                self.end(displaced, EndReason.REPLACED)
             session = self._create(room_id, user_id, peer_id, connection, now)
             return Admission(
                 AdmissionOutcome.REPLACED,
                 session,
                 previous=existing,
                 previous_connection=previous_connection,
+                displaced=displaced,
+                displaced_connection=displaced_connection,
             )
         return Admission(
             AdmissionOutcome.NEW, self._create(room_id, user_id, peer_id, connection, now)
@@ -332,17 +339,23 @@ class SessionRegistry:
 
     def heard(self, session: Session, now: float) -> None:
         """Any WebSocket frame, keepalive pongs included."""
+        if not session.open:
+            return
         session.last_heard = now
         self._heard.touch(session, now)
 
     def seen(self, session: Session, now: float) -> None:
         """An application message (request, notification, app ping)."""
+        if not session.open:
+            return
         session.last_heard = session.last_seen = now
         self._heard.touch(session, now)
         self._seen.touch(session, now)
 
     def interacted(self, session: Session, now: float, *, hidden: bool | None = None) -> None:
         """An ``activity`` notification: user interaction or a visibility change."""
+        if not session.open:
+            return
         if hidden is not None:
             session.hidden = hidden
         if not hidden:

@@ -103,7 +103,7 @@ def decode(raw: str | bytes) -> Message:
         envelope = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise ProtocolViolation(CloseCode.INVALID_PAYLOAD, "not a protoo JSON object") from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
         raise ProtocolViolation(CloseCode.INVALID_PAYLOAD, "invalid JSON") from exc
     data = envelope.data
     if data is None:

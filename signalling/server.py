@@ -298,8 +298,10 @@ class Server:
             return
         session = admission.session
         self.connections[conn.id] = conn
-        if admission.outcome is AdmissionOutcome.REPLACED and admission.previous is not None:
-            self.end_session(admission.previous, EndReason.REPLACED, detected_at=now)
+        if admission.outcome is AdmissionOutcome.REPLACED:
+            for replaced in (admission.previous, admission.displaced):
+                if replaced is not None:
+                    self.end_session(replaced, EndReason.REPLACED, detected_at=now)
         if admission.outcome is AdmissionOutcome.RESUMED:
             peer = self._resume(
                 session, conn, admission.previous_connection, admission.was_reconnecting

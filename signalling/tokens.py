@@ -12,7 +12,11 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
+import re
 import time
+
+_BASE64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 
 
 class InvalidToken(Exception):
@@ -29,13 +33,13 @@ def _b64decode(part: str) -> bytes:
 def verify_token(token: str, secret: str, now: float | None = None) -> str:
     """Return the verified subject of ``token``; raise ``InvalidToken`` otherwise."""
     parts = token.split(".")
-    if len(parts) != 3:
+    if len(parts) != 3 or not all(_BASE64URL.match(part) for part in parts):
         raise InvalidToken("not a JWT")
     header_b64, payload_b64, signature_b64 = parts
     try:
         header = json.loads(_b64decode(header_b64))
         payload = json.loads(_b64decode(payload_b64))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidToken("bad JSON") from exc
     if not isinstance(header, dict) or header.get("alg") != "HS256":
         raise InvalidToken("algorithm must be HS256")
@@ -48,7 +52,9 @@ def verify_token(token: str, secret: str, now: float | None = None) -> str:
         raise InvalidToken("payload must be an object")
     now = time.time() if now is None else now
     exp = payload.get("exp")
-    if exp is not None and (not isinstance(exp, (int, float)) or now >= exp):
+    if exp is not None and (
+        not isinstance(exp, (int, float)) or not math.isfinite(exp) or now >= exp
+    ):
         raise InvalidToken("expired")
     nbf = payload.get("nbf")
     if nbf is not None and (not isinstance(nbf, (int, float)) or now < nbf):

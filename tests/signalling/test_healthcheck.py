@@ -33,7 +33,9 @@ async def test_a_running_server_is_healthy(server: Server) -> None:
 
 
 async def test_the_media_check_sends_and_decodes_video(server: Server) -> None:
-    code, line = await run_check("--url", f"ws://127.0.0.1:{server.port}", "--media", "--timeout", "20")
+    code, line = await run_check(
+        "--url", f"ws://127.0.0.1:{server.port}", "--media", "--timeout", "20"
+    )
     assert code == 0, line
     assert "frames decoded" in line
 

@@ -158,3 +158,54 @@ async def test_300_random_cycles_end_with_every_gauge_at_zero(make_server: Serve
     assert after.file_descriptors == before.file_descriptors
     assert after.udp_sockets == before.udp_sockets
     assert after.tasks == before.tasks
+
+
+def live_server_objects() -> dict[str, int]:
+    """Server-side session and media objects still alive (without collecting)."""
+    import media
+    from signalling.connection import Connection
+    from signalling.liveness import Session
+    from signalling.rooms import Peer, Room
+
+    kinds = (
+        Session,
+        Peer,
+        Room,
+        Connection,
+        media.Router,
+        media.WebRtcTransport,
+        media.Producer,
+        media.Consumer,
+        media.DataProducer,
+        media.DataConsumer,
+    )
+    counts = {kind.__name__: 0 for kind in kinds}
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, kinds):
+                counts[type(obj).__name__] += 1
+        except ReferenceError:
+            continue
+    return counts
+
+
+async def test_teardown_frees_everything_by_reference_counting_alone(
+    make_server: ServerFactory,
+) -> None:
+    """No reference cycle survives a teardown, so gc.freeze() cannot turn one into a leak."""
+    server = await make_server(grace_period=0.2, room_close_delay=0.1)
+    rng = random.Random(7)
+    await one_cycle(server, -1, rng)
+    await eventually(lambda: not server.rooms and not server.registry.by_id, timeout=10)
+    gc.collect()
+    before = live_server_objects()
+    gc.disable()
+    try:
+        for index in range(20):
+            await one_cycle(server, index, rng)
+        await eventually(lambda: not server.registry.by_id and not server.rooms, timeout=15)
+        await asyncio.sleep(0.3)
+        after = live_server_objects()
+        assert all(after[kind] <= before[kind] for kind in after), (before, after)
+    finally:
+        gc.enable()

@@ -960,10 +960,16 @@ def test_ending_a_session_that_was_already_replaced_returns_false() -> None:
     assert registry.by_identity[("room", "alice")] is second
 
 
-def test_a_long_run_does_not_grow_the_registrys_internal_indexes() -> None:
-    # Default policy (inactivity limit off): a session interacting every second for
-    # about 5.5 hours, ticked every second and swept every sweep interval.
-    registry = SessionRegistry(LivenessPolicy())
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"silence_timeout": None}, {"stale_after": None}, {"inactivity_limit": 1800.0}],
+    ids=["defaults", "silence-off", "sweeper-off", "inactivity-on"],
+)
+def test_a_long_run_does_not_grow_the_registrys_internal_indexes(changes: dict[str, Any]) -> None:
+    # A session interacting every second for about 5.5 hours, ticked every second and
+    # swept every sweep interval.  The defaults have the inactivity limit off: its
+    # index is touched but never asked, which must not make it grow either.
+    registry = SessionRegistry(dataclasses.replace(LivenessPolicy(), **changes))
     session = new_session(registry, 0.0)
 
     for i in range(1, 20_001):

@@ -260,7 +260,7 @@ def test_decode_refuses_arbitrary_bytes_as_unsupported_data(raw: bytes) -> None:
     assert violation(raw).code is CloseCode.UNSUPPORTED_DATA
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(ENVELOPE)
 def test_decode_never_raises_anything_but_a_violation_on_envelope_like_objects(
     envelope: dict[str, Any],
