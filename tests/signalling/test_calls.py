@@ -209,3 +209,19 @@ async def test_a_second_connection_of_alice_takes_over_cleanly(
     gauges = await media_gauges(call_server)
     assert gauges["transports"] == 4.0  # Bob's two and the new tab's two
     assert gauges["producers"] == 1.0
+
+
+async def test_closing_only_the_media_is_a_graceful_leave(
+    call_server: Server, bots: list[Bot]
+) -> None:
+    """The DTLS close_notify of the client's transports is enough, even with the socket open."""
+    bob = await bob_watching(call_server, bots)
+    alice = await alice_in_process(call_server, bots)
+    assert await bob.wait_for_frames(5, timeout=20)
+    assert alice.send_transport is not None and alice.client is not None
+
+    await alice.send_transport.close()  # close_notify, no protoo message
+
+    await expect_alice_gone(call_server, bob, "graceful", bound=5)
+    code, _ = await asyncio.wait_for(alice.client.closed, 5)
+    assert code == 1000
