@@ -16,7 +16,10 @@ Which signal detects what (docs/liveness.md has the full table):
   keepalive pongs, ICE consent checks, RTP/RTCP through ``media_activity``) is
   combined, and a session silent on all of them for ``silence_timeout`` ends as
   ``keepalive_timeout``; a keepalive probe goes out after ``probe_after`` of
-  silence so a healthy idle client is heard before that;
+  WebSocket silence so a healthy idle client is heard before that;
+- a dead WebSocket while media still flows (a probe unanswered for
+  ``silence_timeout - probe_after``): ``SocketDead``, which the caller treats
+  as a lost socket (``reconnecting``, then the grace period);
 - app-level stale: ``sweep`` ends sessions whose last application message (or
   media) is older than ``stale_after``; it costs O(expired sessions);
 - optional inactivity limit: connected, no interaction and no media.
@@ -139,6 +142,7 @@ class Session:
         "leave_token",
         "peer_id",
         "probed_at",
+        "reported_dead",
         "resume_token",
         "room_id",
         "state",
@@ -164,6 +168,7 @@ class Session:
         self.last_interaction = now
         self.hidden = False
         self.probed_at: float | None = None
+        self.reported_dead = False
         self.grace_deadline: float | None = None
         self.end_reason: EndReason | None = None
         self.data: Any = None  # the I/O layer's per-session state
@@ -204,12 +209,20 @@ class Probe:
 
 
 @dataclass(frozen=True, slots=True)
+class SocketDead:
+    """The WebSocket left a probe unanswered while media still flows: drop the
+    socket and treat it as lost (the session becomes ``reconnecting``)."""
+
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
 class End:
     session: Session
     reason: EndReason
 
 
-Decision = Probe | End
+Decision = Probe | SocketDead | End
 
 
 def _never(_: Session) -> float | None:
@@ -342,6 +355,7 @@ class SessionRegistry:
         if not session.open:
             return
         session.last_heard = now
+        session.reported_dead = False
         self._heard.touch(session, now)
 
     def seen(self, session: Session, now: float) -> None:
@@ -349,6 +363,7 @@ class SessionRegistry:
         if not session.open:
             return
         session.last_heard = session.last_seen = now
+        session.reported_dead = False
         self._heard.touch(session, now)
         self._seen.touch(session, now)
 
@@ -427,20 +442,28 @@ class SessionRegistry:
 
         policy = self.policy
         if policy.silence_timeout is not None:
+            # Candidates: sessions whose WebSocket has been silent for probe_after.
+            pong_timeout = policy.silence_timeout - policy.probe_after
             cutoff = now - policy.probe_after
             for session in self._heard.candidates(cutoff):
                 if not session.open or session.state is SessionState.RECONNECTING:
                     continue
-                media = self.media_activity(session)
-                last = session.last_heard if media is None else max(session.last_heard, media)
-                if last > cutoff:
-                    self._heard.touch(session, last)  # media kept it alive
-                elif now - last >= policy.silence_timeout:
-                    decisions.append(End(session, EndReason.KEEPALIVE_TIMEOUT))
-                elif session.probed_at is None or session.probed_at <= session.last_heard:
-                    # (<=: a pong can arrive within the same clock tick as its probe)
+                if session.last_heard > cutoff:
+                    continue  # the boundary bucket: not silent long enough yet
+                # (<=: a pong can arrive within the same clock tick as its probe)
+                if session.probed_at is None or session.probed_at <= session.last_heard:
                     session.probed_at = now
                     decisions.append(Probe(session))
+                    continue
+                if now - session.probed_at < pong_timeout:
+                    continue  # waiting for the pong
+                media = self.media_activity(session)
+                last = session.last_heard if media is None else max(session.last_heard, media)
+                if now - last >= policy.silence_timeout:
+                    decisions.append(End(session, EndReason.KEEPALIVE_TIMEOUT))
+                elif not session.reported_dead:
+                    session.reported_dead = True
+                    decisions.append(SocketDead(session))
 
         if policy.inactivity_limit is not None:
             cutoff = now - policy.inactivity_limit

@@ -36,6 +36,7 @@ from .liveness import (
     Session,
     SessionRegistry,
     SessionState,
+    SocketDead,
 )
 from .logs import log_session
 from .metrics import Metrics
@@ -554,12 +555,21 @@ class Server:
             except Exception:
                 logger.exception("liveness tick failed")
 
-    def _apply(self, decisions: list[Probe | End] | list[End], now: float) -> None:
+    def _apply(self, decisions: list[Probe | SocketDead | End] | list[End], now: float) -> None:
         for decision in decisions:
             if isinstance(decision, Probe):
                 self._probe(decision.session)
+            elif isinstance(decision, SocketDead):
+                self._drop_socket(decision.session)
             else:
                 self.end_session(decision.session, decision.reason, detected_at=now)
+
+    def _drop_socket(self, session: Session) -> None:
+        """The WebSocket is dead but media flows: lose the socket, keep the session."""
+        conn = self.connections.get(session.connection) if session.connection else None
+        if conn is not None:
+            logger.info("dead WebSocket of %s/%s dropped", session.room_id, session.peer_id)
+            conn.ws.transport.abort()  # the handler then sees a lost socket
 
     def _probe(self, session: Session) -> None:
         conn = self.connections.get(session.connection) if session.connection else None

@@ -167,6 +167,7 @@ async def test_alice_killed_is_reported_socket_lost_after_the_grace(
     assert data == {"peerId": "alice"}
     # grace_period is 1 s in tests
     await expect_alice_gone(call_server, bob, "socket_lost", bound=1 + 4)
+    alice.client.abort()  # no close handshake to wait for on a dead socket
 
 
 @pytest.mark.slow
@@ -225,3 +226,22 @@ async def test_closing_only_the_media_is_a_graceful_leave(
     await expect_alice_gone(call_server, bob, "graceful", bound=5)
     code, _ = await asyncio.wait_for(alice.client.closed, 5)
     assert code == 1000
+
+
+@pytest.mark.slow
+async def test_a_dead_websocket_with_live_media_is_treated_as_a_lost_socket(
+    call_server: Server, bots: list[Bot]
+) -> None:
+    bob = await bob_watching(call_server, bots)
+    alice = await alice_in_process(call_server, bots)
+    assert await bob.wait_for_frames(5, timeout=20)
+    assert alice.client is not None and bob.client is not None
+
+    alice.client.ws.transport.pause_reading()  # the socket is dead; RTP keeps flowing
+    started = time.monotonic()
+    _, data = await bob.client.next_notification("peerReconnecting", timeout=3 + 4)
+    assert data == {"peerId": "alice"}
+    # probe after 2 s, pong timeout at 3 s: the media did not hide the dead socket
+    assert 1.5 <= time.monotonic() - started <= 6
+    await expect_alice_gone(call_server, bob, "socket_lost", bound=1 + 4)
+    alice.client.abort()  # no close handshake to wait for on a dead socket

@@ -26,6 +26,7 @@ from signalling.liveness import (
     Session,
     SessionRegistry,
     SessionState,
+    SocketDead,
     TakeoverPolicy,
 )
 
@@ -591,18 +592,39 @@ def test_a_healthy_idle_client_answering_every_probe_is_never_ended() -> None:
     assert 300 / 17 <= probes <= 300 / 15 + 1  # one probe every 15-16 s of silence
 
 
-def test_media_activity_keeps_a_silent_websocket_alive_without_probes() -> None:
+def test_media_keeps_a_session_alive_but_a_dead_websocket_is_reported_once() -> None:
     registry, media = make_registry()
     session = new_session(registry, T0)
 
+    decisions = []
     for i in range(1, 301):
         now = T0 + i
-        media.last[session] = now  # RTP keeps flowing
-        assert registry.tick(now) == [], f"at +{i}"
+        media.last[session] = now  # RTP keeps flowing; the WebSocket never answers
+        decisions += [(now, d) for d in registry.tick(now)]
+
+    # Probed after 15 s of WebSocket silence; the pong never came within the
+    # remaining 5 s: the socket is reported dead (once) instead of ending a
+    # session whose media is alive.
+    assert decisions == [(T0 + 15, Probe(session)), (T0 + 20, SocketDead(session))]
+    assert session.state is SessionState.JOINED
+
+
+def test_media_and_answered_probes_keep_a_session_at_little_cost() -> None:
+    registry, media = make_registry()
+    session = new_session(registry, T0)
+
+    probes = 0
+    for i in range(1, 301):
+        now = T0 + i
+        media.last[session] = now
+        for decision in registry.tick(now):
+            assert isinstance(decision, Probe), decision
+            probes += 1
+            registry.heard(session, now + 0.05)  # the pong
 
     assert session.state is SessionState.JOINED
-    # Re-bucketed by media time: examined about once per probe_after, not every tick.
-    assert media.calls <= 300 / 15 + 2
+    assert probes <= 300 / 15 + 1
+    assert media.calls == 0  # answered probes never need the media plane
 
 
 def test_silence_is_measured_from_the_last_thing_heard_on_any_plane() -> None:
@@ -612,9 +634,11 @@ def test_silence_is_measured_from_the_last_thing_heard_on_any_plane() -> None:
 
     decisions = tick_every_second(registry, T0 + 1, T0 + 80)
 
-    # combined (T0 + 30 + 20), not added (T0 + 20 + 30 + ...)
+    # The WebSocket is dead at T0 + 20 while media flows; everything is silent
+    # from T0 + 30, so the session ends 20 s later (combined, not added).
     assert decisions == [
-        (T0 + 45, Probe(session)),
+        (T0 + 15, Probe(session)),
+        (T0 + 20, SocketDead(session)),
         (T0 + 50, End(session, EndReason.KEEPALIVE_TIMEOUT)),
     ]
 

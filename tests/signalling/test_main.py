@@ -51,8 +51,18 @@ def test_an_environment_variable_is_validated_too() -> None:
 
 async def test_sigterm_tells_clients_closes_1001_and_exits_in_bound() -> None:
     port = free_port()
-    process = start("--port", str(port), "--metrics-port", "off", "--log-format", "json",
-                    "--rtc-min-port", "0", "--rtc-max-port", "0")
+    process = start(
+        "--port",
+        str(port),
+        "--metrics-port",
+        "off",
+        "--log-format",
+        "json",
+        "--rtc-min-port",
+        "0",
+        "--rtc-max-port",
+        "0",
+    )
     try:
         assert process.stdout is not None
         banner = await asyncio.to_thread(process.stdout.readline)
@@ -80,8 +90,18 @@ async def test_sigterm_tells_clients_closes_1001_and_exits_in_bound() -> None:
 
 async def test_a_second_signal_forces_the_exit() -> None:
     port = free_port()
-    process = start("--port", str(port), "--metrics-port", "off", "--shutdown-timeout", "30",
-                    "--rtc-min-port", "0", "--rtc-max-port", "0")
+    process = start(
+        "--port",
+        str(port),
+        "--metrics-port",
+        "off",
+        "--shutdown-timeout",
+        "30",
+        "--rtc-min-port",
+        "0",
+        "--rtc-max-port",
+        "0",
+    )
     try:
         assert process.stdout is not None
         await asyncio.to_thread(process.stdout.readline)
