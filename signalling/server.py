@@ -14,7 +14,7 @@ import gc
 import logging
 import re
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -55,6 +55,15 @@ from .tokens import InvalidToken, verify_token
 logger = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,128}$")
+
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/ghostless.js": ("ghostless.js", "text/javascript; charset=utf-8"),
+    "/demo.js": ("demo.js", "text/javascript; charset=utf-8"),
+    "/demo.css": ("demo.css", "text/css; charset=utf-8"),
+}
 
 CLOSE_CODES: dict[EndReason, CloseCode] = {
     EndReason.GRACEFUL: CloseCode.NORMAL,
@@ -110,6 +119,11 @@ class Server:
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._shutting_down = False
+        self._static = {
+            route: ((STATIC_DIR / name).read_bytes(), content_type)
+            for route, (name, content_type) in STATIC_FILES.items()
+            if (STATIC_DIR / name).exists()
+        }
         self.metrics = Metrics(self)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -303,6 +317,10 @@ class Server:
             for replaced in (admission.previous, admission.displaced):
                 if replaced is not None:
                     self.end_session(replaced, EndReason.REPLACED, detected_at=now)
+        if param("resumeToken") is not None and admission.outcome is not AdmissionOutcome.RESUMED:
+            # The grace period is over (or the token is stale): the client must
+            # join as a fresh session.
+            conn.notify("sessionExpired", {})
         if admission.outcome is AdmissionOutcome.RESUMED:
             peer = self._resume(
                 session, conn, admission.previous_connection, admission.was_reconnecting
@@ -609,6 +627,20 @@ class Server:
             return _json(connection, 404, {"error": "no such session"})
         if route == "/debug/stats":
             return _json(connection, 200, self.debug_stats())
+        static = self._static.get(route)
+        if static is not None:
+            body, content_type = static
+            response = connection.respond(200, "")
+            response.headers = Headers(
+                [
+                    ("Content-Type", content_type),
+                    ("Content-Length", str(len(body))),
+                    ("Cache-Control", "no-cache"),
+                    ("X-Content-Type-Options", "nosniff"),
+                ]
+            )
+            response.body = body
+            return response
         return _json(connection, 404, {"error": "not found"})
 
     def debug_stats(self) -> dict[str, Any]:
@@ -657,6 +689,3 @@ def _json(connection: ServerConnection, status: int, payload: Any) -> Response:
     )
     response.body = body
     return response
-
-
-Callback = Callable[[], None]

@@ -1,0 +1,516 @@
+// ghostless browser client: mediasoup-client + protoo, with the browser half
+// of the liveness story (heartbeats, visibility, pagehide beacons, resume,
+// multi-tab handover).  See docs/client.md.
+
+import { Device } from 'mediasoup-client';
+import { Protoo, ProtooError } from './protoo.js';
+
+export { Protoo, ProtooError };
+
+// Close codes after which reconnecting would not help (docs/protocol.md).
+const FINAL_CODES = new Set([4400, 4401, 4403, 4409]);
+const INTERACTION_THROTTLE_MS = 30000;
+// mediasoup-client >= 3.19 no longer exposes device.sctpCapabilities; the
+// server (as mediasoup-demo's) enables SCTP when a transport request has them.
+const SCTP_CAPABILITIES = { numStreams: { OS: 1024, MIS: 1024 } };
+
+function randomId(prefix) {
+  const bytes = crypto.getRandomValues(new Uint8Array(6));
+  return prefix + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function defaultServer() {
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  return `${scheme}://${location.host}`;
+}
+
+/**
+ * One participant in one room.
+ *
+ * Events (CustomEvent, details in docs/client.md): statechange, peers, track,
+ * trackended, chat, replaced, error.
+ * States: idle, connecting, joined, reconnecting, replaced, closed.
+ */
+export class GhostlessClient extends EventTarget {
+  constructor({
+    server = defaultServer(),
+    roomId,
+    peerId = randomId('p-'),
+    userId,
+    displayName = 'guest',
+    audio = true,
+    video = true,
+    chat = true,
+    confirmLeave = false,
+    reconnect = { baseMs: 500, maxMs: 8000 },
+  } = {}) {
+    super();
+    if (!roomId) throw new Error('roomId is required');
+    this.server = server.replace(/\/$/, '');
+    this.roomId = roomId;
+    this.peerId = peerId;
+    this.userId = userId;
+    this.displayName = displayName;
+    this.wantAudio = audio;
+    this.wantVideo = video;
+    this.wantChat = chat;
+    this.confirmLeave = confirmLeave;
+    this.reconnectPolicy = reconnect;
+    this.state = 'idle';
+    this.closeReason = null;
+    this.peers = new Map();
+    this.localStream = null;
+    this.heartbeatInterval = 30;
+    this.rtt = null;
+    this._protoo = null;
+    this._device = null;
+    this._sendTransport = null;
+    this._recvTransport = null;
+    this._producers = new Map(); // kind -> producer
+    this._consumers = new Map(); // id -> {consumer, peerId}
+    this._dataProducer = null;
+    this._resumeToken = null;
+    this._leaveToken = null;
+    this._heartbeat = null;
+    this._reconnectTimer = null;
+    this._attempt = 0;
+    this._lastInteraction = 0;
+    this._listeners = [];
+    this._installPageHooks();
+  }
+
+  // -- public API ---------------------------------------------------------------
+
+  /** Take camera/microphone and join the room. */
+  async start() {
+    this._setState('connecting');
+    await this._acquireMedia();
+    await this._connect();
+  }
+
+  /** Leave for good: beforeDisconnect, release everything, close 1000. */
+  async leave() {
+    if (this.state === 'closed') return;
+    this._setState('closed', 'left');
+    clearTimeout(this._reconnectTimer);
+    if (this._protoo) {
+      this._protoo.notify('beforeDisconnect', { reason: 'leave' });
+      this._protoo.close(1000, 'leave');
+    }
+    this._closeMedia();
+    this._stopLocalMedia();
+    this._removePageHooks();
+  }
+
+  /** After `replaced`: take the session back into this tab ("Use here"). */
+  async takeBack() {
+    this._setState('connecting');
+    this._resumeToken = null;
+    await this._acquireMedia();
+    await this._connect();
+  }
+
+  async setMuted(kind, muted) {
+    const producer = this._producers.get(kind);
+    if (!producer) return;
+    if (muted) producer.pause(); else producer.resume();
+    try {
+      await this._protoo.request(muted ? 'pauseProducer' : 'resumeProducer', { producerId: producer.id });
+    } catch (error) {
+      this._emit('error', { error });
+    }
+  }
+
+  sendChat(text) {
+    if (this._dataProducer && this._dataProducer.readyState === 'open') {
+      this._dataProducer.send(JSON.stringify({ peerId: this.peerId, displayName: this.displayName, text }));
+      return true;
+    }
+    return false;
+  }
+
+  // -- connecting, joining, resuming ----------------------------------------------
+
+  _url(resume) {
+    const params = new URLSearchParams({ roomId: this.roomId, peerId: this.peerId, displayName: this.displayName });
+    if (this.userId) params.set('userId', this.userId);
+    if (resume && this._resumeToken) params.set('resumeToken', this._resumeToken);
+    return `${this.server}/?${params}`;
+  }
+
+  async _connect() {
+    const resume = Boolean(this._resumeToken);
+    const protoo = new Protoo(this._url(resume));
+    const firstNotice = new Promise((resolve) => { protoo._first = resolve; });
+    protoo.onrequest = (method, data) => this._onRequest(method, data);
+    protoo.onnotification = (method, data) => {
+      if (protoo._first && (method === 'sessionResumed' || method === 'sessionExpired')) {
+        protoo._first({ method, data });
+        protoo._first = null;
+      }
+      this._onNotification(protoo, method, data);
+    };
+    protoo.onclose = (code, reason) => this._onClose(protoo, code, reason);
+    this._protoo = protoo;
+    await protoo.open();
+    this._attempt = 0;
+    if (resume) {
+      const notice = await Promise.race([
+        firstNotice,
+        new Promise((resolve) => setTimeout(() => resolve({ method: 'timeout' }), 5000)),
+      ]);
+      if (notice.method === 'sessionResumed') {
+        this._resumeToken = notice.data.resumeToken;
+        this._startHeartbeat(notice.data.heartbeatInterval || this.heartbeatInterval);
+        this._setState('joined');
+        await this._restartIceIfNeeded();
+        return;
+      }
+      // The grace period is over: rejoin as a fresh session.
+    }
+    await this._join(protoo);
+  }
+
+  async _join(protoo) {
+    this._closeMedia();
+    if (!this._device) {
+      this._device = new Device();
+      const routerRtpCapabilities = await protoo.request('getRouterRtpCapabilities');
+      await this._device.load({ routerRtpCapabilities });
+    }
+    const device = this._device;
+    this._sendTransport = await this._createTransport(protoo, 'send');
+    this._recvTransport = await this._createTransport(protoo, 'recv');
+    const joined = await protoo.request('join', {
+      displayName: this.displayName,
+      device: { flag: 'ghostless', name: navigator.userAgent.slice(0, 64) },
+      rtpCapabilities: device.rtpCapabilities,
+      sctpCapabilities: this.wantChat ? this._sctpCapabilities() : undefined,
+    });
+    this._resumeToken = joined.resumeToken;
+    this._leaveToken = joined.leaveToken;
+    this.peers.clear();
+    for (const peer of joined.peers) this.peers.set(peer.id, { ...peer, status: 'connected', reason: null });
+    this._emit('peers', { peers: this.peers });
+    this._startHeartbeat(joined.heartbeatInterval || this.heartbeatInterval);
+    this._setState('joined');
+    for (const track of this.localStream ? this.localStream.getTracks() : []) {
+      if (device.canProduce(track.kind)) {
+        const producer = await this._sendTransport.produce({ track, stopTracks: false });
+        this._producers.set(track.kind, producer);
+      }
+    }
+    if (this.wantChat) {
+      this._dataProducer = await this._sendTransport.produceData({ label: 'chat', ordered: true });
+    }
+  }
+
+  async _createTransport(protoo, direction) {
+    const info = await protoo.request('createWebRtcTransport', {
+      producing: direction === 'send',
+      consuming: direction === 'recv',
+      sctpCapabilities: this.wantChat ? this._sctpCapabilities() : undefined,
+    });
+    const options = {
+      id: info.id,
+      iceParameters: info.iceParameters,
+      iceCandidates: info.iceCandidates,
+      dtlsParameters: info.dtlsParameters,
+      sctpParameters: info.sctpParameters,
+      iceServers: [],
+    };
+    const transport = direction === 'send'
+      ? this._device.createSendTransport(options)
+      : this._device.createRecvTransport(options);
+    transport.on('connect', ({ dtlsParameters }, callback, errback) => {
+      this._protoo.request('connectWebRtcTransport', { transportId: transport.id, dtlsParameters })
+        .then(callback).catch(errback);
+    });
+    if (direction === 'send') {
+      transport.on('produce', ({ kind, rtpParameters, appData }, callback, errback) => {
+        this._protoo.request('produce', { transportId: transport.id, kind, rtpParameters, appData })
+          .then(({ id }) => callback({ id })).catch(errback);
+      });
+      transport.on('producedata', ({ sctpStreamParameters, label, protocol, appData }, callback, errback) => {
+        this._protoo.request('produceData', { transportId: transport.id, sctpStreamParameters, label, protocol, appData })
+          .then(({ id }) => callback({ id })).catch(errback);
+      });
+    }
+    transport.on('connectionstatechange', (state) => {
+      if (state === 'failed' && this.state === 'joined') this._restartIce(transport);
+    });
+    return transport;
+  }
+
+  _sctpCapabilities() {
+    return this._device.sctpCapabilities || SCTP_CAPABILITIES;
+  }
+
+  async _restartIceIfNeeded() {
+    for (const transport of [this._sendTransport, this._recvTransport]) {
+      if (transport && ['failed', 'disconnected'].includes(transport.connectionState)) {
+        await this._restartIce(transport);
+      }
+    }
+  }
+
+  async _restartIce(transport) {
+    try {
+      const iceParameters = await this._protoo.request('restartIce', { transportId: transport.id });
+      await transport.restartIce({ iceParameters });
+    } catch (error) {
+      this._emit('error', { error });
+    }
+  }
+
+  // -- server requests and notifications ---------------------------------------------
+
+  async _onRequest(method, data) {
+    if (method === 'newConsumer') {
+      const consumer = await this._recvTransport.consume({
+        id: data.id, producerId: data.producerId, kind: data.kind, rtpParameters: data.rtpParameters,
+      });
+      this._consumers.set(consumer.id, { consumer, peerId: data.peerId });
+      this._emit('track', { peerId: data.peerId, consumerId: consumer.id, kind: consumer.kind,
+                           track: consumer.track, paused: data.producerPaused });
+      return {};
+    }
+    if (method === 'newDataConsumer') {
+      const dataConsumer = await this._recvTransport.consumeData({
+        id: data.id, dataProducerId: data.dataProducerId, sctpStreamParameters: data.sctpStreamParameters,
+        label: data.label, protocol: data.protocol,
+      });
+      dataConsumer.on('message', (message) => {
+        let parsed;
+        try { parsed = JSON.parse(message); } catch { parsed = { text: String(message) }; }
+        this._emit('chat', { peerId: data.peerId, displayName: parsed.displayName, text: parsed.text });
+      });
+      return {};
+    }
+    throw new Error(`unknown request ${method}`);
+  }
+
+  _onNotification(protoo, method, data) {
+    switch (method) {
+      case 'newPeer':
+        this.peers.set(data.id, { ...data, status: 'connected', reason: null });
+        this._emit('peers', { peers: this.peers });
+        break;
+      case 'peerClosed':
+        this._updatePeer(data.peerId, { status: 'left', reason: data.reason || 'left' });
+        for (const [id, entry] of this._consumers) {
+          if (entry.peerId === data.peerId) this._dropConsumer(id);
+        }
+        break;
+      case 'peerReconnecting':
+        this._updatePeer(data.peerId, { status: 'reconnecting' });
+        break;
+      case 'peerResumed':
+        this._updatePeer(data.peerId, { status: 'connected', reason: null });
+        break;
+      case 'peerDisplayNameChanged':
+        this._updatePeer(data.peerId, { displayName: data.displayName });
+        break;
+      case 'consumerClosed':
+        this._dropConsumer(data.consumerId);
+        break;
+      case 'consumerPaused':
+      case 'consumerResumed':
+        this._emit(method, { consumerId: data.consumerId });
+        break;
+      case 'pong':
+        break;
+      case 'sessionReplaced':
+        this._replaced(protoo);
+        break;
+      case 'serverShutdown':
+        this._serverShutdown(protoo, data.reconnectDelay || 2000);
+        break;
+      default:
+        break;
+    }
+  }
+
+  _updatePeer(peerId, changes) {
+    const peer = this.peers.get(peerId);
+    if (!peer) return;
+    Object.assign(peer, changes);
+    this._emit('peers', { peers: this.peers });
+  }
+
+  _dropConsumer(consumerId) {
+    const entry = this._consumers.get(consumerId);
+    if (!entry) return;
+    this._consumers.delete(consumerId);
+    entry.consumer.close();
+    this._emit('trackended', { consumerId, peerId: entry.peerId });
+  }
+
+  // -- losing the connection ------------------------------------------------------------
+
+  _onClose(protoo, code, reason) {
+    if (protoo !== this._protoo) return; // an older connection
+    this._stopHeartbeat();
+    if (['closed', 'replaced'].includes(this.state)) return;
+    if (FINAL_CODES.has(code)) {
+      this._closeMedia();
+      this._stopLocalMedia();
+      this._setState('closed', reason || String(code));
+      return;
+    }
+    if (code === 4408 || code === 4411) this._resumeToken = null; // the session is gone
+    this._setState('reconnecting');
+    this._scheduleReconnect();
+  }
+
+  _scheduleReconnect(delayMs) {
+    clearTimeout(this._reconnectTimer);
+    const { baseMs, maxMs } = this.reconnectPolicy;
+    // Exponential backoff with full jitter.
+    const ceiling = Math.min(maxMs, baseMs * 2 ** this._attempt);
+    const wait = delayMs !== undefined ? delayMs : Math.random() * ceiling;
+    this._attempt += 1;
+    this._reconnectTimer = setTimeout(() => this._reconnect(), wait);
+  }
+
+  async _reconnect() {
+    if (this.state !== 'reconnecting') return;
+    try {
+      await this._connect();
+    } catch (error) {
+      if (this.state === 'reconnecting') this._scheduleReconnect();
+    }
+  }
+
+  _replaced(protoo) {
+    // Another tab took the call over: release the camera at once.
+    this._setState('replaced', 'another connection took over');
+    this._stopHeartbeat();
+    this._closeMedia();
+    this._stopLocalMedia();
+    this._emit('replaced', {});
+  }
+
+  _serverShutdown(protoo, delayMs) {
+    this._resumeToken = null;
+    this._setState('reconnecting', 'server restart');
+    this._protoo = null;
+    this._attempt = 0;
+    this._scheduleReconnect(delayMs);
+  }
+
+  // -- heartbeat and activity -------------------------------------------------------------
+
+  _startHeartbeat(seconds) {
+    this.heartbeatInterval = seconds;
+    this._stopHeartbeat();
+    this._heartbeat = setInterval(() => this._ping(), seconds * 1000);
+  }
+
+  _stopHeartbeat() {
+    clearInterval(this._heartbeat);
+    this._heartbeat = null;
+  }
+
+  async _ping() {
+    if (!this._protoo || this.state !== 'joined') return;
+    const started = performance.now();
+    try {
+      await this._protoo.request('ping', this.rtt === null ? {} : { rtt: this.rtt }, 10000);
+      this.rtt = Math.round((performance.now() - started) * 10) / 10;
+    } catch {
+      // The close handler deals with a lost connection.
+    }
+  }
+
+  _activity(data) {
+    if (this._protoo && this.state === 'joined') this._protoo.notify('activity', data);
+  }
+
+  _installPageHooks() {
+    const on = (target, event, handler, options) => {
+      target.addEventListener(event, handler, options);
+      this._listeners.push([target, event, handler, options]);
+    };
+    on(document, 'visibilitychange', () => {
+      if (document.visibilityState === 'visible') {
+        this._ping();
+        this._activity({ type: 'visibility', visibility: 'visible' });
+        if (this.state === 'reconnecting') this._scheduleReconnect(0);
+      } else {
+        this._activity({ type: 'visibility', visibility: 'hidden' });
+      }
+    });
+    const interaction = () => {
+      const now = Date.now();
+      if (now - this._lastInteraction > INTERACTION_THROTTLE_MS) {
+        this._lastInteraction = now;
+        this._activity({ type: 'interaction' });
+      }
+    };
+    on(window, 'pointerdown', interaction, { passive: true });
+    on(window, 'keydown', interaction, { passive: true });
+    on(window, 'online', () => { if (this.state === 'reconnecting') this._scheduleReconnect(0); });
+    on(window, 'pagehide', () => {
+      if (this.state !== 'joined' && this.state !== 'reconnecting') return;
+      if (this._protoo) this._protoo.notify('beforeDisconnect', { reason: 'pagehide' });
+      if (this._leaveToken && navigator.sendBeacon) {
+        const http = this.server.replace(/^ws/, 'http');
+        navigator.sendBeacon(`${http}/leave?token=${encodeURIComponent(this._leaveToken)}`);
+      }
+    });
+    on(window, 'beforeunload', (event) => {
+      if (this.confirmLeave && this.state === 'joined') {
+        event.preventDefault();
+        event.returnValue = '';
+      }
+    });
+  }
+
+  _removePageHooks() {
+    for (const [target, event, handler, options] of this._listeners) {
+      target.removeEventListener(event, handler, options);
+    }
+    this._listeners = [];
+  }
+
+  // -- media --------------------------------------------------------------------------------
+
+  async _acquireMedia() {
+    if (this.localStream && this.localStream.getTracks().every((t) => t.readyState === 'live')) return;
+    if (!this.wantAudio && !this.wantVideo) return;
+    this.localStream = await navigator.mediaDevices.getUserMedia({
+      audio: this.wantAudio,
+      video: this.wantVideo ? { width: { ideal: 640 }, height: { ideal: 480 } } : false,
+    });
+    this._emit('localstream', { stream: this.localStream });
+  }
+
+  _stopLocalMedia() {
+    if (this.localStream) {
+      for (const track of this.localStream.getTracks()) track.stop();
+    }
+    this._emit('localstream', { stream: null });
+  }
+
+  _closeMedia() {
+    for (const id of [...this._consumers.keys()]) this._dropConsumer(id);
+    for (const transport of [this._sendTransport, this._recvTransport]) {
+      if (transport && !transport.closed) transport.close();
+    }
+    this._sendTransport = this._recvTransport = null;
+    this._producers.clear();
+    this._dataProducer = null;
+  }
+
+  _setState(state, reason = null) {
+    if (this.state === state && reason === this.closeReason) return;
+    this.state = state;
+    this.closeReason = reason;
+    this._emit('statechange', { state, reason });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}

@@ -1,0 +1,180 @@
+// The ghostless demo call page: tiles, participants with live status, chat.
+import { GhostlessClient } from '/ghostless.js';
+
+const $ = (selector) => document.querySelector(selector);
+const params = new URLSearchParams(location.search);
+const storage = window.localStorage;
+
+// One identity per browser profile: a second tab is the same user (handover).
+let userId = storage.getItem('ghostless.userId');
+if (!userId) {
+  userId = 'u-' + crypto.getRandomValues(new Uint32Array(2)).join('');
+  storage.setItem('ghostless.userId', userId);
+}
+
+$('#room').value = params.get('room') || 'demo';
+$('#name').value = params.get('name') || storage.getItem('ghostless.name') || '';
+
+const tiles = new Map(); // peerId -> tile element
+const meters = new Map(); // peerId -> {analyser, data, bar}
+let audioContext = null;
+let client = null;
+
+function tile(peerId, label, local = false) {
+  let element = tiles.get(peerId);
+  if (!element) {
+    element = document.createElement('div');
+    element.className = 'tile' + (local ? ' local' : '');
+    element.dataset.peerId = peerId;
+    element.innerHTML = '<video autoplay playsinline></video><span class="name"></span>';
+    element.querySelector('video').muted = true; // audio plays through <audio>
+    $('#tiles').append(element);
+    tiles.set(peerId, element);
+  }
+  element.querySelector('.name').textContent = label;
+  return element;
+}
+
+function removeTile(peerId) {
+  const element = tiles.get(peerId);
+  if (element) element.remove();
+  tiles.delete(peerId);
+}
+
+function renderParticipants() {
+  const list = $('#participants');
+  list.textContent = '';
+  const me = document.createElement('li');
+  me.dataset.peerId = client.peerId;
+  me.dataset.status = 'connected';
+  me.innerHTML = '<span class="who"></span><span class="badge">you</span>';
+  me.querySelector('.who').textContent = client.displayName;
+  list.append(me);
+  for (const peer of client.peers.values()) {
+    const item = document.createElement('li');
+    item.dataset.peerId = peer.id;
+    item.dataset.status = peer.status;
+    item.dataset.reason = peer.reason || '';
+    const status = peer.status === 'left' ? `left (${peer.reason})` : peer.status;
+    item.innerHTML = '<span class="who"></span><span class="badge"></span><span class="level"><i></i></span>';
+    item.querySelector('.who').textContent = peer.displayName || peer.id;
+    item.querySelector('.badge').textContent = status;
+    const meter = meters.get(peer.id);
+    if (meter) meter.bar = item.querySelector('.level i');
+    list.append(item);
+    if (peer.status === 'left') removeTile(peer.id);
+    else if (tiles.has(peer.id)) tile(peer.id, peer.displayName || peer.id);
+  }
+}
+
+function meterFor(peerId, track) {
+  audioContext = audioContext || new AudioContext();
+  const stream = new MediaStream([track]);
+  // Chrome only feeds remote WebRTC audio to WebAudio while an element plays it.
+  const audio = new Audio();
+  audio.srcObject = stream;
+  audio.play().catch(() => {});
+  const analyser = audioContext.createAnalyser();
+  analyser.fftSize = 256;
+  audioContext.createMediaStreamSource(stream).connect(analyser);
+  meters.set(peerId, { analyser, data: new Uint8Array(analyser.fftSize), bar: null, audio, level: 0 });
+}
+
+function updateMeters() {
+  for (const meter of meters.values()) {
+    meter.analyser.getByteTimeDomainData(meter.data);
+    let sum = 0;
+    for (const v of meter.data) sum += (v - 128) * (v - 128);
+    meter.level = Math.sqrt(sum / meter.data.length) / 128;
+    if (meter.bar) meter.bar.style.width = `${Math.min(100, meter.level * 400)}%`;
+  }
+  requestAnimationFrame(updateMeters);
+}
+requestAnimationFrame(updateMeters);
+
+function addMessage(who, text) {
+  const item = document.createElement('li');
+  item.textContent = `${who}: ${text}`;
+  $('#messages').append(item);
+  item.scrollIntoView({ block: 'nearest' });
+}
+
+function setState(state, reason) {
+  const label = $('#state');
+  label.dataset.state = state;
+  label.textContent = reason ? `${state}: ${reason}` : state;
+  $('#banner').hidden = state !== 'reconnecting';
+  $('#banner').textContent = 'Connection lost, reconnecting…';
+  $('#replaced').hidden = state !== 'replaced';
+}
+
+$('#join-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const name = $('#name').value.trim() || 'guest';
+  const room = $('#room').value.trim();
+  storage.setItem('ghostless.name', name);
+  history.replaceState(null, '', `?room=${encodeURIComponent(room)}`);
+  $('#room-label').textContent = `room ${room}`;
+  $('#join-form').hidden = true;
+  $('#call').hidden = false;
+
+  client = new GhostlessClient({ roomId: room, userId, displayName: name, confirmLeave: params.has('confirm') });
+  window.ghostless = client;
+  window.ghostlessMeters = meters;
+  client.addEventListener('statechange', ({ detail }) => setState(detail.state, detail.reason));
+  client.addEventListener('peers', renderParticipants);
+  client.addEventListener('localstream', ({ detail }) => {
+    const element = tile(client.peerId, `${name} (you)`, true);
+    element.querySelector('video').srcObject = detail.stream;
+  });
+  client.addEventListener('track', ({ detail }) => {
+    const peer = client.peers.get(detail.peerId);
+    const label = peer ? peer.displayName || peer.id : detail.peerId;
+    if (detail.kind === 'video') {
+      tile(detail.peerId, label).querySelector('video').srcObject = new MediaStream([detail.track]);
+    } else {
+      meterFor(detail.peerId, detail.track);
+      renderParticipants();
+    }
+  });
+  client.addEventListener('trackended', ({ detail }) => {
+    const meter = meters.get(detail.peerId);
+    if (meter) { meter.audio.srcObject = null; meters.delete(detail.peerId); }
+  });
+  client.addEventListener('chat', ({ detail }) => addMessage(detail.displayName || detail.peerId, detail.text));
+  client.addEventListener('replaced', () => {
+    for (const peerId of [...tiles.keys()]) removeTile(peerId);
+  });
+  try {
+    await client.start();
+    renderParticipants();
+  } catch (error) {
+    setState('closed', String(error.message || error));
+  }
+});
+
+$('#use-here').addEventListener('click', () => client.takeBack());
+$('#leave').addEventListener('click', async () => {
+  await client.leave();
+  for (const peerId of [...tiles.keys()]) removeTile(peerId);
+  $('#call').hidden = true;
+  $('#join-form').hidden = false;
+});
+for (const [button, kind, on, off] of [[$('#mute-audio'), 'audio', 'Unmute mic', 'Mute mic'],
+                                        [$('#mute-video'), 'video', 'Start camera', 'Stop camera']]) {
+  button.addEventListener('click', async () => {
+    const muted = button.getAttribute('aria-pressed') !== 'true';
+    button.setAttribute('aria-pressed', String(muted));
+    button.textContent = muted ? on : off;
+    await client.setMuted(kind, muted);
+  });
+}
+$('#chat-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const text = $('#chat-input').value.trim();
+  if (text && client.sendChat(text)) {
+    addMessage('you', text);
+    $('#chat-input').value = '';
+  }
+});
+if (params.has('autojoin')) $('#join-form').requestSubmit();
