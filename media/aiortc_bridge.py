@@ -1,4 +1,4 @@
-"""Every touch of aiortc's private internals lives here, and only here.
+"""Every touch of aiortc's (and pylibsrtp's) private internals lives here, and only here.
 
 aiortc gives us a production DTLS-SRTP handshake (``RTCDtlsTransport``) and an
 SCTP association with data channels (``RTCSctpTransport``), but both assume
@@ -7,7 +7,11 @@ the ICE-lite UDP endpoint instead, takes the SRTP sessions out once the
 handshake is done (so RTP is forwarded without ever being parsed by aiortc),
 and closes them synchronously.
 
-aiortc and aioice are pinned to exact versions in ``pyproject.toml``;
+``SrtpSession`` calls libsrtp through pylibsrtp's own cffi binding, on the
+session's own buffer: no allocation per packet, and a consumer's SSRC and
+sequence number are written straight into the bytes that get encrypted.
+
+aiortc, aioice and pylibsrtp are pinned to exact versions in ``pyproject.toml``;
 ``check_internals()`` (run by the test suite) fails loudly when an upgrade
 moves anything used here.
 """
@@ -17,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Awaitable, Callable
+
+import struct
 
 import pylibsrtp
 from aiortc.rtcdatachannel import RTCDataChannel, RTCDataChannelParameters
@@ -28,14 +34,87 @@ from aiortc.rtcdtlstransport import (
 )
 from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
 from OpenSSL import SSL
+from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN
+from pylibsrtp._binding import ffi, lib
 
 __all__ = [
     "DtlsRole",
     "DtlsSession",
     "RTCCertificate",
     "RTCDataChannel",
+    "SrtpSession",
     "check_internals",
 ]
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
+class SrtpSession:
+    """One direction of SRTP (RFC 3711) for the forwarding path.
+
+    Errors (replay, authentication failure, oversize) return ``None``: the
+    caller counts and drops, as a receiver must.
+    """
+
+    __slots__ = ("_capacity", "_cdata", "_ctx", "_len", "_session", "_view")
+
+    def __init__(self, session: pylibsrtp.Session) -> None:
+        self._session = session  # owns the context and the buffer
+        self._ctx = session._srtp[0]
+        self._cdata = session._cdata
+        self._view = memoryview(session._buffer)
+        self._capacity = len(self._view)
+        self._len = ffi.new("int *")
+
+    def unprotect(self, data: bytes) -> bytearray | None:
+        """Decrypt SRTP into a fresh, mutable packet (one copy in, one out)."""
+        size = len(data)
+        if size > self._capacity:
+            return None
+        view = self._view
+        view[0:size] = data
+        self._len[0] = size
+        if lib.srtp_unprotect(self._ctx, self._cdata, self._len):
+            return None
+        return bytearray(view[0 : self._len[0]])
+
+    def unprotect_rtcp(self, data: bytes) -> bytes | None:
+        size = len(data)
+        if size > self._capacity:
+            return None
+        view = self._view
+        view[0:size] = data
+        self._len[0] = size
+        if lib.srtp_unprotect_rtcp(self._ctx, self._cdata, self._len):
+            return None
+        return bytes(view[0 : self._len[0]])
+
+    def protect(self, packet: bytes | bytearray, seq: int = -1, ssrc: int = 0) -> bytes | None:
+        """Encrypt an RTP packet; with ``seq``, write it and ``ssrc`` in first."""
+        size = len(packet)
+        if size > self._capacity - SRTP_MAX_TRAILER_LEN:
+            return None
+        view = self._view
+        view[0:size] = packet
+        if seq >= 0:
+            _U16.pack_into(view, 2, seq)
+            _U32.pack_into(view, 8, ssrc)
+        self._len[0] = size
+        if lib.srtp_protect(self._ctx, self._cdata, self._len):
+            return None
+        return bytes(view[0 : self._len[0]])
+
+    def protect_rtcp(self, packet: bytes) -> bytes | None:
+        size = len(packet)
+        if size > self._capacity - SRTP_MAX_SRTCP_TRAILER_LEN:
+            return None
+        view = self._view
+        view[0:size] = packet
+        self._len[0] = size
+        if lib.srtp_protect_rtcp(self._ctx, self._cdata, self._len):
+            return None
+        return bytes(view[0 : self._len[0]])
 
 
 class DtlsRole(enum.Enum):
@@ -94,8 +173,8 @@ class DtlsSession:
         self._closing = False
         self._start_task: asyncio.Task[None] | None = None
         self.sctp: RTCSctpTransport | None = None
-        self.rx_srtp: pylibsrtp.Session | None = None
-        self.tx_srtp: pylibsrtp.Session | None = None
+        self.rx_srtp: SrtpSession | None = None
+        self.tx_srtp: SrtpSession | None = None
 
     @staticmethod
     def local_fingerprints(certificate: RTCCertificate) -> list[dict[str, str]]:
@@ -122,8 +201,8 @@ class DtlsSession:
     def _state_changed(self) -> None:
         state = self._dtls.state
         if state == "connected":
-            self.rx_srtp = self._dtls._rx_srtp
-            self.tx_srtp = self._dtls._tx_srtp
+            self.rx_srtp = SrtpSession(self._dtls._rx_srtp)
+            self.tx_srtp = SrtpSession(self._dtls._tx_srtp)
         if self._closing:
             return
         if state in ("connected", "failed", "closed"):
@@ -251,5 +330,12 @@ def check_internals() -> None:
             missing.append(f"RTCSctpTransport.{name}")
     if not hasattr(RTCDataChannel, "_setReadyState"):
         missing.append("RTCDataChannel._setReadyState")
+    session = pylibsrtp.Session()
+    for name in ("_srtp", "_cdata", "_buffer"):
+        if not hasattr(session, name):
+            missing.append(f"pylibsrtp.Session.{name}")
+    for name in ("srtp_protect", "srtp_unprotect", "srtp_protect_rtcp", "srtp_unprotect_rtcp"):
+        if not hasattr(lib, name):
+            missing.append(f"pylibsrtp._binding.lib.{name}")
     if missing:
         raise RuntimeError("aiortc internals changed: " + ", ".join(missing))

@@ -89,13 +89,13 @@ class Consumer(EventEmitter):
             # Continue right after the last packet the receiver saw.
             self._seq_offset = (self._last_seq + 1 - seq) & 0xFFFF
             self._resync = False
-        out = bytearray(packet)
         out_seq = (seq + self._seq_offset) & 0xFFFF
-        rtp_packet.set_seq_and_ssrc(out, out_seq, self.ssrc)
         self._last_seq = out_seq
         self.packet_count += 1
-        self.byte_count += len(out)
-        self._transport.send_rtp(out)
+        self.byte_count += len(packet)
+        # The SSRC and sequence number are written into the encryption buffer:
+        # the cached packet stays the producer's.
+        self._transport.send_rtp(packet, out_seq, self.ssrc)
 
     def send_sender_report(self, ntp: int, rtp_timestamp: int) -> None:
         if not self._forwarding or self.packet_count == 0:
@@ -126,9 +126,7 @@ class Consumer(EventEmitter):
     def _retransmit(self, cached: bytearray, seq: int) -> None:
         self.retransmitted_count += 1
         if self.rtx_ssrc is None or self.rtx_payload_type is None:
-            out = bytearray(cached)
-            rtp_packet.set_seq_and_ssrc(out, seq, self.ssrc)
-            self._transport.send_rtp(out)
+            self._transport.send_rtp(cached, seq, self.ssrc)
             return
         start = rtp_packet.header_length(cached)
         if start < 0:

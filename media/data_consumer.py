@@ -64,8 +64,8 @@ class DataConsumer(EventEmitter):
             label=self.label,
             protocol=self.protocol,
             ordered=params["ordered"],
-            max_packet_life_time=params["maxPacketLifeTime"],
-            max_retransmits=params["maxRetransmits"],
+            max_packet_life_time=params.get("maxPacketLifeTime"),
+            max_retransmits=params.get("maxRetransmits"),
         )
 
     def send(self, message: str | bytes) -> None:

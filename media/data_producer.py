@@ -65,8 +65,8 @@ class DataProducer(EventEmitter):
             label=self.label,
             protocol=self.protocol,
             ordered=params["ordered"],
-            max_packet_life_time=params["maxPacketLifeTime"],
-            max_retransmits=params["maxRetransmits"],
+            max_packet_life_time=params.get("maxPacketLifeTime"),
+            max_retransmits=params.get("maxRetransmits"),
         )
         self._channel.on("message", self._relay)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 from dataclasses import dataclass
@@ -35,9 +36,12 @@ class PortAllocator:
     it, so there is nothing to release by hand and nothing to leak.
     """
 
-    def __init__(self, listen_ip: str, port_range: PortRange) -> None:
+    def __init__(
+        self, listen_ip: str, port_range: PortRange, buffer_size: int = 4 << 20
+    ) -> None:
         self.listen_ip = listen_ip
         self.port_range = port_range
+        self.buffer_size = buffer_size
         self._family = socket.AF_INET6 if ":" in listen_ip else socket.AF_INET
 
     def bind(self) -> socket.socket:
@@ -56,6 +60,11 @@ class PortAllocator:
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            # The default ~200 KB holds ~150 packets: a burst of video overflows it.
+            # The kernel caps the request at net.core.rmem_max / wmem_max.
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, option, self.buffer_size)
             sock.bind((self.listen_ip, port))
         except OSError:
             sock.close()

@@ -97,12 +97,11 @@ class Producer(EventEmitter):
 
     # -- forwarding -----------------------------------------------------------
 
-    def receive_rtp(self, packet: bytes) -> None:
-        """One decrypted RTP packet of this producer's media stream."""
-        pt = self._mapping.payload_types.get(packet[1] & 0x7F)
+    def receive_rtp(self, buf: bytearray) -> None:
+        """One decrypted RTP packet of this producer's media stream (ours to keep)."""
+        pt = self._mapping.payload_types.get(buf[1] & 0x7F)
         if pt is None:
             return
-        buf = bytearray(packet)
         buf[1] = (buf[1] & 0x80) | pt
         if buf[0] & 0x10:
             rtp_packet.rewrite_extension_ids(buf, self._mapping.header_extension_ids)
@@ -116,7 +115,7 @@ class Producer(EventEmitter):
         for consumer in self._sinks:
             consumer.send_rtp(buf, seq)
 
-    def receive_rtx(self, packet: bytes) -> None:
+    def receive_rtx(self, packet: bytearray) -> None:
         """An RTX packet (RFC 4588): unwrap it into the packet it repairs."""
         apt = self._mapping.rtx_payload_types.get(packet[1] & 0x7F)
         start = rtp_packet.header_length(packet)
@@ -132,7 +131,7 @@ class Producer(EventEmitter):
         original[1] = (original[1] & 0x80) | apt
         original[2:4] = packet[start : start + 2]
         original += packet[start + 2 : end]
-        self.receive_rtp(bytes(original))
+        self.receive_rtp(original)
 
     def _track(self, seq: int) -> None:
         if self._max_seq < 0:

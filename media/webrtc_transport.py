@@ -23,10 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pylibsrtp
-
 from . import rtp_packet
-from .aiortc_bridge import DtlsRole, DtlsSession, RTCCertificate
+from .aiortc_bridge import DtlsRole, DtlsSession, RTCCertificate, SrtpSession
 from .consumer import Consumer
 from .data_consumer import DataConsumer
 from .data_producer import DataProducer
@@ -143,14 +141,14 @@ class WebRtcTransport(EventEmitter):
         )
         self._dtls_state = "new"
         self._connected = False
-        self._rx_srtp: pylibsrtp.Session | None = None
-        self._tx_srtp: pylibsrtp.Session | None = None
+        self._rx_srtp: SrtpSession | None = None
+        self._tx_srtp: SrtpSession | None = None
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
         self.data_producers: dict[str, DataProducer] = {}
         self.data_consumers: dict[str, DataConsumer] = {}
         # Forwarding tables: SSRC -> bound receive method; consumer SSRC -> consumer.
-        self._rtp_table: dict[int, Callable[[bytes], None] | None] = {}
+        self._rtp_table: dict[int, Callable[[bytearray], None] | None] = {}
         self._consumers_by_ssrc: dict[int, Consumer] = {}
         self._next_mid = 0
         self._sctp_stream_ids: set[int] = set()
@@ -252,12 +250,15 @@ class WebRtcTransport(EventEmitter):
             if rx is None or addr != self._tuple:
                 return
             self.last_activity = self._loop.time()
-            try:
-                if 191 < data[1] < 224:
-                    self._receive_rtcp(rx.unprotect_rtcp(data))
-                    return
-                packet = rx.unprotect(data)
-            except pylibsrtp.Error:
+            if 191 < data[1] < 224:
+                rtcp = rx.unprotect_rtcp(data)
+                if rtcp is None:
+                    self.srtp_errors += 1
+                else:
+                    self._receive_rtcp(rtcp)
+                return
+            packet = rx.unprotect(data)
+            if packet is None:
                 self.srtp_errors += 1
                 return
             ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
@@ -386,11 +387,15 @@ class WebRtcTransport(EventEmitter):
 
     # -- RTP / RTCP out --------------------------------------------------------
 
-    def send_rtp(self, packet: bytearray | bytes) -> None:
+    def send_rtp(self, packet: bytearray | bytes, seq: int = -1, ssrc: int = 0) -> None:
+        """Encrypt and send; with ``seq``, the packet goes out with that seq and SSRC."""
         tx = self._tx_srtp
         if tx is None or self._tuple is None:
             return
-        data = tx.protect(bytes(packet))
+        data = tx.protect(packet, seq, ssrc)
+        if data is None:
+            self.srtp_errors += 1
+            return
         self.bytes_sent += len(data)
         self._udp.sendto(data, self._tuple)
 
@@ -399,14 +404,17 @@ class WebRtcTransport(EventEmitter):
         if tx is None or self._tuple is None:
             return
         data = tx.protect_rtcp(packet)
+        if data is None:
+            self.srtp_errors += 1
+            return
         self.bytes_sent += len(data)
         self._udp.sendto(data, self._tuple)
 
     # -- RTP / RTCP in (slow paths) --------------------------------------------
 
-    def _learn_ssrc(self, ssrc: int, packet: bytes) -> Callable[[bytes], None] | None:
+    def _learn_ssrc(self, ssrc: int, packet: bytearray) -> Callable[[bytearray], None] | None:
         """An SSRC the client never signalled: find its producer by MID or RID."""
-        handler: Callable[[bytes], None] | None = None
+        handler: Callable[[bytearray], None] | None = None
         for producer in self.producers.values():
             mapping = producer._mapping
             mid = (
@@ -807,12 +815,16 @@ def _stream_parameters(params: Json, stream_id: int) -> Json:
             )
     if life is not None and retransmits is not None:
         raise InvalidParametersError("maxPacketLifeTime and maxRetransmits are exclusive")
-    return {
+    params: Json = {
         "streamId": stream_id,
         "ordered": ordered if life is None and retransmits is None else False,
-        "maxPacketLifeTime": life,
-        "maxRetransmits": retransmits,
     }
+    # Absent, not null: browsers refuse a channel with both limits present.
+    if life is not None:
+        params["maxPacketLifeTime"] = life
+    if retransmits is not None:
+        params["maxRetransmits"] = retransmits
+    return params
 
 
 async def create_webrtc_transport(

@@ -1,6 +1,7 @@
 # Sourced by scripts/serve and scripts/test: one virtual environment, refreshed
-# when pyproject.toml changes.
+# when pyproject.toml changes; and the Debian packages the browser tests need.
 VENV="${GHOSTLESS_VENV:-.venv}"
+
 ensure_venv() {
   local stamp="$VENV/.ghostless-installed"
   if [ ! -x "$VENV/bin/python" ]; then
@@ -11,4 +12,18 @@ ensure_venv() {
     "$VENV/bin/python" -m pip install --quiet -e ".[test]"
     touch "$stamp"
   fi
+}
+
+# Headless Chromium (browser tests) and Node/npm (the bundle check) come from
+# Debian; install them when missing (as root, or through sudo).
+ensure_system_packages() {
+  local missing=()
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
+  command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing ${missing[*]} (Debian packages)" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }

@@ -451,6 +451,12 @@ export class GhostlessClient extends EventTarget {
     on(window, 'pointerdown', interaction, { passive: true });
     on(window, 'keydown', interaction, { passive: true });
     on(window, 'online', () => { if (this.state === 'reconnecting') this._scheduleReconnect(0); });
+    on(window, 'offline', () => {
+      // The network is gone: do not wait for TCP to notice.  Close code 4000
+      // tells the server this is a loss (keep the session for the grace
+      // period), not a leave.
+      if (this.state === 'joined' && this._protoo) this._protoo.close(4000, 'offline');
+    });
     on(window, 'pagehide', () => {
       if (this.state !== 'joined' && this.state !== 'reconnecting') return;
       if (this._protoo) this._protoo.notify('beforeDisconnect', { reason: 'pagehide' });
