@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Awaitable, Callable
-
 import struct
+from collections.abc import Awaitable, Callable
 
 import pylibsrtp
 from aiortc.rtcdatachannel import RTCDataChannel, RTCDataChannelParameters

@@ -147,7 +147,7 @@ async def join(context: BrowserContext | Browser, server: Server, room: str, nam
 async def peer_status(page: Page, name: str) -> dict[str, Any] | None:
     result: dict[str, Any] | None = await page.evaluate(
         """(name) => {
-            const named = [...window.ghostless.peers.values()].filter((p) => p.displayName === name);
+            const named = [...ghostless.peers.values()].filter((p) => p.displayName === name);
             const peer = named.find((p) => p.status !== 'left') || named[named.length - 1];
             return peer ? {status: peer.status, reason: peer.reason, id: peer.id} : null;
         }""",
@@ -160,7 +160,7 @@ async def remote_video(page: Page, name: str) -> dict[str, Any]:
     """Size and decoded frame count of the tile showing ``name``'s camera."""
     result: dict[str, Any] = await page.evaluate(
         """(name) => {
-            const named = [...window.ghostless.peers.values()].filter((p) => p.displayName === name);
+            const named = [...ghostless.peers.values()].filter((p) => p.displayName === name);
             const peer = named.find((p) => p.status !== 'left') || named[named.length - 1];
             const tile = peer && document.querySelector(`.tile[data-peer-id="${peer.id}"] video`);
             if (!tile) return {width: 0, height: 0, frames: 0};
@@ -175,7 +175,7 @@ async def remote_video(page: Page, name: str) -> dict[str, Any]:
 async def audio_level(page: Page, name: str) -> float:
     level: float = await page.evaluate(
         """(name) => {
-            const named = [...window.ghostless.peers.values()].filter((p) => p.displayName === name);
+            const named = [...ghostless.peers.values()].filter((p) => p.displayName === name);
             const peer = named.find((p) => p.status !== 'left') || named[named.length - 1];
             const meter = peer && window.ghostlessMeters.get(peer.id);
             return meter ? meter.level : 0;

@@ -69,8 +69,11 @@ async def record_peer_history(page: Page) -> None:
             window.peerHistory = [];
             window.ghostless.addEventListener('peers', () => {
                 for (const peer of window.ghostless.peers.values()) {
-                    const last = window.peerHistory.filter((h) => h[0] === peer.displayName).pop();
-                    if (!last || last[1] !== peer.status) window.peerHistory.push([peer.displayName, peer.status]);
+                    const name = peer.displayName;
+                    const last = window.peerHistory.filter((h) => h[0] === name).pop();
+                    if (!last || last[1] !== peer.status) {
+                        window.peerHistory.push([name, peer.status]);
+                    }
                 }
             });
         }"""
