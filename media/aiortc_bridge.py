@@ -22,6 +22,7 @@ import asyncio
 import enum
 import struct
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pylibsrtp
 from aiortc.rtcdatachannel import RTCDataChannel, RTCDataChannelParameters
@@ -79,13 +80,20 @@ class SrtpSession:
         return bytearray(view[0 : self._len[0]])
 
     def unprotect_rtcp(self, data: bytes) -> bytes | None:
+        return self._rtcp(lib.srtp_unprotect_rtcp, data, 0)
+
+    def protect_rtcp(self, packet: bytes) -> bytes | None:
+        return self._rtcp(lib.srtp_protect_rtcp, packet, SRTP_MAX_SRTCP_TRAILER_LEN)
+
+    def _rtcp(self, function: Any, data: bytes, trailer: int) -> bytes | None:
+        # RTCP is rare (a few packets a second per stream): no need to inline.
         size = len(data)
-        if size > self._capacity:
+        if size > self._capacity - trailer:
             return None
         view = self._view
         view[0:size] = data
         self._len[0] = size
-        if lib.srtp_unprotect_rtcp(self._ctx, self._cdata, self._len):
+        if function(self._ctx, self._cdata, self._len):
             return None
         return bytes(view[0 : self._len[0]])
 
@@ -101,17 +109,6 @@ class SrtpSession:
             _U32.pack_into(view, 8, ssrc)
         self._len[0] = size
         if lib.srtp_protect(self._ctx, self._cdata, self._len):
-            return None
-        return bytes(view[0 : self._len[0]])
-
-    def protect_rtcp(self, packet: bytes) -> bytes | None:
-        size = len(packet)
-        if size > self._capacity - SRTP_MAX_SRTCP_TRAILER_LEN:
-            return None
-        view = self._view
-        view[0:size] = packet
-        self._len[0] = size
-        if lib.srtp_protect_rtcp(self._ctx, self._cdata, self._len):
             return None
         return bytes(view[0 : self._len[0]])
 
@@ -224,26 +221,21 @@ class DtlsSession:
 
     @staticmethod
     def open_negotiated_channel(
-        sctp: RTCSctpTransport,
-        *,
-        stream_id: int,
-        label: str,
-        protocol: str,
-        ordered: bool,
-        max_packet_life_time: int | None,
-        max_retransmits: int | None,
+        sctp: RTCSctpTransport, sctp_stream_parameters: dict[str, Any], label: str, protocol: str
     ) -> RTCDataChannel:
-        """A data channel both sides agreed on out of band (``negotiated: true``)."""
+        """A data channel both sides agreed on out of band (``negotiated: true``),
+        from mediasoup's ``sctpStreamParameters``."""
+        params = sctp_stream_parameters
         return RTCDataChannel(
             sctp,
             RTCDataChannelParameters(
                 label=label,
                 protocol=protocol,
-                ordered=ordered,
-                maxPacketLifeTime=max_packet_life_time,
-                maxRetransmits=max_retransmits,
+                ordered=params["ordered"],
+                maxPacketLifeTime=params.get("maxPacketLifeTime"),
+                maxRetransmits=params.get("maxRetransmits"),
                 negotiated=True,
-                id=stream_id,
+                id=params["streamId"],
             ),
         )
 

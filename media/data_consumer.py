@@ -56,16 +56,9 @@ class DataConsumer(EventEmitter):
     def attach(self, sctp: RTCSctpTransport) -> None:
         if self._channel is not None or self.closed:
             return
-        params = self.sctp_stream_parameters
         self._sctp = sctp
         self._channel = DtlsSession.open_negotiated_channel(
-            sctp,
-            stream_id=self.stream_id,
-            label=self.label,
-            protocol=self.protocol,
-            ordered=params["ordered"],
-            max_packet_life_time=params.get("maxPacketLifeTime"),
-            max_retransmits=params.get("maxRetransmits"),
+            sctp, self.sctp_stream_parameters, self.label, self.protocol
         )
 
     def send(self, message: str | bytes) -> None:

@@ -36,9 +36,7 @@ class PortAllocator:
     it, so there is nothing to release by hand and nothing to leak.
     """
 
-    def __init__(
-        self, listen_ip: str, port_range: PortRange, buffer_size: int = 4 << 20
-    ) -> None:
+    def __init__(self, listen_ip: str, port_range: PortRange, buffer_size: int = 4 << 20) -> None:
         self.listen_ip = listen_ip
         self.port_range = port_range
         self.buffer_size = buffer_size

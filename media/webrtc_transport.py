@@ -815,16 +815,16 @@ def _stream_parameters(params: Json, stream_id: int) -> Json:
             )
     if life is not None and retransmits is not None:
         raise InvalidParametersError("maxPacketLifeTime and maxRetransmits are exclusive")
-    params: Json = {
+    clean: Json = {
         "streamId": stream_id,
         "ordered": ordered if life is None and retransmits is None else False,
     }
     # Absent, not null: browsers refuse a channel with both limits present.
     if life is not None:
-        params["maxPacketLifeTime"] = life
+        clean["maxPacketLifeTime"] = life
     if retransmits is not None:
-        params["maxRetransmits"] = retransmits
-    return params
+        clean["maxRetransmits"] = retransmits
+    return clean
 
 
 async def create_webrtc_transport(
