@@ -461,7 +461,10 @@ class SessionRegistry:
                 last = session.last_heard if media is None else max(session.last_heard, media)
                 if now - last >= policy.silence_timeout:
                     decisions.append(End(session, EndReason.KEEPALIVE_TIMEOUT))
-                elif not session.reported_dead:
+                elif media is not None and media > session.probed_at and not session.reported_dead:
+                    # Media arrived after the probe, the pong did not: the client
+                    # is alive, its WebSocket is not.  (Media that stopped before
+                    # the probe proves nothing: that client may be frozen.)
                     session.reported_dead = True
                     decisions.append(SocketDead(session))
 

@@ -160,7 +160,7 @@ async def test_a_short_offline_spell_resumes_the_same_session(
     await alice_context.set_offline(True)
     await wait_until(lambda: _status_is(bob, "alice", "reconnecting"), timeout=5)
     assert await alice.evaluate("window.ghostless.state") == "reconnecting"
-    await asyncio.sleep(1.0)  # well inside the 4 s grace period
+    await asyncio.sleep(1.0)  # well inside the 6 s grace period
     await alice_context.set_offline(False)
 
     await alice.wait_for_function("window.ghostless.state === 'joined'", timeout=10000)

@@ -1058,3 +1058,19 @@ def test_optional_mechanisms_may_be_switched_off_with_none() -> None:
         None,
     )
     assert SessionRegistry(policy).sweep(1e9) == []
+
+
+def test_media_that_stopped_before_the_probe_does_not_make_a_frozen_client_a_dead_socket() -> None:
+    registry, media = make_registry()
+    session = new_session(registry, T0)
+    registry.heard(session, T0 + 10)  # the last pong
+    media.last[session] = T0 + 11.5  # RTP until the process froze at T0 + 11.5
+
+    decisions = tick_every_second(registry, T0 + 11, T0 + 40)
+
+    # Probed at +25 (15 s after the last pong); nothing on any plane since the
+    # freeze: ended 20 s after the last packet, never reported as a dead socket.
+    assert decisions == [
+        (T0 + 25, Probe(session)),
+        (T0 + 32, End(session, EndReason.KEEPALIVE_TIMEOUT)),
+    ]
