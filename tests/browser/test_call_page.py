@@ -16,6 +16,7 @@ from playwright.async_api import Browser, Page
 
 from signalling.server import Server
 
+from ..signalling.test_calls import media_gauges
 from .conftest import ChromiumProcess, audio_level, join, peer_status, remote_video
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -117,8 +118,9 @@ async def test_closing_a_page_shows_it_left_at_once_and_frees_its_media(
         == 1
     )
     assert await media_of_peer(server, alice_id) == 0
-    counts = server.worker.resource_counts()
-    assert counts["transports"] == 2 and counts["producers"] == 2  # Bob's own only
+    # What Prometheus sees: only Bob's own two transports and two producers remain.
+    gauges = await media_gauges(server)
+    assert gauges["transports"] == 2 and gauges["producers"] == 2 and gauges["consumers"] == 0
 
 
 async def _status_is(page: Page, name: str, status: str) -> bool:
