@@ -424,10 +424,9 @@ class _Peer(asyncio.DatagramProtocol):
         if rx is None:
             return
         self.to_verify -= 1
-        try:
-            packet = rx.unprotect(data)
-        except Exception as exc:
-            self.verify_error = f"SRTP unprotect failed: {exc}"
+        packet = rx.unprotect(data)
+        if packet is None:
+            self.verify_error = "SRTP unprotect failed"
             return
         _, pt, _, _, ssrc = struct.unpack_from("!BBHII", packet)
         # The consumer gets no MID extension: the element must be padded out (zeros).
@@ -586,7 +585,9 @@ async def _pump(peer: _Peer, rate: int, stop: asyncio.Event, stats: _SenderStats
             in_frame += 1
             last = in_frame == PACKETS_PER_FRAME
             try:
-                sendto(protect(build(seq, timestamp, last)), server)
+                protected = protect(build(seq, timestamp, last))
+                if protected is not None:
+                    sendto(protected, server)
             except OSError:  # full socket buffer, or ICMP unreachable from a dead server
                 errors += 1
             seq = (seq + 1) & 0xFFFF

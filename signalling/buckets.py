@@ -17,7 +17,7 @@ K = TypeVar("K", bound=Hashable)
 
 
 class TimeBuckets(Generic[K]):
-    __slots__ = ("_buckets", "_heap", "_in_heap", "_where", "width")
+    __slots__ = ("_buckets", "_heap", "_in_heap", "_peak", "_where", "width")
 
     def __init__(self, width: float) -> None:
         if width <= 0:
@@ -27,6 +27,7 @@ class TimeBuckets(Generic[K]):
         self._where: dict[K, int] = {}
         self._heap: list[int] = []
         self._in_heap: set[int] = set()
+        self._peak: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._where)
@@ -41,11 +42,7 @@ class TimeBuckets(Generic[K]):
         if old is not None and old >= index:
             return
         if old is not None:
-            bucket = self._buckets[old]
-            del bucket[key]
-            if not bucket:
-                del self._buckets[old]
-                self._forget_emptied()
+            self._discard(old, key)
         found = self._buckets.get(index)
         if found is None:
             found = self._buckets[index] = {}
@@ -54,16 +51,26 @@ class TimeBuckets(Generic[K]):
                 heapq.heappush(self._heap, index)
         found[key] = None
         self._where[key] = index
+        if len(found) > self._peak.get(index, 0):
+            self._peak[index] = len(found)
 
     def remove(self, key: K) -> None:
         index = self._where.pop(key, None)
-        if index is None:
-            return
+        if index is not None:
+            self._discard(index, key)
+
+    def _discard(self, index: int, key: K) -> None:
         bucket = self._buckets[index]
         del bucket[key]
         if not bucket:
             del self._buckets[index]
+            self._peak.pop(index, None)
             self._forget_emptied()
+        elif len(bucket) * 8 < self._peak.get(index, 0):
+            # A dict keeps its peak size after deletes, and iterating it costs
+            # O(peak): compact a bucket that shrank a lot (amortised O(1)).
+            self._buckets[index] = dict(bucket)
+            self._peak[index] = len(bucket)
 
     def _forget_emptied(self) -> None:
         # An emptied bucket's index stays in the heap until candidates() reaches it;

@@ -44,7 +44,9 @@ class Config:
     log_format: str = "text"
     log_level: str = "INFO"
     gc_freeze: bool = True
-    """Move long-lived objects out of the GC's reach after warm-up (see docs)."""
+    """``gc.freeze()`` every second, so collections never rescan long-lived objects."""
+    gc_collect_interval: float | None = 3600.0
+    """With gc_freeze: a full collection this often, as insurance (see docs)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("reconnect_delay", "float", "reconnect delay advertised in serverShutdown (s)"),
     _Option("log_format", "choice", "log format", ("text", "json")),
     _Option("log_level", "choice", "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),
-    _Option("gc_freeze", "bool", "gc.freeze() long-lived objects periodically"),
+    _Option("gc_freeze", "bool", "gc.freeze() every second (no full-collection pauses)"),
+    _Option("gc_collect_interval", "optional_float", "full GC this often with gc_freeze (s)"),
 )
 
 _OFF = ("off", "none", "")
@@ -214,6 +217,10 @@ def validate(config: Config) -> None:
     check(config.request_timeout > 0, "request_timeout must be positive")
     check(config.shutdown_timeout > 0, "shutdown_timeout must be positive")
     check(config.reconnect_delay >= 0, "reconnect_delay must not be negative")
+    check(
+        config.gc_collect_interval is None or config.gc_collect_interval >= 60,
+        "gc_collect_interval must be at least 60 s (or off)",
+    )
 
 
 def replace(config: Config, **changes: Any) -> Config:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import re
@@ -117,6 +118,7 @@ class Server:
         self._ws_server: WsServer | None = None
         self._metrics_server: WsServer | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._probe_tasks: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
         self._shutting_down = False
         self._static = {
@@ -181,14 +183,10 @@ class Server:
         logger.info("shutting down: %d sessions", len(self.registry))
         if self._ws_server is not None:
             self._ws_server.close(close_connections=False)
-        for session in list(self.registry.by_id.values()):
-            peer = session.data
-            if isinstance(peer, Peer):
-                peer.notify(
-                    "serverShutdown", {"reconnectDelay": int(self.config.reconnect_delay * 1000)}
-                )
-        for session in list(self.registry.by_id.values()):
+        for index, session in enumerate(list(self.registry.by_id.values())):
             self.end_session(session, EndReason.SHUTDOWN)
+            if index % 500 == 499:
+                await asyncio.sleep(0)  # let the goodbyes go out while we work
         remaining = self.config.shutdown_timeout - (time.monotonic() - started)
         if self._ws_server is not None:
             with contextlib.suppress(TimeoutError):
@@ -199,6 +197,8 @@ class Server:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        for task in list(self._probe_tasks):
+            task.cancel()
         for room in list(self.rooms.values()):
             self._close_room(room)
         for future in self._room_creations.values():
@@ -514,7 +514,8 @@ class Server:
         room = peer.room
         conn = peer.connection
         peer.connection = None
-        if peer.joined:
+        if peer.joined and reason is not EndReason.SHUTDOWN:
+            # (On shutdown everyone is told serverShutdown instead.)
             room.broadcast("peerClosed", {"peerId": peer.id, "reason": reason.value}, exclude=peer)
         peer.close()
         if room.peers.get(peer.id) is peer:
@@ -523,6 +524,10 @@ class Server:
         if conn is not None:
             if reason is EndReason.REPLACED:
                 conn.notify("sessionReplaced", {"reason": "another connection took over"})
+            elif reason is EndReason.SHUTDOWN:
+                conn.notify(
+                    "serverShutdown", {"reconnectDelay": int(self.config.reconnect_delay * 1000)}
+                )
             self.connections.pop(conn.id, None)
             conn.close(close_code or CLOSE_CODES[reason], reason.value)
         self._schedule_room_close(room)
@@ -549,7 +554,8 @@ class Server:
         policy = self.config.liveness
         period = min(1.0, policy.sweep_interval)
         next_sweep = self.loop.time() + policy.sweep_interval
-        next_freeze = self.loop.time() + 60.0
+        gc_interval = self.config.gc_collect_interval
+        next_full_collection = self.loop.time() + (gc_interval or 0.0)
         expected = self.loop.time() + period
         while True:
             await asyncio.sleep(max(0.0, expected - self.loop.time()))
@@ -566,21 +572,31 @@ class Server:
                     stale = self.registry.sweep(now)
                     self.metrics.sweep_duration.observe(time.perf_counter() - started)
                     self._apply(stale, now)
-                if self.config.gc_freeze and now >= next_freeze:
-                    next_freeze = now + 60.0
-                    gc.collect(1)
+                if self.config.gc_freeze:
+                    if gc_interval is not None and now >= next_full_collection:
+                        # Rare insurance against cyclic garbage among frozen objects.
+                        next_full_collection = now + gc_interval
+                        gc.unfreeze()
+                        gc.collect()
+                    # O(1): everything alive now leaves the collector's reach, so
+                    # collections only ever scan what the last second created.
                     gc.freeze()
             except Exception:
                 logger.exception("liveness tick failed")
 
     def _apply(self, decisions: list[Probe | SocketDead | End] | list[End], now: float) -> None:
+        probes: list[Session] = []
         for decision in decisions:
             if isinstance(decision, Probe):
-                self._probe(decision.session)
+                probes.append(decision.session)
             elif isinstance(decision, SocketDead):
                 self._drop_socket(decision.session)
             else:
                 self.end_session(decision.session, decision.reason, detected_at=now)
+        if probes:
+            task = asyncio.ensure_future(self._send_probes(probes))
+            self._probe_tasks.add(task)
+            task.add_done_callback(self._probe_tasks.discard)
 
     def _drop_socket(self, session: Session) -> None:
         """The WebSocket is dead but media flows: lose the socket, keep the session."""
@@ -589,20 +605,32 @@ class Server:
             logger.info("dead WebSocket of %s/%s dropped", session.room_id, session.peer_id)
             conn.ws.transport.abort()  # the handler then sees a lost socket
 
-    def _probe(self, session: Session) -> None:
-        conn = self.connections.get(session.connection) if session.connection else None
-        if conn is not None:
-            conn.spawn(self._probe_connection(conn, session))
+    async def _send_probes(self, sessions: list[Session]) -> None:
+        """Keepalive pings for one tick, in one task, spread over half a second.
 
-    async def _probe_connection(self, conn: Connection, session: Session) -> None:
-        try:
-            pong = await conn.ws.ping()
-            rtt = await asyncio.wait_for(pong, self.config.liveness.silence_timeout or 30.0)
-        except (ConnectionClosed, TimeoutError, RuntimeError):
+        No task or timer per probe: the pong (or the connection's end) completes
+        the future websockets returns, whose callback records what was heard.
+        """
+        chunk = 64
+        pause = min(0.5 / (len(sessions) / chunk + 1), 0.05)
+        for index, session in enumerate(sessions):
+            if index and index % chunk == 0:
+                await asyncio.sleep(pause)
+            conn = self.connections.get(session.connection) if session.connection else None
+            if conn is None or conn.closing or not session.open:
+                continue
+            try:
+                pong = await conn.ws.ping()
+            except (ConnectionClosed, RuntimeError):
+                continue
+            if isinstance(pong, asyncio.Future):  # websockets returns the pong future
+                pong.add_done_callback(functools.partial(self._pong_received, session))
+
+    def _pong_received(self, session: Session, pong: asyncio.Future[float]) -> None:
+        if pong.cancelled() or pong.exception() is not None or not session.open:
             return
-        if session.open:
-            self.registry.heard(session, self.loop.time())
-            self.metrics.ping_rtt_probe.observe(rtt)
+        self.registry.heard(session, self.loop.time())
+        self.metrics.ping_rtt_probe.observe(pong.result())
 
     # -- HTTP ------------------------------------------------------------------------------
 

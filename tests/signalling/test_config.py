@@ -116,6 +116,7 @@ OTHER_VALUES = {
     "log_format": "json",
     "log_level": "DEBUG",
     "gc_freeze": "false",
+    "gc_collect_interval": "600",
 }
 
 
