@@ -44,7 +44,7 @@ class Config:
     log_format: str = "text"
     log_level: str = "INFO"
     gc_freeze: bool = True
-    """``gc.freeze()`` every second, so collections never rescan long-lived objects."""
+    """``gc.freeze()`` on every liveness tick, so collections never rescan old objects."""
     gc_collect_interval: float | None = 3600.0
     """With gc_freeze: a full collection this often, as insurance (see docs)."""
 
@@ -93,7 +93,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("reconnect_delay", "float", "reconnect delay advertised in serverShutdown (s)"),
     _Option("log_format", "choice", "log format", ("text", "json")),
     _Option("log_level", "choice", "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),
-    _Option("gc_freeze", "bool", "gc.freeze() every second (no full-collection pauses)"),
+    _Option("gc_freeze", "bool", "gc.freeze() on every tick (no full-collection pauses)"),
     _Option("gc_collect_interval", "optional_float", "full GC this often with gc_freeze (s)"),
 )
 

@@ -240,14 +240,18 @@ class SessionRegistry:
         self,
         policy: LivenessPolicy,
         media_activity: Callable[[Session], float | None] = _never,
+        *,
+        tick_interval: float = 1.0,
     ) -> None:
+        """``tick_interval``: how often the caller calls ``tick``; silence
+        deadlines are bucketed that finely, so each tick's work stays small."""
         self.policy = policy
         self.media_activity = media_activity
         self.by_identity: dict[Identity, Session] = {}
         self.by_peer: dict[tuple[str, str], Session] = {}
         self.by_id: dict[str, Session] = {}
         self.by_leave_token: dict[str, Session] = {}
-        self._heard: TimeBuckets[Session] = TimeBuckets(1.0)
+        self._heard: TimeBuckets[Session] = TimeBuckets(tick_interval)
         self._seen: TimeBuckets[Session] = TimeBuckets(
             max(1.0, min(policy.sweep_interval, policy.stale_after or policy.sweep_interval) / 6)
         )
@@ -432,7 +436,8 @@ class SessionRegistry:
     # -- timers ----------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Decision]:
-        """Grace expiries, silence probes and timeouts, inactivity: call every second."""
+        """Grace expiries, silence probes and timeouts, inactivity: call every
+        ``tick_interval``."""
         decisions: list[Decision] = []
         grace = self._grace
         while grace and grace[0][0] <= now:

@@ -66,7 +66,7 @@ class _SessionCollector(Collector):
         )
         yield GaugeMetricFamily(
             "ghostless_event_loop_lag_seconds",
-            "Lateness of the 1 s liveness tick",
+            "Lateness of the liveness tick (every 0.1 s)",
             value=server.loop_lag,
         )
 

@@ -57,6 +57,10 @@ logger = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,128}$")
 
+# The liveness clock: ten small ticks a second rather than one big one, so that
+# probing thousands of sessions never stalls the loop for long.
+TICK_INTERVAL = 0.1
+
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -109,7 +113,9 @@ class Server:
                 consent_timeout=config.consent_timeout,
             )
         )
-        self.registry = SessionRegistry(config.liveness, media_activity=_media_activity)
+        self.registry = SessionRegistry(
+            config.liveness, media_activity=_media_activity, tick_interval=TICK_INTERVAL
+        )
         self.rooms: dict[str, Room] = {}
         self._room_creations: dict[str, asyncio.Future[Room]] = {}
         self.connections: dict[int, Connection] = {}
@@ -550,9 +556,9 @@ class Server:
     # -- timers -------------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
-        """Feed the clock to the liveness machine: tick every second, sweep on its cadence."""
+        """Feed the clock to the liveness machine: tick every 0.1 s, sweep on its cadence."""
         policy = self.config.liveness
-        period = min(1.0, policy.sweep_interval)
+        period = min(TICK_INTERVAL, policy.sweep_interval)
         next_sweep = self.loop.time() + policy.sweep_interval
         gc_interval = self.config.gc_collect_interval
         next_full_collection = self.loop.time() + (gc_interval or 0.0)
@@ -606,13 +612,13 @@ class Server:
             conn.ws.transport.abort()  # the handler then sees a lost socket
 
     async def _send_probes(self, sessions: list[Session]) -> None:
-        """Keepalive pings for one tick, in one task, spread over half a second.
+        """Keepalive pings for one tick, in one task, in small chunks.
 
         No task or timer per probe: the pong (or the connection's end) completes
         the future websockets returns, whose callback records what was heard.
         """
-        chunk = 64
-        pause = min(0.5 / (len(sessions) / chunk + 1), 0.05)
+        chunk = 32
+        pause = min(TICK_INTERVAL / 2 / (len(sessions) / chunk + 1), 0.01)
         for index, session in enumerate(sessions):
             if index and index % chunk == 0:
                 await asyncio.sleep(pause)
