@@ -46,7 +46,7 @@ def free_udp_range(size: int) -> PortRange:
             except OSError:
                 continue
         return PortRange(low, low + size - 1)
-    pytest.skip(f"no {size} consecutive free UDP ports on {LOOPBACK}")
+    raise AssertionError(f"no {size} consecutive free UDP ports on {LOOPBACK} in 50 tries")
 
 
 # -- PortRange ----------------------------------------------------------------------------
