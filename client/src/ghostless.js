@@ -73,6 +73,7 @@ export class GhostlessClient extends EventTarget {
     this._leaveToken = null;
     this._heartbeat = null;
     this._reconnectTimer = null;
+    this._reconnecting = false; // one attempt at a time: a resume token is single-use
     this._attempt = 0;
     this._lastInteraction = 0;
     this._listeners = [];
@@ -364,6 +365,7 @@ export class GhostlessClient extends EventTarget {
   }
 
   _scheduleReconnect(delayMs) {
+    if (this._reconnecting) return; // the attempt in flight reschedules if it fails
     clearTimeout(this._reconnectTimer);
     const { baseMs, maxMs } = this.reconnectPolicy;
     // Exponential backoff with full jitter.
@@ -374,12 +376,17 @@ export class GhostlessClient extends EventTarget {
   }
 
   async _reconnect() {
-    if (this.state !== 'reconnecting') return;
+    if (this.state !== 'reconnecting' || this._reconnecting) return;
+    this._reconnecting = true;
     try {
       await this._connect();
     } catch (error) {
-      if (this.state === 'reconnecting') this._scheduleReconnect();
+      // retried below
+    } finally {
+      this._reconnecting = false;
     }
+    // Failed, or connected and lost again meanwhile: try again.
+    if (this.state === 'reconnecting') this._scheduleReconnect();
   }
 
   _replaced(protoo) {
