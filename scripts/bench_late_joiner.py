@@ -22,11 +22,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import aioice.ice  # noqa: E402
+import aioice.ice
 
-from signalling.bot import Bot  # noqa: E402
-from signalling.config import Config, replace  # noqa: E402
-from signalling.server import Server  # noqa: E402
+from signalling.bot import Bot
+from signalling.config import Config, replace
+from signalling.server import Server
 
 
 async def main(runs: int, head_start: float) -> None:
