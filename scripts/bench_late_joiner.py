@@ -32,8 +32,9 @@ from signalling.server import Server
 async def main(runs: int, head_start: float) -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
     server = Server(
-        replace(Config(), port=0, metrics_port=None, rtc_min_port=0, rtc_max_port=0,
-                gc_freeze=False)
+        replace(
+            Config(), port=0, metrics_port=None, rtc_min_port=0, rtc_max_port=0, gc_freeze=False
+        )
     )
     await server.start()
     url = f"ws://127.0.0.1:{server.port}"

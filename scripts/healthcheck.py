@@ -123,8 +123,9 @@ async def main(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     port = os.environ.get("GHOSTLESS_PORT", "8765")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("GHOSTLESS_HEALTHCHECK_URL",
-                                                        f"ws://127.0.0.1:{port}"))
+    parser.add_argument(
+        "--url", default=os.environ.get("GHOSTLESS_HEALTHCHECK_URL", f"ws://127.0.0.1:{port}")
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="per step, seconds")
     parser.add_argument("--media", action="store_true", help="also send and receive media")
     return parser.parse_args(argv)

@@ -377,6 +377,11 @@ export class GhostlessClient extends EventTarget {
 
   async _reconnect() {
     if (this.state !== 'reconnecting' || this._reconnecting) return;
+    if (navigator.onLine === false) {
+      // No network: the 'online' event brings us back; check again later anyway.
+      this._scheduleReconnect(this.reconnectPolicy.maxMs);
+      return;
+    }
     this._reconnecting = true;
     try {
       await this._connect();
