@@ -27,6 +27,7 @@ Which signal detects what (docs/liveness.md has the full table):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import heapq
 import itertools
@@ -102,18 +103,9 @@ class LivenessPolicy:
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive")
 
-        for name in (
-            "heartbeat_interval",
-            "grace_period",
-            "silence_timeout",
-            "probe_after",
-            "stale_after",
-            "sweep_interval",
-            "inactivity_limit",
-            "idle_after",
-            "background_after",
-        ):
-            positive(name, getattr(self, name))
+        for field in dataclasses.fields(self):
+            if field.name != "takeover":  # every other field is a timing in seconds
+                positive(field.name, getattr(self, field.name))
         if self.silence_timeout is not None and self.probe_after >= self.silence_timeout:
             raise ValueError("probe_after must be shorter than silence_timeout")
         if self.background_after <= self.idle_after:

@@ -248,11 +248,7 @@ class Room:
         }
 
     def _transport(self, peer: Peer, data: Json) -> WebRtcTransport:
-        transport_id = _text(data, "transportId")
-        transport = peer.transports.get(transport_id or "")
-        if transport is None:
-            # Also for another peer's transport: its existence is not disclosed.
-            raise RequestError(ErrorCode.NOT_FOUND, "transport not found")
+        transport: WebRtcTransport = self._owned(peer.transports, data, "transportId")
         return transport
 
     async def connect_webrtc_transport(self, peer: Peer, data: Json) -> None:
@@ -271,25 +267,40 @@ class Room:
             rtp_parameters=_field(data, "rtpParameters", dict),
             app_data={**app_data, "peerId": peer.id},
         )
-        if peer.closed:
-            producer.close()
+        return self._adopt(peer, producer, peer.producers, self.create_consumer)
+
+    def _adopt(
+        self,
+        peer: Peer,
+        owned: Producer | DataProducer,
+        registry: dict[str, Any],
+        offer: Callable[[Peer, Peer, Any], Coroutine[Any, Any, None]],
+    ) -> Json:
+        """A new (data) producer of ``peer``: kept in its registry until it
+        closes, and offered to every other joined peer."""
+        if peer.closed:  # the session ended while the media layer was busy
+            owned.close()
             raise RequestError(ErrorCode.NOT_FOUND, "session closed")
-        peer.producers[producer.id] = producer
-        producer.observer.on("close", lambda: peer.producers.pop(producer.id, None))
+        registry[owned.id] = owned
+        owned.observer.on("close", lambda: registry.pop(owned.id, None))
         for other in self.joined_peers(exclude=peer):
-            other.spawn(self.create_consumer(other, peer, producer))
-        return {"id": producer.id}
+            other.spawn(offer(other, peer, owned))
+        return {"id": owned.id}
+
+    @staticmethod
+    def _owned(registry: dict[str, Any], data: Json, key: str) -> Any:
+        """This peer's object named by ``data[key]``; another peer's is "not found" too."""
+        owned = registry.get(_text(data, key) or "")
+        if owned is None:
+            raise RequestError(ErrorCode.NOT_FOUND, f"{key.removesuffix('Id')} not found")
+        return owned
 
     def _producer(self, peer: Peer, data: Json) -> Producer:
-        producer = peer.producers.get(_text(data, "producerId") or "")
-        if producer is None:
-            raise RequestError(ErrorCode.NOT_FOUND, "producer not found")
+        producer: Producer = self._owned(peer.producers, data, "producerId")
         return producer
 
     def _consumer(self, peer: Peer, data: Json) -> Consumer:
-        consumer = peer.consumers.get(_text(data, "consumerId") or "")
-        if consumer is None:
-            raise RequestError(ErrorCode.NOT_FOUND, "consumer not found")
+        consumer: Consumer = self._owned(peer.consumers, data, "consumerId")
         return consumer
 
     async def close_producer(self, peer: Peer, data: Json) -> None:
@@ -327,14 +338,7 @@ class Room:
             protocol=protocol,
             app_data={**app_data, "peerId": peer.id},
         )
-        if peer.closed:
-            data_producer.close()
-            raise RequestError(ErrorCode.NOT_FOUND, "session closed")
-        peer.data_producers[data_producer.id] = data_producer
-        data_producer.observer.on("close", lambda: peer.data_producers.pop(data_producer.id, None))
-        for other in self.joined_peers(exclude=peer):
-            other.spawn(self.create_data_consumer(other, peer, data_producer))
-        return {"id": data_producer.id}
+        return self._adopt(peer, data_producer, peer.data_producers, self.create_data_consumer)
 
     async def change_display_name(self, peer: Peer, data: Json) -> None:
         display_name = _text(data, "displayName") or ""
@@ -356,16 +360,10 @@ class Room:
         return await self._consumer(peer, data).get_stats()
 
     async def get_data_producer_stats(self, peer: Peer, data: Json) -> Any:
-        data_producer = peer.data_producers.get(_text(data, "dataProducerId") or "")
-        if data_producer is None:
-            raise RequestError(ErrorCode.NOT_FOUND, "dataProducer not found")
-        return await data_producer.get_stats()
+        return await self._owned(peer.data_producers, data, "dataProducerId").get_stats()
 
     async def get_data_consumer_stats(self, peer: Peer, data: Json) -> Any:
-        data_consumer = peer.data_consumers.get(_text(data, "dataConsumerId") or "")
-        if data_consumer is None:
-            raise RequestError(ErrorCode.NOT_FOUND, "dataConsumer not found")
-        return await data_consumer.get_stats()
+        return await self._owned(peer.data_consumers, data, "dataConsumerId").get_stats()
 
     HANDLERS: dict[str, Callable[[Room, Peer, Json], Awaitable[Any]]] = {
         "getRouterRtpCapabilities": get_router_rtp_capabilities,

@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright
 
-from signalling.config import Config, replace
+from signalling.config import replace
 from signalling.server import Server
+
+from ..signalling.conftest import TEST_CONFIG
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -39,18 +41,9 @@ FLAGS = [
     "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
 
+# The signalling tests' short timings, with a little more slack for Chromium.
 BROWSER_CONFIG = replace(
-    Config(),
-    port=0,
-    metrics_port=0,
-    rtc_min_port=0,
-    rtc_max_port=0,
-    consent_timeout=10.0,
-    grace_period=6.0,
-    silence_timeout=6.0,
-    probe_after=4.0,
-    room_close_delay=1.0,
-    gc_freeze=False,
+    TEST_CONFIG, grace_period=6.0, silence_timeout=6.0, probe_after=4.0, room_close_delay=1.0
 )
 
 

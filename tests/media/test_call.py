@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from pymediasoup.consumer import Consumer as ClientConsumer
 from pymediasoup.transport import IceParameters
 
-from media import EventEmitter, Router
+from media import Consumer, EventEmitter, Producer, Router
 
 from .clients import Client, count_frames
 
@@ -36,6 +37,18 @@ async def join(router: Router, clients: list[Client], *, send: bool, recv: bool)
     if recv:
         await client.open_recv_transport()
     return client
+
+
+async def video_call(
+    router: Router, clients: list[Client], *, frames: int
+) -> tuple[Client, Client, Producer, ClientConsumer, Consumer]:
+    """Alice sends video; Bob receives it and has decoded ``frames`` frames."""
+    alice = await join(router, clients, send=True, recv=False)
+    bob = await join(router, clients, send=False, recv=True)
+    _, video = await alice.produce(VideoStreamTrack())
+    bob_video, consumer = await bob.consume(video)
+    assert len(await count_frames(bob_video.track, frames, timeout=20)) == frames
+    return alice, bob, video, bob_video, consumer
 
 
 def wait_for_event(
@@ -77,11 +90,7 @@ async def test_a_consumer_decodes_the_video_and_audio_a_producer_sends(
 async def test_a_late_joiner_gets_a_key_frame_promptly(
     router: Router, clients: list[Client]
 ) -> None:
-    alice = await join(router, clients, send=True, recv=False)
-    bob = await join(router, clients, send=False, recv=True)
-    _, video = await alice.produce(VideoStreamTrack())
-    bob_video, _ = await bob.consume(video)
-    assert len(await count_frames(bob_video.track, 5, timeout=20)) == 5
+    _, _, video, _, _ = await video_call(router, clients, frames=5)
     # aiortc sends a key frame only every 3000 frames unless asked: a late
     # joiner decodes nothing until the SFU relays a PLI for it.
     await asyncio.sleep(2)
@@ -218,11 +227,7 @@ async def test_a_client_leaving_gracefully_is_reported_as_dtls_closed_at_once(
 async def test_a_client_vanishing_silently_is_reported_as_consent_expired(
     router: Router, clients: list[Client]
 ) -> None:
-    alice = await join(router, clients, send=True, recv=False)
-    bob = await join(router, clients, send=False, recv=True)
-    _, video = await alice.produce(VideoStreamTrack())
-    bob_video, consumer = await bob.consume(video)
-    assert len(await count_frames(bob_video.track, 3, timeout=20)) == 3
+    alice, _, video, _, consumer = await video_call(router, clients, frames=3)
     assert alice.send_transport is not None
     transport = alice.send_transport
     assert transport.settings.consent_timeout == 10.0
@@ -248,11 +253,7 @@ async def inbound_stats(client: Client) -> Any:
 async def test_a_paused_consumer_stops_and_resumes_without_a_sequence_gap(
     router: Router, clients: list[Client]
 ) -> None:
-    alice = await join(router, clients, send=True, recv=False)
-    bob = await join(router, clients, send=False, recv=True)
-    _, video = await alice.produce(VideoStreamTrack())
-    bob_video, consumer = await bob.consume(video)
-    assert len(await count_frames(bob_video.track, 5, timeout=20)) == 5
+    _, bob, video, bob_video, consumer = await video_call(router, clients, frames=5)
 
     await consumer.pause()
     sent_while_paused = consumer.packet_count
@@ -272,11 +273,7 @@ async def test_a_paused_consumer_stops_and_resumes_without_a_sequence_gap(
 async def test_restarting_ice_keeps_media_and_consent_flowing(
     router: Router, clients: list[Client]
 ) -> None:
-    alice = await join(router, clients, send=True, recv=False)
-    bob = await join(router, clients, send=False, recv=True)
-    _, video = await alice.produce(VideoStreamTrack())
-    bob_video, _ = await bob.consume(video)
-    assert len(await count_frames(bob_video.track, 3, timeout=20)) == 3
+    _, bob, _, bob_video, _ = await video_call(router, clients, frames=3)
     assert bob.recv_transport is not None and bob.client_recv is not None
     old = bob.recv_transport.ice_parameters
 
@@ -301,11 +298,7 @@ async def test_restarting_ice_keeps_media_and_consent_flowing(
 async def test_transport_stats_describe_the_connection(
     router: Router, clients: list[Client]
 ) -> None:
-    alice = await join(router, clients, send=True, recv=False)
-    bob = await join(router, clients, send=False, recv=True)
-    _, video = await alice.produce(VideoStreamTrack())
-    bob_video, _ = await bob.consume(video)
-    assert len(await count_frames(bob_video.track, 3, timeout=20)) == 3
+    alice, _, _, _, _ = await video_call(router, clients, frames=3)
     assert alice.send_transport is not None
 
     [stats] = await alice.send_transport.get_stats()
