@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser, BrowserContext, Page
 
 from signalling.server import Server
 
@@ -149,15 +149,25 @@ async def test_killing_the_whole_browser_is_noticed_within_the_grace_period(
     assert not [s for s in server.registry.by_id.values() if s.peer_id == alice_id]
 
 
-async def test_a_short_offline_spell_resumes_the_same_session(
-    server: Server, browser: Browser
-) -> None:
+async def alice_seen_by_bob(server: Server, browser: Browser) -> tuple[BrowserContext, Page, Page]:
+    """Alice (in her own context, to take offline) and Bob, who sees her video."""
     alice_context = await browser.new_context()
     alice = await join(alice_context, server, "call", "alice")
     bob = await join(await browser.new_context(), server, "call", "bob")
     await wait_until(lambda: video_flows(bob, "alice"), timeout=20)
+    return alice_context, alice, bob
+
+
+def alice_sessions(server: Server) -> list[str]:
+    return [s.id for s in server.registry.by_id.values() if s.display_name == "alice"]
+
+
+async def test_a_short_offline_spell_resumes_the_same_session(
+    server: Server, browser: Browser
+) -> None:
+    alice_context, alice, bob = await alice_seen_by_bob(server, browser)
     await record_peer_history(bob)
-    session_before = [s.id for s in server.registry.by_id.values() if s.display_name == "alice"]
+    session_before = alice_sessions(server)
 
     await alice_context.set_offline(True)
     # Either the page's close (code 4000, on its `offline` event) reaches the
@@ -173,18 +183,15 @@ async def test_a_short_offline_spell_resumes_the_same_session(
     await wait_until(lambda: video_flows(bob, "alice"), timeout=10)
     # Bob saw her reconnecting, then back, and never leaving.
     assert await status_history(bob) == [["alice", "reconnecting"], ["alice", "connected"]]
-    session_after = [s.id for s in server.registry.by_id.values() if s.display_name == "alice"]
+    session_after = alice_sessions(server)
     assert session_after == session_before  # resumed, not a new session
 
 
 async def test_a_long_offline_spell_leaves_and_comes_back_as_a_new_session(
     server: Server, browser: Browser
 ) -> None:
-    alice_context = await browser.new_context()
-    alice = await join(alice_context, server, "call", "alice")
-    bob = await join(await browser.new_context(), server, "call", "bob")
-    await wait_until(lambda: video_flows(bob, "alice"), timeout=20)
-    session_before = [s.id for s in server.registry.by_id.values() if s.display_name == "alice"]
+    alice_context, alice, bob = await alice_seen_by_bob(server, browser)
+    session_before = alice_sessions(server)
 
     await alice_context.set_offline(True)
     await wait_until(lambda: _status_is(bob, "alice", "left"), timeout=6 + 6 + 8)
@@ -194,7 +201,7 @@ async def test_a_long_offline_spell_leaves_and_comes_back_as_a_new_session(
     await alice.wait_for_function("window.ghostless.state === 'joined'", timeout=15000)
     await wait_until(lambda: _status_is(bob, "alice", "connected"), timeout=10)
     await wait_until(lambda: video_flows(bob, "alice"), timeout=20)
-    session_after = [s.id for s in server.registry.by_id.values() if s.display_name == "alice"]
+    session_after = alice_sessions(server)
     assert len(session_after) == 1 and session_after != session_before
 
 

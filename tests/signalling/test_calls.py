@@ -113,6 +113,18 @@ async def processes() -> AsyncIterator[list[BotProcess]]:
         process.stop()
 
 
+async def alice_process_seen_by_bob(
+    server: Server, bots: list[Bot], processes: list[BotProcess]
+) -> tuple[Bot, BotProcess]:
+    """Bob (here) decoding video from Alice (in her own process)."""
+    bob = await bob_watching(server, bots)
+    alice = BotProcess(server, "alice")
+    processes.append(alice)
+    await alice.wait_joined()
+    assert await bob.wait_for_frames(10, timeout=30)
+    return bob, alice
+
+
 async def alice_in_process(server: Server, bots: list[Bot], peer: str = "alice", **kw: str) -> Bot:
     alice = Bot(ws_url(server), "call", peer, chat=True, user_id=kw.get("user"))
     bots.append(alice)
@@ -155,11 +167,7 @@ async def test_bob_decodes_alice_and_sees_her_leave_gracefully(
 async def test_alice_killed_is_reported_socket_lost_after_the_grace(
     call_server: Server, bots: list[Bot], processes: list[BotProcess]
 ) -> None:
-    bob = await bob_watching(call_server, bots)
-    alice = BotProcess(call_server, "alice")
-    processes.append(alice)
-    await alice.wait_joined()
-    assert await bob.wait_for_frames(10, timeout=30)
+    bob, alice = await alice_process_seen_by_bob(call_server, bots, processes)
     assert bob.client is not None
 
     alice.process.send_signal(signal.SIGKILL)
@@ -173,11 +181,7 @@ async def test_alice_killed_is_reported_socket_lost_after_the_grace(
 async def test_alice_frozen_is_reported_by_the_keepalive(
     call_server: Server, bots: list[Bot], processes: list[BotProcess]
 ) -> None:
-    bob = await bob_watching(call_server, bots)
-    alice = BotProcess(call_server, "alice")
-    processes.append(alice)
-    await alice.wait_joined()
-    assert await bob.wait_for_frames(10, timeout=30)
+    bob, alice = await alice_process_seen_by_bob(call_server, bots, processes)
 
     alice.process.send_signal(signal.SIGSTOP)
     # silence_timeout is 3 s in tests: nothing on any plane (WebSocket, ICE, RTP).
