@@ -8,6 +8,7 @@ could sit on a real mediasoup worker through the same calls.
 from .consumer import Consumer
 from .data_consumer import DataConsumer
 from .data_producer import DataProducer
+from .datagram_errors import ERROR_KINDS
 from .errors import InvalidParametersError, InvalidStateError, MediaError, UnsupportedError
 from .events import EventEmitter
 from .ports import NoFreePortError, PortRange
@@ -17,6 +18,7 @@ from .webrtc_transport import EndReason, TransportSettings, WebRtcTransport
 from .worker import Worker, WorkerSettings
 
 __all__ = [
+    "ERROR_KINDS",
     "Consumer",
     "DataConsumer",
     "DataProducer",

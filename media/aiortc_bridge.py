@@ -7,6 +7,14 @@ the ICE-lite UDP endpoint instead, takes the SRTP sessions out once the
 handshake is done (so RTP is forwarded without ever being parsed by aiortc),
 and closes them synchronously.
 
+It also hardens aiortc's inbound edge, since anything that raises in its DTLS
+task logs a traceback and closes the whole transport: DTLS datagrams are
+checked for record framing before they are queued (and the queue is
+bounded), and ``_HardenedSctpTransport`` counts malformed SCTP packets and
+messages instead of raising, ignores DCEP, and stops reassembling a message
+once it exceeds ``maxMessageSize``.  Errors are reported through an
+``on_error(kind, detail)`` callback; see ``media.datagram_errors``.
+
 ``SrtpSession`` calls libsrtp through pylibsrtp's own cffi binding, on the
 session's own buffer: no allocation per packet, and a consumer's SSRC and
 sequence number are written straight into the bytes that get encrypted.
@@ -32,7 +40,18 @@ from aiortc.rtcdtlstransport import (
     RTCDtlsParameters,
     RTCDtlsTransport,
 )
-from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
+from aiortc.rtcsctptransport import (
+    SCTP_DATA_FIRST_FRAG,
+    SCTP_DATA_LAST_FRAG,
+    SCTP_DATA_UNORDERED,
+    WEBRTC_DCEP,
+    DataChunk,
+    ForwardTsnChunk,
+    InboundStream,
+    RTCSctpCapabilities,
+    RTCSctpTransport,
+)
+from aiortc.utils import uint16_add, uint16_gt
 from OpenSSL import SSL
 from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN
 from pylibsrtp._binding import ffi, lib
@@ -40,11 +59,16 @@ from pylibsrtp._binding import ffi, lib
 __all__ = [
     "DtlsRole",
     "DtlsSession",
+    "ErrorSink",
     "RTCCertificate",
     "RTCDataChannel",
     "SrtpSession",
     "check_internals",
+    "dtls_records_well_formed",
 ]
+
+ErrorSink = Callable[[str, "BaseException | str"], None]
+"""``on_error(kind, detail)``: a malformed input was dropped (``media.datagram_errors``)."""
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -113,6 +137,26 @@ class SrtpSession:
         return bytes(view[0 : self._len[0]])
 
 
+def dtls_records_well_formed(data: bytes) -> bool:
+    """Whether a datagram in the DTLS range is a sequence of whole DTLS records.
+
+    DTLS 1.0/1.2 records (RFC 6347 section 4.1) have a 13-byte header: content
+    type 20-25, version 0xFEXX, epoch, sequence number and a length that must
+    stay inside the datagram.  A DTLS 1.3 record with the unified header
+    (RFC 9147 section 4, first byte 001xxxxx) may omit its length and is
+    handed on unchecked; OpenSSL authenticates it anyway.
+    """
+    pos, size = 0, len(data)
+    while pos < size:
+        first = data[pos]
+        if first & 0xE0 == 0x20:
+            return True
+        if size - pos < 13 or not 20 <= first <= 25 or data[pos + 1] != 0xFE:
+            return False
+        pos += 13 + ((data[pos + 11] << 8) | data[pos + 12])
+    return pos == size
+
+
 class DtlsRole(enum.Enum):
     CLIENT = "client"
     SERVER = "server"
@@ -125,10 +169,13 @@ class _IcePipe:
     role = "controlled"
     state = "connected"
 
-    def __init__(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+    def __init__(self, send: Callable[[bytes], Awaitable[None]], max_queued: int = 0) -> None:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._send = send
         self._closed = False
+        # 0: unbounded.  Bounded, a flood of records faster than OpenSSL reads
+        # them (or before connect() starts the handshake) cannot grow memory.
+        self._max_queued = max_queued
 
     async def _recv(self) -> bytes:
         data = await self._queue.get()
@@ -136,9 +183,14 @@ class _IcePipe:
             raise ConnectionError("transport closed")
         return data
 
-    def feed(self, data: bytes) -> None:
-        if not self._closed:
-            self._queue.put_nowait(data)
+    def feed(self, data: bytes) -> bool:
+        """Queue a record for aiortc's DTLS task; False if the queue is full."""
+        if self._closed:
+            return True
+        if self._max_queued and self._queue.qsize() >= self._max_queued:
+            return False
+        self._queue.put_nowait(data)
+        return True
 
     def close(self) -> None:
         if not self._closed:
@@ -151,7 +203,9 @@ class DtlsSession:
     """One DTLS association (RFC 5764 DTLS-SRTP), optionally with SCTP on top.
 
     ``on_state(state)`` receives ``connected``, ``failed`` and ``closed``
-    (the last one only when the peer sent close_notify).
+    (the last one only when the peer sent close_notify).  ``on_error`` is told
+    about every malformed DTLS datagram or SCTP packet that was dropped;
+    ``max_queued_records`` bounds the records waiting for the DTLS task.
     """
 
     def __init__(
@@ -160,9 +214,13 @@ class DtlsSession:
         send: Callable[[bytes], Awaitable[None]],
         send_now: Callable[[bytes], None],
         on_state: Callable[[str], None],
+        *,
+        on_error: ErrorSink = lambda kind, detail: None,
+        max_queued_records: int = 0,
     ) -> None:
-        self._pipe = _IcePipe(send)
+        self._pipe = _IcePipe(send, max_queued_records)
         self._send_now = send_now
+        self._on_error = on_error
         self._dtls = RTCDtlsTransport(self._pipe, [certificate])  # type: ignore[arg-type]
         self._dtls.on("statechange", self._state_changed)
         self._on_state = on_state
@@ -181,8 +239,11 @@ class DtlsSession:
         return self._dtls.state
 
     def feed(self, data: bytes) -> None:
-        """A DTLS record arrived (first byte 20-63, RFC 7983)."""
-        self._pipe.feed(data)
+        """A DTLS datagram arrived (first byte 20-63, RFC 7983)."""
+        if not dtls_records_well_formed(data):
+            self._on_error("dtls", "not a sequence of whole DTLS records")
+        elif not self._pipe.feed(data):
+            self._on_error("dtls", "DTLS queue full")
 
     def start(self, role: DtlsRole, fingerprints: list[dict[str, str]]) -> None:
         """Start the handshake in ``role``; the remote fingerprints are verified."""
@@ -210,7 +271,9 @@ class DtlsSession:
         """Start the SCTP association once DTLS is connected (RFC 8841)."""
         sctp = self.sctp
         if sctp is None:
-            sctp = self.sctp = RTCSctpTransport(self._dtls, port=port)
+            sctp = self.sctp = _HardenedSctpTransport(
+                self._dtls, port=port, max_message_size=max_message_size, on_error=self._on_error
+            )
             self._sctp_task = asyncio.ensure_future(
                 sctp.start(RTCSctpCapabilities(maxMessageSize=max_message_size), remote_port)
             )
@@ -240,6 +303,26 @@ class DtlsSession:
         )
 
     @staticmethod
+    def buffered_amount(sctp: RTCSctpTransport) -> int:
+        """Bytes the association holds towards the peer (mediasoup's ``bufferedAmount``).
+
+        What every data channel has queued but not yet handed to SCTP
+        (``RTCDataChannel.bufferedAmount``), plus what SCTP has sent and the
+        peer has not acknowledged (its flight size).  Chunks marked for
+        retransmission after a timeout leave the flight size; they are at most
+        one congestion window.  O(channels), so it can run per message.
+        """
+        queued = 0
+        for channel in sctp._data_channels.values():
+            queued += channel.bufferedAmount
+        return queued + int(sctp._flight_size)
+
+    @staticmethod
+    def oversize_messages(sctp: RTCSctpTransport) -> int:
+        """Inbound messages dropped for exceeding ``maxMessageSize``."""
+        return sctp.oversize_messages if isinstance(sctp, _HardenedSctpTransport) else 0
+
+    @staticmethod
     def close_channel(sctp: RTCSctpTransport, channel: RTCDataChannel) -> None:
         """Forget a channel at once, without an SCTP stream reset round trip."""
         if channel.id is not None:
@@ -256,6 +339,8 @@ class DtlsSession:
         self._closing = True
         dtls = self._dtls
         if self.sctp is not None:
+            if isinstance(self.sctp, _HardenedSctpTransport):
+                self.sctp.stop_reporting()
             self.sctp._set_state(RTCSctpTransport.State.CLOSED)
             dtls._unregister_data_receiver(self.sctp)
             self.sctp = None
@@ -278,6 +363,232 @@ class DtlsSession:
         self._pipe._send = _discard
         self._send_now = _discard_now
         self._on_state = _discard_now_state
+        self._on_error = _discard_error
+
+
+class _HardenedSctpTransport(RTCSctpTransport):
+    """aiortc's SCTP association (RFC 8831), with its inbound edge contained.
+
+    - A packet or chunk that does not parse, or a message that cannot be
+      decoded (a string that is not UTF-8), is counted as ``sctp`` instead of
+      raising into the DTLS task, which would close the whole transport.
+    - DCEP (RFC 8832) is ignored, as mediasoup does: mediasoup-client opens
+      every channel out of band, and each DCEP OPEN would otherwise allocate a
+      channel the server never uses.
+    - An inbound message is refused once its fragments exceed
+      ``max_message_size``, without waiting for the rest (mediasoup drops
+      oversized messages too): on an ordered stream its fragments are dropped
+      and its stream sequence number skipped, so the messages after it are
+      delivered as usual; on an unordered stream the stream's incomplete data
+      is dropped.  The rest of the message is acknowledged and discarded as it
+      arrives.  Complete messages waiting behind a lost fragment are not a
+      reason to drop anything.  Incomplete data of all streams together is
+      bounded too, by the receive window (a sender that ignores it, as aiortc
+      does, has its largest stream's partial data dropped).
+    """
+
+    def __init__(
+        self,
+        transport: RTCDtlsTransport,
+        *,
+        port: int,
+        max_message_size: int,
+        on_error: ErrorSink,
+    ) -> None:
+        super().__init__(transport, port=port)
+        self._max_inbound_message = max_message_size
+        self._max_inbound_partial = max(max_message_size, self._advertised_rwnd)
+        self._report_error = on_error
+        # stream id -> (its InboundStream, bytes of incomplete messages in it)
+        self._partial: dict[int, tuple[InboundStream, int]] = {}
+        self._partial_total = 0
+        # Unordered streams discarding the rest of an oversized message.
+        self._discarding: set[int] = set()
+        # Ordered streams: sequence numbers of refused messages not yet reached.
+        self._skipped: dict[int, set[int]] = {}
+        self.oversize_messages = 0
+
+    def stop_reporting(self) -> None:
+        self._report_error = _discard_error
+
+    async def _handle_data(self, data: bytes) -> None:
+        try:
+            await super()._handle_data(data)
+        except ConnectionError:
+            raise  # the DTLS transport is closed: aiortc's own way of stopping
+        except (ValueError, struct.error, AssertionError, IndexError, KeyError) as exc:
+            # aiortc parses chunks with struct and asserts on their shape.
+            self._report_error("sctp", exc)
+        except Exception as exc:
+            self._report_error("internal", exc)
+
+    async def _receive(self, stream_id: int, pp_id: int, data: bytes) -> None:
+        if pp_id == WEBRTC_DCEP:
+            self._report_error("sctp", "DCEP message on a negotiated-only association")
+            return
+        try:
+            await super()._receive(stream_id, pp_id, data)
+        except ConnectionError:
+            raise
+        except ValueError as exc:  # UnicodeDecodeError: a string message that is not UTF-8
+            self._report_error("sctp", exc)
+        except Exception as exc:
+            self._report_error("internal", exc)
+
+    # -- inbound message size --------------------------------------------------
+
+    async def _receive_data_chunk(self, chunk: DataChunk) -> None:
+        stream_id = chunk.stream_id
+        stream = self._inbound_streams.get(stream_id)
+        if self._discard(chunk, stream) or (
+            stream is not None
+            and self._pending(stream_id, stream) + len(chunk.user_data) > self._max_inbound_message
+            and await self._refuse(stream_id, stream, chunk)
+        ):
+            # Acknowledge it (the sender must not retransmit it) and drop it.
+            self._sack_needed = True
+            self._mark_received(chunk.tsn)
+            return
+        before = len(stream.reassembly) if stream is not None else 0
+        await super()._receive_data_chunk(chunk)
+        stream = self._inbound_streams.get(stream_id)
+        if stream is None:
+            return
+        if stream_id in self._skipped:
+            await self._resume(stream_id, stream)
+            before = -1  # count again
+        self._pending_after(stream_id, stream, chunk, before)
+        if self._partial_total > self._max_inbound_partial:
+            largest = max(self._partial, key=lambda sid: self._partial[sid][1])
+            self._drop_partial(largest, self._partial[largest][0])
+
+    async def _refuse(self, stream_id: int, stream: InboundStream, chunk: DataChunk) -> bool:
+        """Whether ``chunk`` takes its message over the limit; if so, drop the message.
+
+        Checked before the chunk is stored, so a message is never delivered,
+        nor held, beyond ``max_message_size``.
+        """
+        if chunk.flags & SCTP_DATA_UNORDERED:
+            # Unordered messages are delivered as soon as they are complete, so
+            # what waits on the stream is incomplete: drop it all.
+            self._drop_partial(stream_id, stream)
+            if chunk.flags & SCTP_DATA_LAST_FRAG:
+                self._discarding.discard(stream_id)
+            else:
+                self._discarding.add(stream_id)
+            return True
+        ssn = chunk.stream_seq
+        size = len(chunk.user_data) + sum(
+            len(c.user_data)
+            for c in stream.reassembly
+            if c.stream_seq == ssn and not c.flags & SCTP_DATA_UNORDERED
+        )
+        if size <= self._max_inbound_message:
+            return False  # complete messages queued behind a lost fragment: legitimate
+        stream.reassembly = [
+            c for c in stream.reassembly if c.stream_seq != ssn or c.flags & SCTP_DATA_UNORDERED
+        ]
+        self._advertised_rwnd += size - len(chunk.user_data)
+        self._skipped.setdefault(stream_id, set()).add(ssn)
+        self._refused(stream_id, size)
+        await self._resume(stream_id, stream)
+        self._set_pending(stream_id, stream, sum(len(c.user_data) for c in stream.reassembly))
+        return True
+
+    async def _resume(self, stream_id: int, stream: InboundStream) -> None:
+        """Step over refused messages the stream has reached; deliver what follows."""
+        skipped = self._skipped[stream_id]
+        if stream.sequence_number not in skipped:
+            return
+        while stream.sequence_number in skipped:
+            skipped.discard(stream.sequence_number)
+            stream.sequence_number = uint16_add(stream.sequence_number, 1)
+        if not skipped:
+            del self._skipped[stream_id]
+        for message in stream.pop_messages():
+            self._advertised_rwnd += len(message[2])
+            await self._receive(*message)
+
+    async def _receive_forward_tsn_chunk(self, chunk: ForwardTsnChunk) -> None:
+        await super()._receive_forward_tsn_chunk(chunk)
+        # Pruning moved reassembly data behind our back: count again (rare).
+        for stream_id, (stream, _) in list(self._partial.items()):
+            self._set_pending(stream_id, stream, sum(len(c.user_data) for c in stream.reassembly))
+
+    def _discard(self, chunk: DataChunk, stream: InboundStream | None) -> bool:
+        if chunk.flags & SCTP_DATA_UNORDERED:
+            if chunk.stream_id not in self._discarding:
+                return False
+            if chunk.flags & SCTP_DATA_FIRST_FRAG:
+                self._discarding.discard(chunk.stream_id)  # a new message starts
+                return False
+            if chunk.flags & SCTP_DATA_LAST_FRAG:
+                self._discarding.discard(chunk.stream_id)
+            return True
+        # Ordered: a chunk of a refused message, or of one before the message
+        # the stream waits for (already delivered or dropped).
+        if stream is None:
+            return False
+        skipped = self._skipped.get(chunk.stream_id)
+        return uint16_gt(stream.sequence_number, chunk.stream_seq) or (
+            skipped is not None and chunk.stream_seq in skipped
+        )
+
+    def _pending(self, stream_id: int, stream: InboundStream) -> int:
+        """Bytes waiting in ``stream``'s reassembly, as last counted."""
+        known = self._partial.get(stream_id)
+        return known[1] if known is not None and known[0] is stream else 0
+
+    def _pending_after(
+        self, stream_id: int, stream: InboundStream, chunk: DataChunk, before: int
+    ) -> int:
+        """Bytes of incomplete messages in ``stream`` now; O(1) for in-order fragments."""
+        reassembly = stream.reassembly
+        old = self._pending(stream_id, stream)
+        if not reassembly:
+            pending = 0
+        elif reassembly[-1] is chunk and len(reassembly) == before + 1:
+            pending = old + len(chunk.user_data)
+        else:
+            pending = sum(len(c.user_data) for c in reassembly)
+        self._set_pending(stream_id, stream, pending)
+        return pending
+
+    def _set_pending(self, stream_id: int, stream: InboundStream, pending: int) -> None:
+        known = self._partial.pop(stream_id, None)
+        if known is not None:
+            self._partial_total -= known[1]
+        if pending:
+            self._partial[stream_id] = (stream, pending)
+            self._partial_total += pending
+
+    def _drop_partial(self, stream_id: int, stream: InboundStream) -> None:
+        chunks = stream.reassembly
+        if not chunks:
+            return
+        dropped = sum(len(c.user_data) for c in chunks)
+        last = chunks[-1]
+        stream.reassembly = []
+        self._advertised_rwnd += dropped
+        self._set_pending(stream_id, stream, 0)
+        if last.flags & SCTP_DATA_UNORDERED:
+            if not last.flags & SCTP_DATA_LAST_FRAG:
+                self._discarding.add(stream_id)
+        else:
+            # Skip to the message after the newest one dropped: later
+            # fragments of dropped messages are now "before" and discarded.
+            following = uint16_add(last.stream_seq, 1)
+            if uint16_gt(following, stream.sequence_number):
+                stream.sequence_number = following
+        self._refused(stream_id, dropped)
+
+    def _refused(self, stream_id: int, dropped: int) -> None:
+        self.oversize_messages += 1
+        self._report_error(
+            "sctp",
+            f"inbound message on stream {stream_id} over maxMessageSize "
+            f"({self._max_inbound_message} bytes): {dropped} bytes dropped",
+        )
 
 
 async def _discard(data: bytes) -> None:
@@ -289,6 +600,10 @@ def _discard_now(data: bytes) -> None:
 
 
 def _discard_now_state(state: str) -> None:
+    return None
+
+
+def _discard_error(kind: str, detail: BaseException | str) -> None:
     return None
 
 
@@ -316,9 +631,30 @@ def check_internals() -> None:
         if not hasattr(dtls, name):
             missing.append(f"RTCDtlsTransport.{name}")
     sctp = RTCSctpTransport(dtls)
-    for name in ("_set_state", "_data_channels", "State"):
+    for name in (
+        "_set_state",
+        "_data_channels",
+        "State",
+        "_handle_data",
+        "_receive",
+        "_receive_data_chunk",
+        "_receive_forward_tsn_chunk",
+        "_inbound_streams",
+        "_mark_received",
+        "_sack_needed",
+        "_advertised_rwnd",
+        "_flight_size",
+    ):
         if not hasattr(sctp, name):
             missing.append(f"RTCSctpTransport.{name}")
+    stream = InboundStream()
+    for name in ("reassembly", "sequence_number", "pop_messages"):
+        if not hasattr(stream, name):
+            missing.append(f"InboundStream.{name}")
+    chunk = DataChunk()
+    for name in ("flags", "tsn", "stream_id", "stream_seq", "user_data"):
+        if not hasattr(chunk, name):
+            missing.append(f"DataChunk.{name}")
     if not hasattr(RTCDataChannel, "_setReadyState"):
         missing.append("RTCDataChannel._setReadyState")
     session = pylibsrtp.Session()

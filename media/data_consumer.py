@@ -1,4 +1,13 @@
-"""DataConsumer: a DataProducer's messages, on a stream of another transport."""
+"""DataConsumer: a DataProducer's messages, on a stream of another transport.
+
+Its sends are bounded as mediasoup bounds them: when what the transport's SCTP
+association already holds towards the client (``bufferedAmount``) plus the
+message would exceed ``sctpSendBufferSize``, the message is dropped and
+counted, and ``sctpsendbufferfull`` is emitted once per episode.  A client that
+stops reading (a frozen tab, a stuck SCTP stack) therefore costs the server at
+most that many bytes, where it used to queue without limit (98 MB seen).
+Messages larger than the transport's ``maxMessageSize`` are dropped too.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +27,7 @@ if TYPE_CHECKING:
 
 class DataConsumer(EventEmitter):
     """mediasoup ``DataConsumer`` (type ``sctp``): events ``transportclose``,
-    ``dataproducerclose``; observer ``close``."""
+    ``dataproducerclose``, ``sctpsendbufferfull``; observer ``close``."""
 
     def __init__(
         self,
@@ -40,6 +49,9 @@ class DataConsumer(EventEmitter):
         self.closed = False
         self.messages_sent = 0
         self.bytes_sent = 0
+        self.messages_dropped = 0
+        self.bytes_dropped = 0
+        self._send_buffer_full = False
         self._transport = transport
         self._data_producer = data_producer
         self._channel: RTCDataChannel | None = None
@@ -61,13 +73,39 @@ class DataConsumer(EventEmitter):
             sctp, self.sctp_stream_parameters, self.label, self.protocol
         )
 
-    def send(self, message: str | bytes) -> None:
-        channel = self._channel
-        if channel is None or channel.readyState != "open":
-            return
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes the transport's SCTP association holds towards the client."""
+        sctp = self._sctp
+        return 0 if sctp is None else DtlsSession.buffered_amount(sctp)
+
+    def send(self, message: str | bytes) -> bool:
+        """Queue one message to the client; False if it was dropped.
+
+        Never raises: it runs inside the sending client's SCTP receive path.
+        """
+        channel, sctp = self._channel, self._sctp
+        if channel is None or sctp is None or channel.readyState != "open":
+            return False
+        size = len(message.encode()) if isinstance(message, str) else len(message)
+        settings = self._transport.settings
+        if size > settings.max_sctp_message_size:
+            return self._drop(size)  # mediasoup: "exceeds maxMessageSize"
+        if DtlsSession.buffered_amount(sctp) + size > settings.sctp_send_buffer_size:
+            if not self._send_buffer_full:
+                self._send_buffer_full = True
+                self.emit("sctpsendbufferfull")
+            return self._drop(size)
+        self._send_buffer_full = False
         channel.send(message)
         self.messages_sent += 1
-        self.bytes_sent += len(message)
+        self.bytes_sent += size
+        return True
+
+    def _drop(self, size: int) -> bool:
+        self.messages_dropped += 1
+        self.bytes_dropped += size
+        return False
 
     async def get_stats(self) -> list[Json]:
         return [
@@ -77,6 +115,10 @@ class DataConsumer(EventEmitter):
                 "protocol": self.protocol,
                 "messagesSent": self.messages_sent,
                 "bytesSent": self.bytes_sent,
+                "bufferedAmount": self.buffered_amount,
+                "sctpSendBufferSize": self._transport.settings.sctp_send_buffer_size,
+                "messagesDropped": self.messages_dropped,
+                "bytesDropped": self.bytes_dropped,
             }
         ]
 

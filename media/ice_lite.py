@@ -5,13 +5,15 @@ and ``now``, and returns the bytes to send back and what changed.  The server
 never sends checks of its own: as in mediasoup, the full-ICE client nominates a
 pair with USE-CANDIDATE and keeps consent alive by repeating its checks
 (RFC 7675 section 5.1: every 5 s +/- 20 %).  A consent deadline that passes
-with no authenticated check means the client is gone.
+with no authenticated check means the client is gone -- unless the server
+itself was not running when it passed (``ConsentWatch``).
 """
 
 from __future__ import annotations
 
 import enum
 import secrets
+import struct
 from dataclasses import dataclass
 
 from aioice import stun
@@ -32,10 +34,12 @@ class IceChange(enum.Enum):
     TUPLE_SELECTED = 1  # state moved, or the selected tuple moved
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BindingResult:
     response: bytes | None
     change: IceChange
+    error: Exception | None = None
+    """Why the datagram was not a STUN message at all (the caller counts it)."""
 
 
 def _random_token(length: int) -> str:
@@ -111,8 +115,11 @@ class IceLiteServer:
             return BindingResult(None, IceChange.NONE)
         try:
             message = stun.parse_message(data)
-        except ValueError:
-            return BindingResult(None, IceChange.NONE)
+        except (ValueError, struct.error) as exc:
+            # aioice raises ValueError for framing and struct.error for an
+            # attribute of the wrong size (a 2-byte PRIORITY): both are garbage
+            # from the network, never a reason to raise out of the UDP callback.
+            return BindingResult(None, IceChange.NONE, exc)
         if message.message_class is not stun.Class.REQUEST:
             # Indications and responses: a lite agent sends no requests to answer.
             return BindingResult(None, IceChange.NONE)
@@ -176,3 +183,63 @@ class IceLiteServer:
         else:
             response.add_fingerprint()
         return bytes(response)
+
+
+class ConsentWatch:
+    """Decides, each time the consent timer fires, whether the client is gone.
+
+    RFC 7675 section 5.1 expires consent when no check arrived for the
+    timeout.  That presumes the server was listening all along: after a
+    stall of its own (SIGSTOP, swap, a blocked event loop) the timer fires
+    late, and with uvloop timers run before the socket is read, so the checks
+    the client kept sending are still queued, unread.  A timer that fires
+    more than ``stall_tolerance`` seconds late therefore means the server lost
+    that time: instead of expiring, look again after ``resync_window``
+    seconds (one client check interval, 5 s + 20 %), judging on what arrived
+    by then.  ``stall_tolerance=None`` switches this off.
+
+    Sans-I/O, like ``IceLiteServer``: the transport arms a timer for ``due``
+    and calls ``fired(now)`` when it runs.
+    """
+
+    __slots__ = ("_ice", "due", "resync_window", "stall_tolerance", "stalls")
+
+    def __init__(
+        self, ice: IceLiteServer, *, stall_tolerance: float | None, resync_window: float
+    ) -> None:
+        if stall_tolerance is not None and stall_tolerance < 0:
+            raise ValueError("stall_tolerance must not be negative")
+        if resync_window <= 0:
+            raise ValueError("resync_window must be positive")
+        self._ice = ice
+        self.stall_tolerance = stall_tolerance
+        self.resync_window = resync_window
+        self.due: float | None = None
+        self.stalls = 0
+
+    def start(self) -> float | None:
+        """When to fire first: the consent deadline (None: no consent yet)."""
+        self.due = self._ice.consent_deadline()
+        return self.due
+
+    def fired(self, now: float) -> float | None:
+        """The timer set for ``due`` ran at ``now``: when to run next.
+
+        None means stop: consent expired (the agent is now ``disconnected``)
+        or there is nothing left to watch (closed).
+        """
+        due, self.due = self.due, None
+        deadline = self._ice.consent_deadline()
+        if deadline is None:
+            return None
+        if now < deadline:
+            # A check arrived since the timer was armed (re-armed lazily).
+            self.due = deadline
+            return deadline
+        tolerance = self.stall_tolerance
+        if tolerance is not None and due is not None and now - due > tolerance:
+            self.stalls += 1
+            self.due = now + self.resync_window
+            return self.due
+        self._ice.consent_expired(now)
+        return None

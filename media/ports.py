@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import socket
+import weakref
 from dataclasses import dataclass
 
 from .errors import MediaError
 
+logger = logging.getLogger(__name__)
+
 
 class NoFreePortError(MediaError):
-    """Every port of the configured range is taken."""
+    """Every port of the configured range is taken.
+
+    Its message reaches clients, so it does not name the range (that is
+    firewall layout); the server log does.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +49,26 @@ class PortAllocator:
         self.port_range = port_range
         self.buffer_size = buffer_size
         self._family = socket.AF_INET6 if ":" in listen_ip else socket.AF_INET
+        # Only for counting: a socket still counts while it is open.
+        self._bound: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+    @property
+    def pool_size(self) -> int:
+        """Ports in the range; 0 for ``0..0``, where the kernel's ephemeral range applies."""
+        if self.port_range.min_port == 0:
+            return 0
+        return self.port_range.max_port - self.port_range.min_port + 1
+
+    def in_use(self) -> int:
+        """Sockets this allocator bound that are still open (other processes not counted)."""
+        return sum(1 for sock in list(self._bound) if sock.fileno() >= 0)
 
     def bind(self) -> socket.socket:
+        sock = self._bind()
+        self._bound.add(sock)
+        return sock
+
+    def _bind(self) -> socket.socket:
         low, high = self.port_range.min_port, self.port_range.max_port
         if low == 0:
             return self._try_bind(0) or self._fail()
@@ -70,9 +96,14 @@ class PortAllocator:
         return sock
 
     def _fail(self) -> socket.socket:
-        raise NoFreePortError(
-            f"no free UDP port in {self.port_range.min_port}-{self.port_range.max_port}"
+        logger.warning(
+            "no free UDP port on %s in %d-%d (%d held by this worker)",
+            self.listen_ip,
+            self.port_range.min_port,
+            self.port_range.max_port,
+            self.in_use(),
         )
+        raise NoFreePortError("no free media port")
 
 
 async def open_endpoint(

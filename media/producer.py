@@ -102,9 +102,13 @@ class Producer(EventEmitter):
         pt = self._mapping.payload_types.get(buf[1] & 0x7F)
         if pt is None:
             return
-        buf[1] = (buf[1] & 0x80) | pt
-        if buf[0] & 0x10:
+        first = buf[0]
+        if first & 0x30:  # X or P: parts libsrtp does not validate for us
+            if first & 0x20 and rtp_packet.payload_end(buf) < rtp_packet.header_length(buf):
+                raise ValueError("RTP padding overruns the payload")
+            # Raises ValueError when the extension block overruns the packet.
             rtp_packet.rewrite_extension_ids(buf, self._mapping.header_extension_ids)
+        buf[1] = (buf[1] & 0x80) | pt
         seq = (buf[2] << 8) | buf[3]
         self._track(seq)
         self.packet_count += 1
@@ -116,12 +120,21 @@ class Producer(EventEmitter):
             consumer.send_rtp(buf, seq)
 
     def receive_rtx(self, packet: bytearray) -> None:
-        """An RTX packet (RFC 4588): unwrap it into the packet it repairs."""
+        """An RTX packet (RFC 4588): unwrap it into the packet it repairs.
+
+        Raises ValueError when its padding overruns the payload (the transport
+        counts it as a malformed RTP datagram).  A padding-only packet, which
+        browsers send to probe bandwidth, is dropped quietly.
+        """
         apt = self._mapping.rtx_payload_types.get(packet[1] & 0x7F)
+        if apt is None:
+            return
         start = rtp_packet.header_length(packet)
         end = rtp_packet.payload_end(packet)
-        if apt is None or start < 0 or end - start < 2:
-            return
+        if start < 0 or end < start:
+            raise ValueError("RTX padding overruns the payload")
+        if end - start < 2:
+            return  # padding only: nothing to repair
         osn = (packet[start] << 8) | packet[start + 1]
         cached = self._cache[osn & _RTX_CACHE_MASK]
         if cached is not None and rtp_packet.rtp_seq(cached) == osn:

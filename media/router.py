@@ -48,20 +48,27 @@ class Router(EventEmitter):
         enable_sctp: bool = False,
         num_sctp_streams: tuple[int, int] = (1024, 1024),
         max_sctp_message_size: int = 262144,
+        sctp_send_buffer_size: int | None = None,
         consent_timeout: float | None = None,
         app_data: dict[str, Any] | None = None,
     ) -> WebRtcTransport:
-        """A transport bound to the worker's listen IP and port range."""
+        """A transport bound to the worker's listen IP and port range.
+
+        Unset options take the worker's settings (``WorkerSettings``).
+        """
         if self.closed:
             raise InvalidStateError("router closed")
         worker = self._worker
-        settings = TransportSettings(
-            consent_timeout=consent_timeout or worker.settings.consent_timeout,
-            enable_sctp=enable_sctp,
-            num_sctp_streams=num_sctp_streams,
-            max_sctp_message_size=max_sctp_message_size,
-            key_frame_request_interval=worker.settings.key_frame_request_interval,
-        )
+        overrides: dict[str, Any] = {
+            "enable_sctp": enable_sctp,
+            "num_sctp_streams": num_sctp_streams,
+            "max_sctp_message_size": max_sctp_message_size,
+        }
+        if consent_timeout:
+            overrides["consent_timeout"] = consent_timeout
+        if sctp_send_buffer_size is not None:
+            overrides["sctp_send_buffer_size"] = sctp_send_buffer_size
+        settings: TransportSettings = worker.settings.transport_settings(**overrides)
         transport = await create_webrtc_transport(
             router=self,
             allocator=worker.port_allocator,
@@ -69,6 +76,7 @@ class Router(EventEmitter):
             certificate=worker.certificate,
             settings=settings,
             app_data=app_data,
+            worker_errors=worker.datagram_errors,
         )
         if self.closed:  # closed while the socket was being bound
             transport.router_closed()

@@ -77,10 +77,14 @@ def rewrite_extension_ids(buf: bytearray, id_map: dict[int, int]) -> None:
 
     RFC 8285 sections 4.2 and 4.3: a zero byte between elements is padding
     that receivers skip, so zeroing an element drops it without moving bytes.
+    Raises ValueError when the X bit is set but the block overruns the packet:
+    the packet is malformed and must not be forwarded (mediasoup drops it too).
     """
+    if not buf[0] & 0x10:
+        return
     block = _extension_block(buf)
     if block is None:
-        return
+        raise ValueError("RTP header extension block overruns the packet")
     profile, pos, end = block
     if profile == 0xBEDE:  # one-byte header
         while pos < end:

@@ -9,6 +9,12 @@ The transport closes itself, and says why in ``end_reason``, when the client
 is gone: ``dtls_closed`` (close_notify, or RTCP BYE for everything it sent),
 ``ice_consent_expired`` (no consent check for ``consent_timeout``, RFC 7675),
 ``dtls_failed``.  Otherwise it is ``closed_by_app`` or ``router_closed``.
+
+No datagram makes it raise: parse errors are caught where parsing happens and
+counted by kind (``media.datagram_errors``), and ``_datagram_received`` has one
+backstop for anything else, so nothing reaches the event loop's exception
+handler.  A consent timer that fires late because the server stalled gives
+the client a resync window instead of expiring it (``ConsentWatch``).
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from .aiortc_bridge import DtlsRole, DtlsSession, RTCCertificate, SrtpSession
 from .consumer import Consumer
 from .data_consumer import DataConsumer
 from .data_producer import DataProducer
+from .datagram_errors import DatagramErrors, new_error_counts
 from .errors import InvalidParametersError, InvalidStateError, UnsupportedError
 from .events import EventEmitter
-from .ice_lite import Address, IceChange, IceLiteServer
+from .ice_lite import Address, ConsentWatch, IceChange, IceLiteServer, IceState
 from .ports import PortAllocator, open_endpoint
 from .producer import Producer
 from .rtp_parameters import (
@@ -64,6 +71,10 @@ class EndReason(enum.StrEnum):
     ROUTER_CLOSED = "router_closed"
 
 
+# Exceptions that mean "these bytes do not parse" on the RTP/RTCP paths.
+_PARSE_ERRORS = (ValueError, IndexError, struct.error)
+
+
 @dataclass(frozen=True, slots=True)
 class TransportSettings:
     """Per-transport knobs; the defaults follow mediasoup's."""
@@ -72,11 +83,31 @@ class TransportSettings:
     enable_sctp: bool = False
     num_sctp_streams: tuple[int, int] = (1024, 1024)  # OS, MIS
     max_sctp_message_size: int = 262144
+    """Largest SCTP message accepted from the client (``maxMessageSize``) or sent to it."""
+    sctp_send_buffer_size: int = 262144
+    """mediasoup's ``sctpSendBufferSize``: bytes the association may hold towards
+    the client; a data consumer's message that does not fit is dropped."""
     key_frame_request_interval: float = 0.2
+    error_log_interval: float = 60.0
+    """At most one log line per interval about malformed datagrams (0: every one)."""
+    stall_tolerance: float | None = 1.0
+    """A consent timer this late means the server stalled (None: never assume so)."""
+    consent_resync_window: float = 6.0
+    """After a stall, how long the client has to be heard from again (5 s + 20 %)."""
+    max_queued_dtls_records: int = 1024
+    """DTLS datagrams waiting for the DTLS task; more are dropped (0: unbounded)."""
 
     def __post_init__(self) -> None:
         if self.consent_timeout < MIN_CONSENT_TIMEOUT:
             raise ValueError(f"consent_timeout must be at least {MIN_CONSENT_TIMEOUT} s")
+        if self.max_sctp_message_size <= 0 or self.sctp_send_buffer_size <= 0:
+            raise ValueError("max_sctp_message_size and sctp_send_buffer_size must be positive")
+        if self.error_log_interval < 0 or self.max_queued_dtls_records < 0:
+            raise ValueError("error_log_interval and max_queued_dtls_records must not be negative")
+        if self.stall_tolerance is not None and self.stall_tolerance < 0:
+            raise ValueError("stall_tolerance must not be negative")
+        if self.consent_resync_window <= 0:
+            raise ValueError("consent_resync_window must be positive")
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -116,6 +147,7 @@ class WebRtcTransport(EventEmitter):
         certificate: RTCCertificate,
         settings: TransportSettings,
         app_data: dict[str, Any] | None,
+        worker_errors: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.id = str(uuid.uuid4())
@@ -133,11 +165,27 @@ class WebRtcTransport(EventEmitter):
         self._announced = announced_address
         self._certificate = certificate
         self._ice = IceLiteServer(settings.consent_timeout)
+        self._consent = ConsentWatch(
+            self._ice,
+            stall_tolerance=settings.stall_tolerance,
+            resync_window=settings.consent_resync_window,
+        )
         self._tuple: Address | None = None
         self._tuple_ready = asyncio.Event()
         self._consent_timer: asyncio.TimerHandle | None = None
+        self._errors = DatagramErrors(
+            owner=f"transport {self.id}",
+            worker_counts=worker_errors if worker_errors is not None else new_error_counts(),
+            interval=settings.error_log_interval,
+            clock=self._loop.time,
+        )
         self._dtls = DtlsSession(
-            certificate, self._send_dtls, self._send_now, self._dtls_state_changed
+            certificate,
+            self._send_dtls,
+            self._send_now,
+            self._dtls_state_changed,
+            on_error=self._errors.record,
+            max_queued_records=settings.max_queued_dtls_records,
         )
         self._dtls_state = "new"
         self._connected = False
@@ -241,42 +289,63 @@ class WebRtcTransport(EventEmitter):
     # -- datagrams (RFC 7983 demultiplexing) ------------------------------------
 
     def _datagram_received(self, data: bytes, addr: Address) -> None:
-        if not data:
-            return
-        first = data[0]
-        self.bytes_received += len(data)
-        if 127 < first < 192:
-            rx = self._rx_srtp
-            if rx is None or addr != self._tuple:
+        # Zero-cost try blocks (CPython 3.11): the forwarding path pays nothing
+        # until something raises.  Parse errors are caught where the parsing
+        # happens; the outer handler is the backstop that keeps anything else
+        # out of the event loop's exception handler (a traceback per packet).
+        try:
+            if not data:
                 return
-            self.last_activity = self._loop.time()
-            if 191 < data[1] < 224:
-                rtcp = rx.unprotect_rtcp(data)
-                if rtcp is None:
+            first = data[0]
+            self.bytes_received += len(data)
+            if 127 < first < 192:
+                rx = self._rx_srtp
+                if rx is None or addr != self._tuple:
+                    return
+                if len(data) < 12:
+                    self._errors.record("srtp", "shorter than an RTP header")
+                    return
+                if 191 < data[1] < 224:
+                    rtcp = rx.unprotect_rtcp(data)
+                    if rtcp is None:
+                        self.srtp_errors += 1
+                        self._errors.record("srtp", "SRTCP authentication or replay check failed")
+                    else:
+                        self.last_activity = self._loop.time()
+                        self._receive_rtcp(rtcp)
+                    return
+                packet = rx.unprotect(data)
+                if packet is None:
                     self.srtp_errors += 1
-                else:
-                    self._receive_rtcp(rtcp)
-                return
-            packet = rx.unprotect(data)
-            if packet is None:
-                self.srtp_errors += 1
-                return
-            ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
-            try:
-                handler = self._rtp_table[ssrc]
-            except KeyError:
-                handler = self._learn_ssrc(ssrc, packet)
-            if handler is not None:
-                handler(packet)
-        elif first < 4:
-            self._receive_stun(data, addr)
-        elif 19 < first < 64 and addr == self._tuple:
-            self.last_activity = self._loop.time()
-            self._dtls.feed(data)
+                    self._errors.record("srtp", "SRTP authentication or replay check failed")
+                    return
+                # Only authenticated media proves the client is there (a
+                # spoofed source address must not keep a session alive).
+                self.last_activity = self._loop.time()
+                ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
+                try:
+                    try:
+                        handler = self._rtp_table[ssrc]
+                    except KeyError:
+                        handler = self._learn_ssrc(ssrc, packet)
+                    if handler is not None:
+                        handler(packet)
+                except _PARSE_ERRORS as exc:
+                    self._errors.record("rtp", exc)
+            elif first < 4:
+                self._receive_stun(data, addr)
+            elif 19 < first < 64 and addr == self._tuple:
+                self.last_activity = self._loop.time()
+                self._dtls.feed(data)
+        except Exception as exc:
+            self._errors.record("internal", exc)
 
     def _receive_stun(self, data: bytes, addr: Address) -> None:
         now = self._loop.time()
         result = self._ice.handle_binding(data, addr, now)
+        if result.error is not None:
+            self._errors.record("stun", result.error)
+            return
         if result.response is not None:
             self._udp.sendto(result.response, addr)
         if self._ice.last_consent == now:
@@ -286,23 +355,34 @@ class WebRtcTransport(EventEmitter):
             self._tuple = addr
             self._tuple_ready.set()
             if first:
-                self._arm_consent_timer()
+                self._arm_consent_timer(self._consent.start())
             self.emit("icestatechange", self._ice.state.value)
             self.emit("iceselectedtuplechange", self.ice_selected_tuple)
 
-    def _arm_consent_timer(self) -> None:
-        deadline = self._ice.consent_deadline()
-        if deadline is not None and not self.closed:
-            self._consent_timer = self._loop.call_at(deadline, self._check_consent)
+    def _arm_consent_timer(self, when: float | None) -> None:
+        if when is not None and not self.closed:
+            self._consent_timer = self._loop.call_at(when, self._check_consent)
 
     def _check_consent(self) -> None:
         # Re-armed lazily: checks only move ``last_consent``, never the timer.
         self._consent_timer = None
-        if self._ice.consent_expired(self._loop.time()):
+        if self.closed:
+            return
+        stalls, due, now = self._consent.stalls, self._consent.due, self._loop.time()
+        when = self._consent.fired(now)
+        if self._consent.stalls != stalls and due is not None:
+            logger.warning(
+                "transport %s: consent timer ran %.1f s late (the server stalled); "
+                "judging consent again in %.1f s, on the checks received by then",
+                self.id,
+                now - due,
+                self._consent.resync_window,
+            )
+        if when is not None:
+            self._arm_consent_timer(when)
+        elif self._ice.state is IceState.DISCONNECTED:
             self.emit("icestatechange", self._ice.state.value)
             self._end(EndReason.ICE_CONSENT_EXPIRED)
-        else:
-            self._arm_consent_timer()
 
     # -- DTLS ------------------------------------------------------------------
 
@@ -456,11 +536,16 @@ class WebRtcTransport(EventEmitter):
         return handler
 
     def _receive_rtcp(self, data: bytes) -> None:
+        consumed = 0
         for pt, count, packet in rtp_packet.iter_rtcp(data):
+            consumed += len(packet)
             try:
                 self._receive_rtcp_packet(pt, count, packet)
-            except (struct.error, IndexError):
-                continue  # truncated: ignore, as RFC 3550 receivers do
+            except _PARSE_ERRORS as exc:
+                # Truncated: skip it and go on with the compound, as RFC 3550 receivers do.
+                self._errors.record("rtcp", exc)
+        if consumed != len(data):
+            self._errors.record("rtcp", "compound packet framing does not add up")
 
     def _receive_rtcp_packet(self, pt: int, count: int, packet: bytes) -> None:
         if pt == rtp_packet.RTCP_SR:
@@ -729,8 +814,18 @@ class WebRtcTransport(EventEmitter):
                 "rtpPacketsReceived": sum(p.packet_count for p in self.producers.values()),
                 "rtpPacketsSent": sum(c.packet_count for c in self.consumers.values()),
                 "srtpErrors": self.srtp_errors,
+                "datagramErrors": dict(self._errors.counts),
+                "sctpMessagesTooBig": (
+                    DtlsSession.oversize_messages(self._dtls.sctp) if self._dtls.sctp else 0
+                ),
+                "iceConsentStalls": self._consent.stalls,
             }
         ]
+
+    @property
+    def datagram_errors(self) -> dict[str, int]:
+        """This transport's share of ``Worker.datagram_errors`` (same keys)."""
+        return self._errors.counts
 
     # -- close ----------------------------------------------------------------------
 
@@ -792,6 +887,7 @@ class WebRtcTransport(EventEmitter):
         self._ice.close()
         self._udp.close()
         self._endpoint.on_datagram = _ignore_datagram
+        self._errors.flush()
         self._tuple_ready.set()
         self.observer.emit("close")
 
@@ -835,6 +931,7 @@ async def create_webrtc_transport(
     certificate: RTCCertificate,
     settings: TransportSettings,
     app_data: dict[str, Any] | None,
+    worker_errors: dict[str, int] | None = None,
 ) -> WebRtcTransport:
     endpoint = _Endpoint()
     udp, port = await open_endpoint(allocator, endpoint)
@@ -848,6 +945,7 @@ async def create_webrtc_transport(
         certificate=certificate,
         settings=settings,
         app_data=app_data,
+        worker_errors=worker_errors,
     )
 
 

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .aiortc_bridge import RTCCertificate
+from .datagram_errors import new_error_counts
 from .errors import InvalidStateError
 from .events import EventEmitter
 from .ports import PortAllocator, PortRange
 from .router import Router
 from .rtp_parameters import DEFAULT_MEDIA_CODECS, Json
-from .webrtc_transport import MIN_CONSENT_TIMEOUT
+from .webrtc_transport import MIN_CONSENT_TIMEOUT, TransportSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,16 +33,51 @@ class WorkerSettings:
     """RFC 7675 consent lifetime; mediasoup's default, never below 10 s."""
     key_frame_request_interval: float = 0.2
     """At most one PLI per producer per interval; later requests are deferred."""
+    sctp_send_buffer_size: int = 262144
+    """mediasoup's ``sctpSendBufferSize`` default for every transport: bytes an SCTP
+    association may hold towards a client; data consumer messages beyond it are
+    dropped (a receiver that stops reading cannot grow server memory)."""
+    error_log_interval: float = 60.0
+    """Per transport, at most one log line about malformed datagrams per interval."""
+    stall_tolerance: float | None = 1.0
+    """A consent timer firing this late means the server stalled, not the client."""
+    consent_resync_window: float = 6.0
+    """After a server stall, how long a client has to send a consent check."""
+    max_queued_dtls_records: int = 1024
+    """Per transport, DTLS datagrams waiting to be processed; more are dropped."""
 
     def __post_init__(self) -> None:
         if self.consent_timeout < MIN_CONSENT_TIMEOUT:
             raise ValueError(f"consent_timeout must be at least {MIN_CONSENT_TIMEOUT} s")
         if self.key_frame_request_interval < 0:
             raise ValueError("key_frame_request_interval must not be negative")
+        self.transport_settings()  # the same checks as every transport's
+
+    def transport_settings(self, **overrides: Any) -> TransportSettings:
+        """A transport's settings: these defaults, with per-transport ``overrides``."""
+        values: dict[str, Any] = {
+            "consent_timeout": self.consent_timeout,
+            "key_frame_request_interval": self.key_frame_request_interval,
+            "sctp_send_buffer_size": self.sctp_send_buffer_size,
+            "error_log_interval": self.error_log_interval,
+            "stall_tolerance": self.stall_tolerance,
+            "consent_resync_window": self.consent_resync_window,
+            "max_queued_dtls_records": self.max_queued_dtls_records,
+        }
+        values.update(overrides)
+        return TransportSettings(**values)
 
 
 class Worker(EventEmitter):
-    """mediasoup ``Worker``: observer ``newrouter``, ``close``."""
+    """mediasoup ``Worker``: observer ``newrouter``, ``close``.
+
+    ``datagram_errors`` counts, since the worker started, the inbound datagrams
+    its transports dropped because they did not parse or decrypt, by kind:
+    ``stun``, ``dtls``, ``srtp``, ``rtp``, ``rtcp``, ``sctp``, and ``internal``
+    (an unexpected exception, i.e. a bug, contained by the datagram backstop).
+    Every key is present from the start; metrics read it at scrape time.
+    See ``media.datagram_errors.ERROR_KINDS`` for what each kind covers.
+    """
 
     def __init__(self, settings: WorkerSettings | None = None) -> None:
         super().__init__()
@@ -52,6 +88,17 @@ class Worker(EventEmitter):
         self.routers: dict[str, Router] = {}
         self.certificate = RTCCertificate.generateCertificate()
         self.port_allocator = PortAllocator(self.settings.listen_ip, self.settings.port_range)
+        self.datagram_errors: dict[str, int] = new_error_counts()
+
+    def port_usage(self) -> tuple[int, int]:
+        """(media ports this worker holds, ports in its pool).
+
+        The pool is the configured ``port_range``; with ``0..0`` the kernel
+        picks any ephemeral port and the pool size is reported as 0 (no fixed
+        pool: compute no ratio).  Ports of the range held by other processes
+        are not counted in use, yet are not available either.
+        """
+        return self.port_allocator.in_use(), self.port_allocator.pool_size
 
     async def create_router(
         self, media_codecs: list[Json] | None = None, app_data: dict[str, Any] | None = None

@@ -221,12 +221,20 @@ class ServerProcess:
 
     def __init__(self, name: str, log_dir: Path, args: Sequence[str]) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         self.log_path = log_dir / f"server-{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         command = [
             *self.command_prefix,
             "--port", str(self.port),
-            "--metrics-port", "off",
+            "--metrics-port", str(self.metrics_port),
+            # Thousands of simulated clients share 127.0.0.1 and hammer pings:
+            # the per-address and per-connection abuse limits would refuse them.
+            "--max-connections", "off",
+            "--max-connections-per-ip", "off",
+            "--ip-connection-rate", "1e9/1e9",
+            "--heartbeat-rate", "1e9/1e9",
+            "--message-rate", "1e9/1e9",
             *args,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("GHOSTLESS_")}
@@ -253,7 +261,7 @@ class ServerProcess:
         raise RuntimeError(f"server not ready after {timeout} s:\n{self.log_tail()}")
 
     def stats(self) -> dict[str, Any]:
-        status, body = http_get(self.port, "/debug/stats", 20.0)
+        status, body = http_get(self.metrics_port, "/debug/stats", 20.0)
         if status != 200 or not isinstance(body, dict):
             raise RuntimeError(f"/debug/stats answered {status}")
         return body

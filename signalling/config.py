@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .liveness import LivenessPolicy, TakeoverPolicy
+from .rate_limit import RateLimit, RatePolicy
+from .tokens import TokenVerifier
 
 
 class ConfigError(ValueError):
@@ -38,6 +40,46 @@ class Config:
     max_message_size: int = 128 * 1024
     request_timeout: float = 30.0
     token_secret: str | None = None
+    """HS256 shared secret for the ``token`` URL parameter; with it (or ``token_jwks``)
+    every connection must present a valid token, and its identity is the token's."""
+    token_jwks: str | None = None
+    """Path of a JWKS file (RFC 7517) of verification keys, selected by ``kid``."""
+    token_leeway: float = 30.0
+    token_max_lifetime: float = 86400.0
+    token_audience: str | None = None
+    token_issuer: str | None = None
+    max_connections: int | None = 16000
+    """WebSocket connections of the whole process (each holds a file descriptor)."""
+    max_connections_per_ip: int | None = 50
+    ip_connection_rate: RateLimit = field(default_factory=lambda: RateLimit(10.0, 50.0))
+    """New connections per client address: a sustained rate and a burst."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Networks (CIDR) of proxies whose X-Forwarded-For names the client address."""
+    max_outbound_bytes: int = 1 << 20
+    """Bytes a client may leave unread before its connection is closed (4413)."""
+    message_rate: RateLimit = field(default_factory=lambda: RatePolicy().messages)
+    broadcast_rate: RateLimit = field(default_factory=lambda: RatePolicy().broadcasts)
+    heartbeat_rate: RateLimit = field(default_factory=lambda: RatePolicy().heartbeats)
+    refusal_rate: RateLimit = field(default_factory=lambda: RatePolicy().strikes)
+    max_display_name_length: int = 128
+    max_device_bytes: int = 1024
+    max_app_data_bytes: int = 4096
+    max_transports_per_peer: int = 4
+    max_producers_per_peer: int = 8
+    max_data_producers_per_peer: int = 8
+    sctp_send_buffer_size: int = 262144
+    """Bytes a data channel association may hold towards a client (mediasoup's
+    ``sctpSendBufferSize``); data consumer messages beyond it are dropped."""
+    max_queued_dtls_records: int = 1024
+    """Per transport, DTLS datagrams waiting to be processed; more are dropped."""
+    media_error_log_interval: float = 60.0
+    """Per transport, at most one log line about malformed datagrams per interval."""
+    consent_resync_window: float = 6.0
+    """After a server stall, how long a client has to send an ICE consent check."""
+    ready_max_port_use: float = 0.9
+    """/readyz says not ready when this share of the media port pool is in use..."""
+    ready_max_fd_use: float = 0.9
+    """... or this share of the process's open-file limit."""
     shutdown_timeout: float = 10.0
     reconnect_delay: float = 2.0
     """Told to clients in ``serverShutdown``: when to reconnect."""
@@ -52,7 +94,8 @@ class Config:
 @dataclass(frozen=True)
 class _Option:
     name: str  # Config field, or "liveness.<field>"
-    kind: str  # int, float, optional_float, optional_int, str, optional_str, bool, choice
+    kind: str  # int, float, optional_float, optional_int, str, optional_str, bool, choice,
+    # rate ("RATE/BURST"), list (comma separated)
     help: str
     choices: tuple[str, ...] = ()
 
@@ -78,6 +121,9 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("liveness.inactivity_limit", "optional_float", "end idle sessions with no media (s)"),
     _Option("liveness.idle_after", "float", "activity level idle after this (s)"),
     _Option("liveness.background_after", "float", "activity level background after this (s)"),
+    _Option("liveness.join_timeout", "optional_float", "close connections not joined by then (s)"),
+    _Option("liveness.stall_tolerance", "float", "a tick this late is a server stall (s)"),
+    _Option("liveness.stall_resync", "float", "after a stall, end nobody for this long (s)"),
     _Option(
         "liveness.takeover",
         "choice",
@@ -88,7 +134,37 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("max_peers_per_room", "optional_int", "refuse peers beyond this ('off' = no limit)"),
     _Option("max_message_size", "int", "largest WebSocket message accepted (bytes)"),
     _Option("request_timeout", "float", "timeout of server-to-client requests (s)"),
-    _Option("token_secret", "optional_str", "HS256 secret verifying the 'token' URL parameter"),
+    _Option(
+        "token_secret",
+        "optional_str",
+        "HS256 secret: every connection must then present a valid 'token' (JWT)",
+    ),
+    _Option("token_jwks", "optional_str", "JWKS file of token verification keys (by kid)"),
+    _Option("token_leeway", "float", "clock skew allowed on token exp/nbf/iat (s)"),
+    _Option("token_max_lifetime", "float", "refuse tokens valid for longer than this (s)"),
+    _Option("token_audience", "optional_str", "required 'aud' claim of tokens"),
+    _Option("token_issuer", "optional_str", "required 'iss' claim of tokens"),
+    _Option("max_connections", "optional_int", "WebSocket connections of the process"),
+    _Option("max_connections_per_ip", "optional_int", "concurrent connections per client IP"),
+    _Option("ip_connection_rate", "rate", "new connections per client IP: RATE/BURST"),
+    _Option("trusted_proxies", "list", "CIDRs whose X-Forwarded-For is believed"),
+    _Option("max_outbound_bytes", "int", "unread bytes before a client is closed (4413)"),
+    _Option("message_rate", "rate", "requests+notifications per connection: RATE/BURST"),
+    _Option("broadcast_rate", "rate", "room-wide methods per connection: RATE/BURST"),
+    _Option("heartbeat_rate", "rate", "ping/activity per connection: RATE/BURST"),
+    _Option("refusal_rate", "rate", "429s per connection before it is closed: RATE/BURST"),
+    _Option("max_display_name_length", "int", "longest displayName (characters)"),
+    _Option("max_device_bytes", "int", "largest 'device' object in join (JSON bytes)"),
+    _Option("max_app_data_bytes", "int", "largest 'appData' object (JSON bytes)"),
+    _Option("max_transports_per_peer", "int", "WebRTC transports per peer"),
+    _Option("max_producers_per_peer", "int", "producers per peer"),
+    _Option("max_data_producers_per_peer", "int", "data producers per peer"),
+    _Option("sctp_send_buffer_size", "int", "data channel bytes buffered per client"),
+    _Option("max_queued_dtls_records", "int", "DTLS datagrams queued per transport"),
+    _Option("media_error_log_interval", "float", "per transport, one bad-datagram log per (s)"),
+    _Option("consent_resync_window", "float", "after a stall, time for a consent check (s)"),
+    _Option("ready_max_port_use", "float", "/readyz fails above this media port pool use"),
+    _Option("ready_max_fd_use", "float", "/readyz fails above this open-file use"),
     _Option("shutdown_timeout", "float", "graceful shutdown bound (s)"),
     _Option("reconnect_delay", "float", "reconnect delay advertised in serverShutdown (s)"),
     _Option("log_format", "choice", "log format", ("text", "json")),
@@ -127,6 +203,11 @@ def _convert(option: _Option, raw: str, source: str) -> Any:
             if value.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError
+        if option.kind == "rate":
+            rate, _, burst = value.partition("/")
+            return RateLimit(float(rate), float(burst or rate))
+        if option.kind == "list":
+            return tuple(item.strip() for item in value.split(",") if item.strip())
         if option.kind == "choice":
             match = next((c for c in option.choices if c.lower() == value.lower()), None)
             if match is None:
@@ -215,11 +296,53 @@ def validate(config: Config) -> None:
     )
     check(config.max_message_size >= 1024, "max_message_size must be at least 1024 bytes")
     check(config.request_timeout > 0, "request_timeout must be positive")
+    for name in (
+        "max_connections",
+        "max_connections_per_ip",
+        "max_display_name_length",
+        "max_device_bytes",
+        "max_app_data_bytes",
+        "max_transports_per_peer",
+        "max_producers_per_peer",
+        "max_data_producers_per_peer",
+    ):
+        value = getattr(config, name)
+        check(value is None or value >= 1, f"{name} must be at least 1")
+    check(config.max_outbound_bytes >= 65536, "max_outbound_bytes must be at least 65536")
+    check(config.sctp_send_buffer_size >= 1024, "sctp_send_buffer_size must be at least 1024")
+    check(config.max_queued_dtls_records >= 1, "max_queued_dtls_records must be at least 1")
+    check(config.media_error_log_interval >= 0, "media_error_log_interval must not be negative")
+    check(config.consent_resync_window > 0, "consent_resync_window must be positive")
+    check(config.token_leeway >= 0, "token_leeway must not be negative")
+    check(config.token_max_lifetime > 0, "token_max_lifetime must be positive")
+    for name in ("ready_max_port_use", "ready_max_fd_use"):
+        check(0 < getattr(config, name) <= 1, f"{name} must be within (0, 1]")
+    try:
+        token_verifier(config)
+    except ValueError as exc:
+        raise ConfigError(f"token_secret/token_jwks: {exc}") from None
+    for network in config.trusted_proxies:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"trusted_proxies: {network!r} is not a network") from None
     check(config.shutdown_timeout > 0, "shutdown_timeout must be positive")
     check(config.reconnect_delay >= 0, "reconnect_delay must not be negative")
     check(
         config.gc_collect_interval is None or config.gc_collect_interval >= 60,
         "gc_collect_interval must be at least 60 s (or off)",
+    )
+
+
+def token_verifier(config: Config) -> TokenVerifier | None:
+    """The verifier of connection tokens, or None when the server is open."""
+    return TokenVerifier.from_options(
+        secret=config.token_secret,
+        jwks_file=config.token_jwks,
+        leeway=config.token_leeway,
+        max_lifetime=config.token_max_lifetime,
+        audience=config.token_audience,
+        issuer=config.token_issuer,
     )
 
 

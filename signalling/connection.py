@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import random
-from collections.abc import Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from .protocol import encode_notification, encode_request
+from .rate_limit import MessageLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +25,47 @@ class RequestFailed(Exception):
 
 
 class Connection:
-    """Owns its background sends; ``close`` ends them."""
+    """One protoo WebSocket with a bounded outbound buffer and no task per message.
 
-    __slots__ = ("_next_request_id", "_pending", "_tasks", "closing", "id", "ws")
+    Frames are written straight into the socket's transport, in call order
+    (websockets' sans-I/O protocol frames them; nothing is awaited), so a
+    notification to a thousand peers costs a thousand buffer appends, not a
+    thousand tasks.  What a client does not read accumulates in that transport
+    buffer; once it passes ``max_outbound_bytes`` the connection is closed with
+    ``4413`` and the session is handled as if its socket was lost (it may
+    resume).  ``close`` owns the one background task a connection may have.
+    """
 
-    def __init__(self, ws: ServerConnection) -> None:
+    __slots__ = (
+        "_next_request_id",
+        "_pending",
+        "_tasks",
+        "closing",
+        "id",
+        "limiter",
+        "max_outbound_bytes",
+        "on_overflow",
+        "peak_outbound_bytes",
+        "remote",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: ServerConnection,
+        *,
+        max_outbound_bytes: int,
+        limiter: MessageLimiter,
+        remote: str = "",
+    ) -> None:
         self.id = next(_connection_ids)
         self.ws = ws
+        self.remote = remote
         self.closing = False
+        self.max_outbound_bytes = max_outbound_bytes
+        self.peak_outbound_bytes = 0
+        self.limiter = limiter
+        self.on_overflow: Callable[[Connection], None] = lambda conn: None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_request_id = random.randint(1, 10_000_000)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -42,19 +75,31 @@ class Connection:
 
     # -- sending ------------------------------------------------------------------
 
-    async def send(self, frame: bytes) -> None:
-        """Send one protoo frame (JSON bytes, as a text frame)."""
-        with contextlib.suppress(ConnectionClosed):
-            await self.ws.send(frame, text=True)
+    @property
+    def outbound_bytes(self) -> int:
+        """Bytes written but not yet taken by the kernel (the client's backlog)."""
+        transport = self.ws.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def send(self, frame: bytes) -> bool:
+        """Queue one protoo frame (JSON bytes, as a text frame); False if it was not."""
+        if self.closing:
+            return False
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN or ws.transport.is_closing():
+            return False
+        backlog = ws.transport.get_write_buffer_size()
+        if backlog + len(frame) > self.max_outbound_bytes:
+            self.peak_outbound_bytes = max(self.peak_outbound_bytes, backlog)
+            self.on_overflow(self)
+            return False
+        ws.protocol.send_text(frame)
+        ws.send_data()
+        return True
 
     def notify(self, method: str, data: Any) -> None:
         if not self.closing:
-            self.spawn(self.send(encode_notification(method, data)))
+            self.send(encode_notification(method, data))
 
     async def request(self, method: str, data: Any, timeout: float) -> Any:
         """Send a request and wait for its response (e.g. ``newConsumer``)."""
@@ -64,12 +109,17 @@ class Connection:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await self.send(encode_request(request_id, method, data))
+            if not self.send(encode_request(request_id, method, data)):
+                raise RequestFailed("connection closing")
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise RequestFailed(f"{method} timed out") from None
         finally:
             self._pending.pop(request_id, None)
+
+    def awaits(self, request_id: int) -> bool:
+        """Is a request of ours waiting for this response id?"""
+        return request_id in self._pending
 
     def response_received(self, request_id: int, ok: bool, data: Any, reason: str | None) -> None:
         future = self._pending.get(request_id)
@@ -83,7 +133,11 @@ class Connection:
     # -- closing ------------------------------------------------------------------
 
     def close(self, code: int, reason: str) -> None:
-        """Close the socket with ``code`` (sent in the background) and fail pending requests."""
+        """Close the socket with ``code`` (in the background) and fail pending requests.
+
+        The close handshake is bounded by websockets' ``close_timeout``; a
+        client that does not read gets its TCP connection aborted then.
+        """
         if self.closing:
             return
         self.closing = True
@@ -91,10 +145,22 @@ class Connection:
             if not future.done():
                 future.set_exception(RequestFailed("connection closed"))
         self._pending.clear()
-        self.spawn(self.ws.close(code, reason))
+        task = asyncio.ensure_future(self._close_within(code, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_within(self, code: int, reason: str) -> None:
+        # websockets bounds the wait for the peer's close frame, but not the
+        # wait for buffer space to write ours: a client that never reads would
+        # hold the socket forever.  Abort after the close timeout either way.
+        ws = self.ws
+        try:
+            await asyncio.wait_for(ws.close(code, reason), (ws.close_timeout or 0) + 1.0)
+        except (TimeoutError, OSError, ConnectionError):
+            ws.transport.abort()
 
     async def wait_closed(self) -> None:
-        """Wait for every background send of this connection to finish."""
+        """Wait for the close handshake started by ``close`` to finish."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 

@@ -57,6 +57,10 @@ class EndReason(enum.StrEnum):
     CONSENT_EXPIRED = "consent_expired"  # the media layer's ICE consent expired
     STALE_SWEEP = "stale_sweep"  # no application message for stale_after
     INACTIVE = "inactive"  # the optional inactivity limit
+    JOIN_TIMEOUT = "join_timeout"  # connected but never joined within join_timeout
+    DTLS_FAILED = "dtls_failed"  # the media could not be secured (e.g. fingerprint mismatch)
+    SLOW_READER = "slow_reader"  # closed for not reading (4413), then not resumed
+    RATE_LIMITED = "rate_limited"  # closed for flooding (4429)
     REPLACED = "replaced"  # another connection took the session over
     REJECTED = "rejected"  # a newcomer refused (reject policy, room full)
     SHUTDOWN = "shutdown"
@@ -93,6 +97,12 @@ class LivenessPolicy:
     """End sessions with no interaction and no media for this long (off by default)."""
     idle_after: float = 120.0
     background_after: float = 600.0
+    join_timeout: float | None = 30.0
+    """End a connection that has not joined within this long (its transports too)."""
+    stall_tolerance: float = 1.0
+    """A liveness tick this late means the server itself stalled (SIGSTOP, a long pause)."""
+    stall_resync: float = 5.0
+    """After a stall, judge nobody for this long: first read what the clients sent."""
     takeover: TakeoverPolicy = TakeoverPolicy.TAKEOVER
 
     def __post_init__(self) -> None:
@@ -177,7 +187,13 @@ class AdmissionOutcome(enum.StrEnum):
     NEW = "new"
     RESUMED = "resumed"  # the same peer came back with its resume token
     REPLACED = "replaced"  # the newcomer took over (``previous`` must be torn down)
-    REJECTED = "rejected"  # the newcomer is refused; nothing changed
+    REJECTED = "rejected"  # the newcomer is refused (``refusal`` says why); nothing changed
+
+
+class Refusal(enum.StrEnum):
+    IDENTITY_IN_USE = "identity_in_use"  # the reject policy: the session in place wins
+    PEER_ID_IN_USE = "peer_id_in_use"  # another user's session holds this peerId
+    RESUME_TOKEN_INVALID = "resume_token_invalid"  # a wrong or used token for a live session
 
 
 @dataclass(slots=True)
@@ -190,9 +206,7 @@ class Admission:
     previous_connection: int | None = None
     """A connection that no longer drives its session and must be closed."""
     was_reconnecting: bool = False
-    displaced: Session | None = None
-    """Another session ended as ``replaced`` because the newcomer took its peer id."""
-    displaced_connection: int | None = None
+    refusal: Refusal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,8 +264,13 @@ class SessionRegistry:
         self._interaction: TimeBuckets[Session] = TimeBuckets(
             max(1.0, (policy.inactivity_limit or 60.0) / 10)
         )
+        self._joining: TimeBuckets[Session] = TimeBuckets(
+            max(tick_interval, (policy.join_timeout or 10.0) / 10)
+        )
         self._grace: list[tuple[float, int, Session]] = []
         self._grace_counter = itertools.count()
+        self._resync_until = float("-inf")
+        self.stalls = 0
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -271,37 +290,36 @@ class SessionRegistry:
         """A new connection for (room, user, peer): new, resumed, replaced or rejected."""
         existing = self.by_identity.get((room_id, user_id))
         peer_holder = self.by_peer.get((room_id, peer_id))
-        if existing is None and peer_holder is not None:
-            existing = peer_holder  # a live peerId under another identity
+        if peer_holder is not None and peer_holder is not existing:
+            # A peerId is shown to everyone as who is talking: only its own user
+            # may take it over, never another identity.
+            return Admission(AdmissionOutcome.REJECTED, None, refusal=Refusal.PEER_ID_IN_USE)
 
-        if (
-            existing is not None
-            and resume_token is not None
-            and (
+        if resume_token is not None and existing is not None:
+            if (
                 secrets.compare_digest(resume_token, existing.resume_token)
                 and existing.peer_id == peer_id
-                and existing.user_id == user_id
+            ):
+                return self._resume(existing, connection, now)
+            # A replayed, used or guessed token never displaces anybody: the
+            # client is told its session expired and may join afresh.
+            return Admission(
+                AdmissionOutcome.REJECTED, None, refusal=Refusal.RESUME_TOKEN_INVALID
             )
-        ):
-            return self._resume(existing, connection, now)
 
         if existing is not None:
             if self.policy.takeover is TakeoverPolicy.REJECT:
-                return Admission(AdmissionOutcome.REJECTED, None)
+                return Admission(
+                    AdmissionOutcome.REJECTED, None, refusal=Refusal.IDENTITY_IN_USE
+                )
             previous_connection = existing.connection
-            displaced = peer_holder if peer_holder is not existing else None
-            displaced_connection = displaced.connection if displaced is not None else None
             self.end(existing, EndReason.REPLACED)
-            if displaced is not None:
-                self.end(displaced, EndReason.REPLACED)
             session = self._create(room_id, user_id, peer_id, connection, now)
             return Admission(
                 AdmissionOutcome.REPLACED,
                 session,
                 previous=existing,
                 previous_connection=previous_connection,
-                displaced=displaced,
-                displaced_connection=displaced_connection,
             )
         return Admission(
             AdmissionOutcome.NEW, self._create(room_id, user_id, peer_id, connection, now)
@@ -320,6 +338,8 @@ class SessionRegistry:
         self._heard.touch(session, now)
         self._seen.touch(session, now)
         self._interaction.touch(session, now)
+        if self.policy.join_timeout is not None:
+            self._joining.touch(session, now)
         return session
 
     def _resume(self, session: Session, connection: int, now: float) -> Admission:
@@ -342,6 +362,7 @@ class SessionRegistry:
     def joined(self, session: Session, now: float) -> None:
         if session.state is SessionState.CONNECTING:
             session.state = SessionState.JOINED
+            self._joining.remove(session)
         self.seen(session, now)
 
     # -- what is heard ------------------------------------------------------------
@@ -423,16 +444,33 @@ class SessionRegistry:
         self._heard.remove(session)
         self._seen.remove(session)
         self._interaction.remove(session)
+        self._joining.remove(session)
         return True
 
     # -- timers ----------------------------------------------------------------------
 
+    def stalled(self, now: float) -> None:
+        """The caller's loop was stalled (its tick came ``stall_tolerance`` late or more).
+
+        Whatever the clients sent meanwhile is still waiting in socket buffers:
+        a deadline that passed during the stall says nothing about them.  For
+        ``stall_resync`` nobody is ended (probes still go out); after that,
+        deadlines are judged on what was received.
+        """
+        self.stalls += 1
+        self._resync_until = now + self.policy.stall_resync
+
+    def judging(self, now: float) -> bool:
+        """False while resynchronising after a stall."""
+        return now >= self._resync_until
+
     def tick(self, now: float) -> list[Decision]:
-        """Grace expiries, silence probes and timeouts, inactivity: call every
-        ``tick_interval``."""
+        """Grace expiries, silence probes and timeouts, join timeouts, inactivity:
+        call every ``tick_interval``."""
         decisions: list[Decision] = []
+        judging = self.judging(now)
         grace = self._grace
-        while grace and grace[0][0] <= now:
+        while judging and grace and grace[0][0] <= now:
             deadline, _, session = heapq.heappop(grace)
             if session.state is SessionState.RECONNECTING and session.grace_deadline == deadline:
                 decisions.append(End(session, EndReason.SOCKET_LOST))
@@ -454,6 +492,8 @@ class SessionRegistry:
                     continue
                 if now - session.probed_at < pong_timeout:
                     continue  # waiting for the pong
+                if not judging:
+                    continue
                 media = self.media_activity(session)
                 last = session.last_heard if media is None else max(session.last_heard, media)
                 if now - last >= policy.silence_timeout:
@@ -465,7 +505,14 @@ class SessionRegistry:
                     session.reported_dead = True
                     decisions.append(SocketDead(session))
 
-        if policy.inactivity_limit is not None:
+        if policy.join_timeout is not None and judging:
+            cutoff = now - policy.join_timeout
+            for session in self._joining.candidates(cutoff):
+                if session.state is SessionState.CONNECTING and session.created_at <= cutoff:
+                    self._joining.remove(session)
+                    decisions.append(End(session, EndReason.JOIN_TIMEOUT))
+
+        if policy.inactivity_limit is not None and judging:
             cutoff = now - policy.inactivity_limit
             for session in self._interaction.candidates(cutoff):
                 if not session.open or session.last_interaction > cutoff:
@@ -479,7 +526,7 @@ class SessionRegistry:
 
     def sweep(self, now: float) -> list[End]:
         """The backstop: sessions with no application message for ``stale_after``."""
-        if self.policy.stale_after is None:
+        if self.policy.stale_after is None or not self.judging(now):
             return []
         cutoff = now - self.policy.stale_after
         stale: list[End] = []
@@ -511,5 +558,6 @@ class SessionRegistry:
             "heard_index": len(self._heard),
             "seen_index": len(self._seen),
             "interaction_index": len(self._interaction),
+            "joining_index": len(self._joining),
             "grace_heap": len(self._grace),
         }

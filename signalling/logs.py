@@ -69,3 +69,28 @@ def log_session(event: str, session: Session | None = None, **extra: Any) -> Non
         )
     fields.update(extra)
     lifecycle.info(event, extra={"fields": fields})
+
+
+class LogThrottle:
+    """At most one log line per key per ``interval``; says how many were held back.
+
+    Hostile input must not turn into a log flood: each kind of refusal is
+    logged once per interval, with the count of those not logged since.
+    Keys are few (a kind of event, not a client), so memory stays bounded.
+    """
+
+    __slots__ = ("_last", "_suppressed", "interval")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, key: str, now: float) -> int | None:
+        """The number suppressed since the last line if a line may go out now, else None."""
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._suppressed.pop(key, 0)

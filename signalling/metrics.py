@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -68,6 +68,25 @@ class _SessionCollector(Collector):
             "ghostless_event_loop_lag_seconds",
             "Lateness of the liveness tick (every 0.1 s)",
             value=server.loop_lag,
+        )
+        in_use, total = server.worker.port_usage()
+        yield GaugeMetricFamily(
+            "ghostless_rtc_ports_in_use", "Media UDP ports of the pool in use", value=in_use
+        )
+        yield GaugeMetricFamily(
+            "ghostless_rtc_ports", "Media UDP ports in the pool (0: any port)", value=total
+        )
+        errors = CounterMetricFamily(
+            "ghostless_datagram_errors",
+            "Malformed or undecryptable datagrams dropped by the media plane, by kind",
+            labels=["kind"],
+        )
+        for kind, count in sorted(server.worker.datagram_errors.items()):
+            errors.add_metric([kind], count)
+        yield errors
+        yield GaugeMetricFamily(
+            "ghostless_client_addresses", "Client IP addresses with open connections",
+            value=len(server.connections_by_ip),
         )
 
 
@@ -130,6 +149,25 @@ class Metrics:
             buckets=DETECTION_BUCKETS,
             registry=registry,
         )
+        self.refusals = Counter(
+            "ghostless_refusals",
+            "Connections and requests refused by a limit or a check, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self._refusals: dict[str, Any] = {}
+        self.rate_limited_messages = Counter(
+            "ghostless_rate_limited_messages",
+            "Messages refused by a per-connection rate limit, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self._rate_limited: dict[str, Any] = {}
+        self.stalls = Counter(
+            "ghostless_event_loop_stalls",
+            "Times the event loop stalled past stall_tolerance (deadlines were resynchronised)",
+            registry=registry,
+        )
         self._request_children: dict[tuple[str, str], Any] = {}
         self._duration_children: dict[str, Any] = {}
         server.worker.observer.on("newrouter", self._new_router)
@@ -161,6 +199,18 @@ class Metrics:
             self.detection_to_cleanup.labels(reason.value).observe(
                 max(0.0, self._loop.time() - detected_at)
             )
+
+    def refused(self, reason: str) -> None:
+        child = self._refusals.get(reason)
+        if child is None:
+            child = self._refusals[reason] = self.refusals.labels(reason)
+        child.inc()
+
+    def rate_limited(self, kind: str) -> None:
+        child = self._rate_limited.get(kind)
+        if child is None:
+            child = self._rate_limited[kind] = self.rate_limited_messages.labels(kind)
+        child.inc()
 
     def observe_request(self, method: str, outcome: str, duration: float) -> None:
         key = (method, outcome)

@@ -33,12 +33,15 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009  # over max_message_size
     INTERNAL_ERROR = 1011
     BAD_REQUEST = 4400  # missing or invalid roomId / peerId in the URL
-    UNAUTHORIZED = 4401  # token invalid or expired
+    UNAUTHORIZED = 4401  # token missing (when required), invalid, expired, or for another room
     ROOM_FULL = 4403
-    SESSION_TIMEOUT = 4408  # keepalive timeout, stale sweep, inactivity limit
-    IDENTITY_IN_USE = 4409  # reject policy: this identity already has a session
+    SESSION_TIMEOUT = 4408  # keepalive timeout, stale sweep, inactivity limit, join timeout
+    IDENTITY_IN_USE = 4409  # this identity (or this peerId, held by another user) is connected
     SESSION_REPLACED = 4410  # another connection took this session over
     SESSION_CLOSED = 4411  # the session ended for another reason (beacon, media gone)
+    MEDIA_FAILED = 4412  # DTLS failed (e.g. a fingerprint mismatch): the media cannot be secured
+    SLOW_READER = 4413  # the client did not read: its outbound buffer passed its bound
+    RATE_LIMITED = 4429  # requests or notifications kept coming faster than allowed
 
 
 class ErrorCode(enum.IntEnum):

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 import media
 from media import Consumer, DataConsumer, DataProducer, Producer, Router, WebRtcTransport
@@ -34,6 +38,49 @@ class RequestError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+class RoomFull(RequestError):
+    """``join`` in a room whose joined peers reached its limit: refused, then closed (4403)."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.FORBIDDEN, "room is full")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLimits:
+    """What one peer may hold and send (configuration; docs/security.md).
+
+    Everything a peer sends that the server repeats to others (its device,
+    display name, appData) is bounded, so one peer cannot make every other
+    peer's join response or newConsumer request megabytes long.
+    """
+
+    display_name_length: int = 128
+    device_bytes: int = 1024
+    app_data_bytes: int = 4096
+    transports: int = 4
+    producers: int = 8
+    data_producers: int = 8
+
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def printable(text: str, limit: int = 32) -> str:
+    """A short, printable prefix of client-supplied text, safe to echo back or log."""
+    cut = _UNPRINTABLE.sub("?", text[:limit])
+    return cut + "..." if len(text) > limit else cut
+
+
+_json_encoder = msgspec.json.Encoder()
+
+
+def _bounded_object(data: Json, name: str, limit: int) -> Json | None:
+    value = _field(data, name, dict, optional=True)
+    if value is not None and len(_json_encoder.encode(value)) > limit:
+        raise RequestError(ErrorCode.BAD_REQUEST, f"{name} is larger than {limit} bytes")
+    return value  # type: ignore[no-any-return]
 
 
 def _field(data: Json, name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
@@ -136,17 +183,27 @@ class Room:
         *,
         request_timeout: float,
         heartbeat_interval: float,
+        limits: PeerLimits | None = None,
+        max_peers: int | None = None,
     ) -> None:
         self.id = room_id
         self.router = router
         self.peers: dict[str, Peer] = {}
         self.request_timeout = request_timeout
         self.heartbeat_interval = heartbeat_interval
+        self.limits = limits or PeerLimits()
+        self.max_peers = max_peers
         self.close_timer: asyncio.TimerHandle | None = None
         self.closed = False
 
     def __repr__(self) -> str:
         return f"<Room {self.id} peers={len(self.peers)}>"
+
+    def full(self) -> bool:
+        """Joined peers reached ``max_peers`` (connections that never joined do not count)."""
+        if self.max_peers is None:
+            return False
+        return sum(1 for p in self.peers.values() if p.joined and not p.closed) >= self.max_peers
 
     def joined_peers(self, exclude: Peer | None = None) -> list[Peer]:
         return [p for p in self.peers.values() if p.joined and p is not exclude and not p.closed]
@@ -172,7 +229,7 @@ class Room:
     async def handle(self, peer: Peer, method: str, data: Json) -> Any:
         handler = self.HANDLERS.get(method)
         if handler is None:
-            raise RequestError(ErrorCode.UNKNOWN_METHOD, f"unknown method {method!r}")
+            raise RequestError(ErrorCode.UNKNOWN_METHOD, f"unknown method {printable(method)!r}")
         needs_join = method not in self.BEFORE_JOIN
         if needs_join and not peer.joined:
             raise RequestError(ErrorCode.NOT_JOINED, f"{method} needs join first")
@@ -184,8 +241,13 @@ class Room:
     async def join(self, peer: Peer, data: Json) -> Json:
         if peer.joined:
             raise RequestError(ErrorCode.CONFLICT, "already joined")
-        display_name = _text(data, "displayName", optional=True)
-        device = _field(data, "device", dict, optional=True)
+        if self.full():
+            raise RoomFull()
+        limits = self.limits
+        display_name = _text(
+            data, "displayName", limit=limits.display_name_length, optional=True
+        )
+        device = _bounded_object(data, "device", limits.device_bytes)
         rtp_capabilities = _field(data, "rtpCapabilities", dict, optional=True)
         sctp_capabilities = _field(data, "sctpCapabilities", dict, optional=True)
         if display_name is not None:
@@ -221,7 +283,7 @@ class Room:
         mis_streams = num_streams.get("MIS", 1024) if isinstance(num_streams, dict) else 1024
         if not all(isinstance(n, int) and 1 <= n <= 65535 for n in (os_streams, mis_streams)):
             raise RequestError(ErrorCode.BAD_REQUEST, "sctpCapabilities.numStreams is invalid")
-        if len(peer.transports) >= 4:
+        if len(peer.transports) >= self.limits.transports:
             raise RequestError(ErrorCode.FORBIDDEN, "too many transports for one peer")
         transport = await self.router.create_webrtc_transport(
             enable_sctp=sctp_capabilities is not None,
@@ -260,8 +322,10 @@ class Room:
 
     async def produce(self, peer: Peer, data: Json) -> Json:
         transport = self._transport(peer, data)
+        if len(peer.producers) >= self.limits.producers:
+            raise RequestError(ErrorCode.FORBIDDEN, "too many producers for one peer")
         kind = _text(data, "kind")
-        app_data = _field(data, "appData", dict, optional=True) or {}
+        app_data = _bounded_object(data, "appData", self.limits.app_data_bytes) or {}
         producer = await transport.produce(
             kind=kind or "",
             rtp_parameters=_field(data, "rtpParameters", dict),
@@ -329,9 +393,11 @@ class Room:
 
     async def produce_data(self, peer: Peer, data: Json) -> Json:
         transport = self._transport(peer, data)
+        if len(peer.data_producers) >= self.limits.data_producers:
+            raise RequestError(ErrorCode.FORBIDDEN, "too many data producers for one peer")
         label = _text(data, "label", optional=True) or ""
         protocol = _text(data, "protocol", optional=True) or ""
-        app_data = _field(data, "appData", dict, optional=True) or {}
+        app_data = _bounded_object(data, "appData", self.limits.app_data_bytes) or {}
         data_producer = await transport.produce_data(
             sctp_stream_parameters=_field(data, "sctpStreamParameters", dict),
             label=label,
@@ -341,7 +407,7 @@ class Room:
         return self._adopt(peer, data_producer, peer.data_producers, self.create_data_consumer)
 
     async def change_display_name(self, peer: Peer, data: Json) -> None:
-        display_name = _text(data, "displayName") or ""
+        display_name = _text(data, "displayName", limit=self.limits.display_name_length) or ""
         old = peer.session.display_name
         peer.session.display_name = display_name
         self.broadcast(

@@ -12,8 +12,11 @@ import asyncio
 import contextlib
 import functools
 import gc
+import ipaddress
 import logging
+import os
 import re
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -27,19 +30,21 @@ from websockets.http11 import Request, Response
 
 import media
 
-from .config import Config
+from .config import Config, token_verifier
 from .connection import Connection
+from .http_edge import BodyTolerantConnection
 from .liveness import (
     AdmissionOutcome,
     End,
     EndReason,
     Probe,
+    Refusal,
     Session,
     SessionRegistry,
     SessionState,
     SocketDead,
 )
-from .logs import log_session
+from .logs import LogThrottle, log_session
 from .metrics import Metrics
 from .protocol import (
     CloseCode,
@@ -50,8 +55,9 @@ from .protocol import (
     encode_error,
     encode_response,
 )
-from .rooms import Peer, RequestError, Room
-from .tokens import InvalidToken, verify_token
+from .rate_limit import KeyedRateLimiter, MessageLimiter, RatePolicy, Verdict
+from .rooms import Peer, PeerLimits, RequestError, Room, RoomFull, printable
+from .tokens import InvalidToken
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +66,10 @@ _ID = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,128}$")
 # The liveness clock: ten small ticks a second rather than one big one, so that
 # probing thousands of sessions never stalls the loop for long.
 TICK_INTERVAL = 0.1
+
+# websockets' write buffer high-water mark: above it, its own sends (close
+# frames, keepalive pings) wait for the client to read.
+WS_WRITE_HIGH_WATER = 2**15
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {
@@ -82,6 +92,15 @@ CLOSE_CODES: dict[EndReason, CloseCode] = {
     EndReason.REJECTED: CloseCode.IDENTITY_IN_USE,
     EndReason.SHUTDOWN: CloseCode.GOING_AWAY,
     EndReason.ERROR: CloseCode.INTERNAL_ERROR,
+    EndReason.JOIN_TIMEOUT: CloseCode.SESSION_TIMEOUT,
+    EndReason.DTLS_FAILED: CloseCode.MEDIA_FAILED,
+    EndReason.RATE_LIMITED: CloseCode.RATE_LIMITED,
+}
+
+REFUSAL_CLOSE: dict[Refusal, tuple[CloseCode, str]] = {
+    Refusal.IDENTITY_IN_USE: (CloseCode.IDENTITY_IN_USE, "this identity is already connected"),
+    Refusal.PEER_ID_IN_USE: (CloseCode.IDENTITY_IN_USE, "this peerId belongs to another user"),
+    Refusal.RESUME_TOKEN_INVALID: (CloseCode.SESSION_CLOSED, "resume token not valid"),
 }
 
 PROTOCOL_ERROR_CODES = frozenset(
@@ -97,8 +116,11 @@ PROTOCOL_ERROR_CODES = frozenset(
 TRANSPORT_END_REASONS = {
     "dtls_closed": EndReason.GRACEFUL,
     "ice_consent_expired": EndReason.CONSENT_EXPIRED,
-    "dtls_failed": EndReason.ERROR,
+    "dtls_failed": EndReason.DTLS_FAILED,
 }
+
+# How often one kind of refusal (bad token, rate limit, ...) may be logged.
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 class Server:
@@ -111,11 +133,37 @@ class Server:
                 announced_address=config.rtc_announced_address,
                 port_range=media.PortRange(config.rtc_min_port, config.rtc_max_port),
                 consent_timeout=config.consent_timeout,
+                sctp_send_buffer_size=config.sctp_send_buffer_size,
+                max_queued_dtls_records=config.max_queued_dtls_records,
+                error_log_interval=config.media_error_log_interval,
+                stall_tolerance=config.liveness.stall_tolerance,
+                consent_resync_window=config.consent_resync_window,
             )
         )
         self.registry = SessionRegistry(
             config.liveness, media_activity=_media_activity, tick_interval=TICK_INTERVAL
         )
+        self.verifier = token_verifier(config)
+        self.rate_policy = RatePolicy(
+            messages=config.message_rate,
+            broadcasts=config.broadcast_rate,
+            heartbeats=config.heartbeat_rate,
+            strikes=config.refusal_rate,
+        )
+        self.peer_limits = PeerLimits(
+            display_name_length=config.max_display_name_length,
+            device_bytes=config.max_device_bytes,
+            app_data_bytes=config.max_app_data_bytes,
+            transports=config.max_transports_per_peer,
+            producers=config.max_producers_per_peer,
+            data_producers=config.max_data_producers_per_peer,
+        )
+        self._trusted_proxies = tuple(
+            ipaddress.ip_network(network, strict=False) for network in config.trusted_proxies
+        )
+        self._ip_connection_rate = KeyedRateLimiter(config.ip_connection_rate)
+        self.connections_by_ip: dict[str, int] = {}
+        self._refusal_log = LogThrottle(REFUSAL_LOG_INTERVAL)
         self.rooms: dict[str, Room] = {}
         self._room_creations: dict[str, asyncio.Future[Room]] = {}
         self.connections: dict[int, Connection] = {}
@@ -147,10 +195,12 @@ class Server:
             compression=None,  # small JSON: permessage-deflate would triple memory
             max_size=config.max_message_size,
             max_queue=16,
+            write_limit=WS_WRITE_HIGH_WATER,
             ping_interval=None,  # keepalive probes are sent only to silent sessions
             ping_timeout=None,
             close_timeout=2,
             server_header="ghostless",
+            create_connection=BodyTolerantConnection,
         )
         if config.metrics_port is not None:
             self._metrics_server = await serve(
@@ -163,6 +213,13 @@ class Server:
         self._ticker = asyncio.ensure_future(self._tick_forever())
         self.accepting = True
         logger.info("listening on ws://%s:%d", config.host, self.port)
+        if self.verifier is None and not _is_loopback(config.host):
+            logger.warning(
+                "no token secret or JWKS configured: anyone who reaches %s:%d may join any room"
+                " under any name (see docs/security.md)",
+                config.host,
+                self.port,
+            )
 
     @property
     def port(self) -> int:
@@ -236,6 +293,8 @@ class Server:
             router,
             request_timeout=self.config.request_timeout,
             heartbeat_interval=self.config.liveness.heartbeat_interval,
+            limits=self.peer_limits,
+            max_peers=self.config.max_peers_per_room,
         )
         self.rooms[room_id] = room
         logger.info("room %s created", room_id)
@@ -261,7 +320,56 @@ class Server:
 
     # -- connections ------------------------------------------------------------------
 
+    def _refuse(self, kind: str, detail: str = "") -> None:
+        """Count a refused connection and log it, once per interval per kind."""
+        self.metrics.refused(kind)
+        suppressed = self._refusal_log.allow(kind, self.loop.time())
+        if suppressed is not None:
+            logger.info(
+                "refused (%s)%s%s",
+                kind,
+                f": {detail}" if detail else "",
+                f" [{suppressed} more since the last line]" if suppressed else "",
+            )
+
+    def client_address(self, connection: ServerConnection, request: Request | None) -> str:
+        """The client's IP: the peer address, or X-Forwarded-For from a trusted proxy."""
+        peer = connection.remote_address
+        address = str(peer[0]) if peer else ""
+        if request is None or not self._trusted_proxies or not address:
+            return address
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        if not any(ip in network for network in self._trusted_proxies):
+            return address
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        last_hop = forwarded.rsplit(",", 1)[-1].strip()
+        try:
+            return str(ipaddress.ip_address(last_hop))
+        except ValueError:
+            return address
+
     async def _handle(self, ws: ServerConnection) -> None:
+        address = self.client_address(ws, ws.request)
+        count = self.connections_by_ip.get(address, 0)
+        self.connections_by_ip[address] = count + 1
+        try:
+            limit = self.config.max_connections_per_ip
+            if limit is not None and count >= limit:
+                self._refuse("connections_per_ip", address)
+                await ws.close(CloseCode.RATE_LIMITED, "too many connections from this address")
+                return
+            await self._admit(ws, address)
+        finally:
+            remaining = self.connections_by_ip[address] - 1
+            if remaining:
+                self.connections_by_ip[address] = remaining
+            else:
+                del self.connections_by_ip[address]
+
+    async def _admit(self, ws: ServerConnection, address: str) -> None:
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
 
         def param(name: str) -> str | None:
@@ -270,62 +378,76 @@ class Server:
 
         room_id, peer_id = param("roomId"), param("peerId")
         if room_id is None or peer_id is None or not _ID.match(room_id) or not _ID.match(peer_id):
+            self._refuse("bad_request")
             await ws.close(CloseCode.BAD_REQUEST, "roomId and peerId are required")
             return
-        user_id = param("userId")
-        token = param("token")
-        if token is not None and self.config.token_secret is not None:
+        if self.verifier is not None:
+            # With keys configured, identity comes only from a verified token:
+            # a userId in the URL is ignored, a missing token is refused.
+            token = param("token")
             try:
-                user_id = verify_token(token, self.config.token_secret)
-            except InvalidToken:
-                self.metrics.session_ended(EndReason.REJECTED)
-                await ws.close(CloseCode.UNAUTHORIZED, "invalid token")
+                if token is None:
+                    raise InvalidToken("no token")
+                identity = self.verifier.verify(token, room_id=room_id)
+            except InvalidToken as exc:
+                self._refuse("unauthorized", str(exc))
+                await ws.close(CloseCode.UNAUTHORIZED, "valid token required")
                 return
-        if user_id is not None and not _ID.match(user_id):
-            await ws.close(CloseCode.BAD_REQUEST, "invalid userId")
-            return
-        user_id = user_id or peer_id
+            user_id = identity.subject
+            verified_name = identity.name
+        else:
+            verified_name = None
+            user_id = param("userId") or peer_id
+            if not _ID.match(user_id):
+                self._refuse("bad_request")
+                await ws.close(CloseCode.BAD_REQUEST, "invalid userId")
+                return
         if not self.accepting:
             await ws.close(CloseCode.GOING_AWAY, "server shutting down")
             return
         room = await self._get_room(room_id)
-        limit = self.config.max_peers_per_room
         if (
-            limit is not None
-            and len(room.peers) >= limit
+            room.full()
             and (room_id, user_id) not in self.registry.by_identity
             and (room_id, peer_id) not in self.registry.by_peer
         ):
-            self.metrics.session_ended(EndReason.REJECTED)
+            self._refuse("room_full")
             await ws.close(CloseCode.ROOM_FULL, "room is full")
             return
 
-        conn = Connection(ws)
         now = self.loop.time()
+        conn = Connection(
+            ws,
+            max_outbound_bytes=self.config.max_outbound_bytes,
+            limiter=MessageLimiter(self.rate_policy, now),
+            remote=address,
+        )
+        conn.on_overflow = self._outbound_overflow
+        resume_token = param("resumeToken")
         admission = self.registry.admit(
             room_id=room_id,
             user_id=user_id,
             peer_id=peer_id,
             connection=conn.id,
-            resume_token=param("resumeToken"),
+            resume_token=resume_token,
             now=now,
         )
         if admission.outcome is AdmissionOutcome.REJECTED or admission.session is None:
-            self.metrics.session_ended(EndReason.REJECTED)
-            log_session(
-                "session_rejected", room_id=room_id, peer_id=peer_id, reason="identity_in_use"
-            )
-            await ws.close(CloseCode.IDENTITY_IN_USE, "this identity is already connected")
+            refusal = admission.refusal or Refusal.IDENTITY_IN_USE
+            self._refuse(refusal.value)
+            log_session("session_rejected", room_id=room_id, peer_id=peer_id, reason=refusal)
+            if refusal is Refusal.RESUME_TOKEN_INVALID:
+                conn.notify("sessionExpired", {})
+            code, text = REFUSAL_CLOSE[refusal]
+            conn.close(code, text)
+            await conn.wait_closed()
             return
         session = admission.session
         self.connections[conn.id] = conn
-        if admission.outcome is AdmissionOutcome.REPLACED:
-            for replaced in (admission.previous, admission.displaced):
-                if replaced is not None:
-                    self.end_session(replaced, EndReason.REPLACED, detected_at=now)
-        if param("resumeToken") is not None and admission.outcome is not AdmissionOutcome.RESUMED:
-            # The grace period is over (or the token is stale): the client must
-            # join as a fresh session.
+        if admission.outcome is AdmissionOutcome.REPLACED and admission.previous is not None:
+            self.end_session(admission.previous, EndReason.REPLACED, detected_at=now)
+        if resume_token is not None and admission.outcome is not AdmissionOutcome.RESUMED:
+            # The grace period is over: the client must join as a fresh session.
             conn.notify("sessionExpired", {})
         if admission.outcome is AdmissionOutcome.RESUMED:
             peer = self._resume(
@@ -333,9 +455,9 @@ class Server:
             )
         else:
             peer = Peer(session, room)
-            display_name = param("displayName")
+            display_name = verified_name or param("displayName")
             if display_name is not None:
-                session.display_name = display_name[:128]
+                session.display_name = display_name[: self.config.max_display_name_length]
             peer.connection = conn
             peer.on_transport_ended = self._transport_ended
             session.data = peer
@@ -352,6 +474,11 @@ class Server:
             # Let our own close frame (with its code) go out before websockets'
             # default 1000 when the handler returns.
             await conn.wait_closed()
+
+    def _outbound_overflow(self, conn: Connection) -> None:
+        """The client stopped reading: close (4413); its session may resume."""
+        self._refuse("slow_reader", conn.remote)
+        conn.close(CloseCode.SLOW_READER, "outbound buffer full: the client is not reading")
 
     def _resume(
         self, session: Session, conn: Connection, previous: int | None, was_reconnecting: bool
@@ -402,6 +529,7 @@ class Server:
         registry = self.registry
         metrics = self.metrics
         loop_time = self.loop.time
+        limiter = conn.limiter
         try:
             async for raw in conn.ws:
                 try:
@@ -416,12 +544,32 @@ class Server:
                     )
                     self.end_session(session, EndReason.ERROR, close_code=violation.code)
                     return
-                if not session.open:
+                if not session.open or conn.closing:
                     return
-                registry.seen(session, loop_time())
+                now = loop_time()
+                registry.seen(session, now)
+                if message.kind is Kind.RESPONSE and conn.awaits(message.id):
+                    # Answers to our own requests (newConsumer...) are bounded by
+                    # what we asked: never rate limited.
+                    conn.response_received(
+                        message.id, message.ok, message.data, message.error_reason
+                    )
+                    continue
+                verdict = limiter.check(message.method, now)
+                if verdict is not Verdict.ALLOW:
+                    metrics.rate_limited(message.kind.value)
+                    if verdict is Verdict.CLOSE:
+                        self._refuse("rate_limited", f"{session.room_id}/{session.peer_id}")
+                        self.end_session(session, EndReason.RATE_LIMITED, detected_at=now)
+                        return
+                    if message.kind is Kind.REQUEST:
+                        conn.send(
+                            encode_error(message.id, ErrorCode.TOO_MANY_REQUESTS, "slow down")
+                        )
+                    continue
                 if message.kind is Kind.REQUEST:
                     if message.method == "ping":
-                        await conn.send(encode_response(message.id, self._pong(message.data)))
+                        conn.send(encode_response(message.id, self._pong(message.data)))
                         metrics.observe_request("ping", "ok", 0.0)
                         continue
                     await self._request(
@@ -429,15 +577,12 @@ class Server:
                     )
                 elif message.kind is Kind.NOTIFICATION:
                     self._notification(conn, session, peer, message.method, message.data)
-                else:
-                    conn.response_received(
-                        message.id, message.ok, message.data, message.error_reason
-                    )
+                # (A response nobody waits for is dropped: late, duplicate or forged.)
         except ConnectionClosed:
             pass
 
-    def _pong(self, data: dict[str, Any]) -> dict[str, Any]:
-        rtt = data.get("rtt")
+    def _pong(self, data: Any) -> dict[str, Any]:
+        rtt = data.get("rtt") if isinstance(data, dict) else None
         if isinstance(rtt, (int, float)) and not isinstance(rtt, bool) and 0 <= rtt < 60_000:
             self.metrics.ping_rtt_client.observe(rtt / 1000)
         return {"serverTime": time.time() * 1000}
@@ -457,7 +602,7 @@ class Server:
             if not isinstance(data, dict):
                 raise RequestError(ErrorCode.BAD_REQUEST, "data must be an object")
             if method == "beforeDisconnect":
-                await conn.send(encode_response(request_id, {}))
+                conn.send(encode_response(request_id, {}))
                 self.end_session(session, EndReason.GRACEFUL, detected_at=self.loop.time())
                 return
             if self._shutting_down:
@@ -467,9 +612,19 @@ class Server:
                 self.registry.joined(session, self.loop.time())
                 log_session("session_joined", session)
             frame = encode_response(request_id, {} if result is None else result)
+        except RoomFull as exc:
+            self.metrics.observe_request(method, "error", time.perf_counter() - started)
+            conn.send(encode_error(request_id, exc.code, exc.reason))
+            self._refuse("room_full")
+            self.end_session(session, EndReason.REJECTED, close_code=CloseCode.ROOM_FULL)
+            return
         except RequestError as exc:
             outcome = "error"
             frame = encode_error(request_id, exc.code, exc.reason)
+        except media.NoFreePortError:
+            outcome = "error"
+            self._refuse("no_free_port")
+            frame = encode_error(request_id, ErrorCode.UNAVAILABLE, "no media port available")
         except media.MediaError as exc:
             outcome = "error"
             code = (
@@ -477,14 +632,14 @@ class Server:
                 if isinstance(exc, media.InvalidStateError)
                 else ErrorCode.BAD_REQUEST
             )
-            frame = encode_error(request_id, code, str(exc))
+            frame = encode_error(request_id, code, printable(str(exc), 200))
         except Exception:
             outcome = "failed"
             logger.exception("request %s of %s/%s failed", method, session.room_id, session.peer_id)
             frame = encode_error(request_id, ErrorCode.INTERNAL, "internal error")
         known = method if method in Room.HANDLERS or method == "beforeDisconnect" else "unknown"
         self.metrics.observe_request(known, outcome, time.perf_counter() - started)
-        await conn.send(frame)
+        conn.send(frame)
 
     def _notification(
         self, conn: Connection, session: Session, peer: Peer, method: str, data: Any
@@ -570,7 +725,18 @@ class Server:
             expected += period
             if expected < now:  # fell behind (a stall): do not try to catch up
                 expected = now + period
+            if self.loop_lag >= policy.stall_tolerance:
+                # The server lost this time, not the clients: read what they
+                # sent meanwhile before judging anyone.
+                self.registry.stalled(now)
+                self.metrics.stalls.inc()
+                logger.warning(
+                    "event loop stalled for %.1f s: no session is ended for the next %.1f s",
+                    self.loop_lag,
+                    policy.stall_resync,
+                )
             try:
+                self._ip_connection_rate.prune(now)
                 self._apply(self.registry.tick(now), now)
                 if now >= next_sweep - 0.001:
                     next_sweep = max(next_sweep + policy.sweep_interval, now)
@@ -625,6 +791,11 @@ class Server:
             conn = self.connections.get(session.connection) if session.connection else None
             if conn is None or conn.closing or not session.open:
                 continue
+            if conn.outbound_bytes >= WS_WRITE_HIGH_WATER:
+                # websockets would wait for the client to read before sending
+                # the ping (holding up every probe behind it); a client that
+                # is not reading is heard from, or closed as a slow reader.
+                continue
             try:
                 pong = await conn.ws.ping()
             except (ConnectionClosed, RuntimeError):
@@ -643,24 +814,26 @@ class Server:
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path)
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return None
+            return self._upgrade_allowed(connection, request)
         route = path.path
         if route == "/healthz":
             return _json(connection, 200, {"status": "ok", "loopLag": round(self.loop_lag, 4)})
         if route == "/readyz":
-            ready = self.accepting and not self.worker.closed
+            problems = self.readiness_problems()
             return _json(
-                connection, 200 if ready else 503, {"status": "ready" if ready else "not ready"}
+                connection,
+                503 if problems else 200,
+                {"status": "not ready", "problems": problems} if problems else {"status": "ready"},
             )
         if route == "/leave":
+            if request.method != "POST":
+                response = _json(connection, 405, {"error": "use POST"})
+                response.headers["Allow"] = "POST"
+                return response
             token = (parse_qs(path.query).get("token") or [""])[0]
-            if getattr(request, "method", "GET") not in ("POST", "GET"):
-                return _json(connection, 405, {"error": "use POST"})
             if token and self.leave_with_token(token):
                 return connection.respond(204, "")
             return _json(connection, 404, {"error": "no such session"})
-        if route == "/debug/stats":
-            return _json(connection, 200, self.debug_stats())
         static = self._static.get(route)
         if static is not None:
             body, content_type = static
@@ -677,6 +850,38 @@ class Server:
             return response
         return _json(connection, 404, {"error": "not found"})
 
+    def _upgrade_allowed(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Refuse a WebSocket handshake before it costs more than this answer."""
+        if not self.accepting:
+            return _json(connection, 503, {"error": "shutting down"})
+        limit = self.config.max_connections
+        ws_server = self._ws_server
+        if limit is not None and ws_server is not None and len(ws_server.connections) >= limit:
+            self._refuse("capacity")
+            response = _json(connection, 503, {"error": "server at capacity"})
+            response.headers["Retry-After"] = "5"
+            return response
+        address = self.client_address(connection, request)
+        if not self._ip_connection_rate.take(address, self.loop.time()):
+            self._refuse("connection_rate", address)
+            response = _json(connection, 429, {"error": "too many new connections"})
+            response.headers["Retry-After"] = "1"
+            return response
+        return None
+
+    def readiness_problems(self) -> list[str]:
+        """Why a load balancer should not send new clients here (empty: ready)."""
+        problems = []
+        if not self.accepting or self.worker.closed:
+            problems.append("not accepting")
+        in_use, total = self.worker.port_usage()
+        if total and in_use >= total * self.config.ready_max_port_use:
+            problems.append(f"media ports {in_use}/{total} in use")
+        open_fds, max_fds = open_files()
+        if max_fds and open_fds >= max_fds * self.config.ready_max_fd_use:
+            problems.append(f"open files {open_fds}/{max_fds}")
+        return problems
+
     def debug_stats(self) -> dict[str, Any]:
         return {
             "registry": self.registry.index_sizes(),
@@ -691,7 +896,10 @@ class Server:
         }
 
     def _http_metrics(self, connection: ServerConnection, request: Request) -> Response | None:
-        if urlsplit(request.path).path != "/metrics":
+        route = urlsplit(request.path).path
+        if route == "/debug/stats":  # internals: on the operators' listener only
+            return _json(connection, 200, self.debug_stats())
+        if route != "/metrics":
             return _json(connection, 404, {"error": "not found"})
         body, content_type = self.metrics.render()
         response = connection.respond(200, "")
@@ -702,6 +910,23 @@ class Server:
 
     async def _handle_metrics_ws(self, ws: ServerConnection) -> None:
         await ws.close(CloseCode.BAD_REQUEST, "metrics are served over plain HTTP")
+
+
+def open_files() -> tuple[int, int]:
+    """This process's open file descriptors and their soft limit (0, 0 if unknown)."""
+    try:
+        count = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0, 0
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return count, (soft if soft != resource.RLIM_INFINITY else 0)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _media_activity(session: Session) -> float | None:

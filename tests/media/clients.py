@@ -10,7 +10,21 @@ import asyncio
 import contextlib
 from typing import Any
 
+import pylibsrtp
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdtlstransport import (
+    RTCCertificate,
+    RTCDtlsFingerprint,
+    RTCDtlsParameters,
+    RTCDtlsTransport,
+)
+from aiortc.rtcicetransport import (
+    RTCIceCandidate,
+    RTCIceGatherer,
+    RTCIceParameters,
+    RTCIceTransport,
+)
+from aiortc.rtp import is_rtcp
 from pymediasoup import AiortcHandler, Device
 from pymediasoup.consumer import Consumer as ClientConsumer
 from pymediasoup.data_consumer import DataConsumer as ClientDataConsumer
@@ -147,6 +161,16 @@ class Client:
             if transport is not None and not transport.closed:
                 await transport.close()
 
+    async def send_from(self, client_transport: ClientTransport | None, data: bytes) -> None:
+        """Send raw bytes to the server from the ICE address of one of our transports."""
+        assert client_transport is not None
+        pc = client_transport._handler._pc
+        if pc.sctp is not None:
+            dtls = pc.sctp.transport
+        else:
+            dtls = pc.getTransceivers()[0].sender.transport
+        await dtls.transport._connection.send(data)
+
     def vanish(self) -> None:
         """Disappear without a word: the client's sockets close, nothing is sent."""
         for transport in (self.client_send, self.client_recv):
@@ -163,6 +187,97 @@ class Client:
                 connection._protocols.clear()
 
 
+class RawClient:
+    """A client with real ICE and DTLS-SRTP (aiortc) but no RTP stack of its own.
+
+    It connects to a server transport as a browser would (full ICE,
+    controlling; DTLS), then sends exactly what the test builds: RTP and RTCP
+    protected with its own SRTP keys, or any bytes from its own address.  No
+    sender of aiortc's shares its SRTP streams, so nothing it sends can
+    collide with media the client would send by itself.
+    """
+
+    def __init__(self) -> None:
+        self.gatherer = RTCIceGatherer(iceServers=[])
+        # A full-ICE agent facing an ICE-lite server is always controlling.
+        self.gatherer._connection.ice_controlling = True
+        self.ice = RTCIceTransport(self.gatherer)
+        self.dtls = RTCDtlsTransport(self.ice, [RTCCertificate.generateCertificate()])
+
+    async def connect(self, server: WebRtcTransport) -> None:
+        await self.gatherer.gather()
+        candidate = server.ice_candidates[0]
+        await self.ice.addRemoteCandidate(
+            RTCIceCandidate(
+                component=1,
+                foundation=candidate["foundation"],
+                ip=candidate["ip"],
+                port=candidate["port"],
+                priority=candidate["priority"],
+                protocol="udp",
+                type="host",
+            )
+        )
+        await self.ice.addRemoteCandidate(None)
+        local = self.dtls.getLocalParameters()
+        # The controlling side's DTLS is the server (aiortc's "auto"), so ours is the client.
+        await server.connect(
+            {
+                "role": "server",
+                "fingerprints": [
+                    {"algorithm": f.algorithm, "value": f.value} for f in local.fingerprints
+                ],
+            }
+        )
+        params = server.ice_parameters
+        await self.ice.start(
+            RTCIceParameters(
+                usernameFragment=params["usernameFragment"],
+                password=params["password"],
+                iceLite=True,
+            )
+        )
+        await self.dtls.start(
+            RTCDtlsParameters(
+                fingerprints=[
+                    RTCDtlsFingerprint(algorithm=f["algorithm"], value=f["value"])
+                    for f in server.dtls_parameters["fingerprints"]
+                ]
+            )
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The client's ICE address: where its datagrams come from."""
+        pair = next(iter(self.ice._connection._nominated.values()))
+        host, port = pair.local_candidate.host, pair.local_candidate.port
+        return str(host), int(port)
+
+    async def send_srtp(self, packet: bytes) -> None:
+        """Protect RTP or RTCP (by RFC 5761 payload type) with our keys and send it."""
+        await self.dtls._send_rtp(packet)
+
+    def protect(self, packet: bytes) -> bytes | None:
+        """SRTP/SRTCP-protect ``packet``; None if libsrtp refuses to (a malformed header)."""
+        session = self.dtls._tx_srtp
+        try:
+            if is_rtcp(packet):
+                protected: bytes = session.protect_rtcp(packet)
+            else:
+                protected = session.protect(packet)
+        except pylibsrtp.Error:
+            return None
+        return protected
+
+    async def send_datagram(self, data: bytes) -> None:
+        """Send bytes as they are, from the client's own address."""
+        await self.ice._connection.send(data)
+
+    async def close(self) -> None:
+        await self.dtls.stop()
+        await self.ice.stop()
+
+
 async def count_frames(track: MediaStreamTrack, wanted: int, timeout: float) -> list[Any]:
     """Decode frames from a consumer track until ``wanted`` arrive."""
     frames: list[Any] = []
@@ -174,3 +289,15 @@ async def count_frames(track: MediaStreamTrack, wanted: int, timeout: float) -> 
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(read(), timeout)
     return frames
+
+
+async def join(router: Router, clients: list[Client], *, send: bool, recv: bool) -> Client:
+    """A loaded client with the transports asked for, closed by the ``clients`` fixture."""
+    client = Client(router, consent_timeout=10.0)
+    clients.append(client)
+    await client.load()
+    if send:
+        await client.open_send_transport()
+    if recv:
+        await client.open_recv_transport()
+    return client

@@ -8,6 +8,8 @@ import pytest
 
 from media import Router, Worker, WorkerSettings
 
+from .clients import Client
+
 
 @pytest.fixture
 async def worker() -> AsyncIterator[Worker]:
@@ -19,3 +21,12 @@ async def worker() -> AsyncIterator[Worker]:
 @pytest.fixture
 async def router(worker: Worker) -> Router:
     return await worker.create_router()
+
+
+@pytest.fixture
+async def clients(router: Router) -> AsyncIterator[list[Client]]:
+    """Test clients (``clients.join``), closed at the end."""
+    made: list[Client] = []
+    yield made
+    for client in made:
+        await client.close()

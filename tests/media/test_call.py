@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -17,26 +17,7 @@ from pymediasoup.transport import IceParameters
 
 from media import Consumer, EventEmitter, Producer, Router
 
-from .clients import Client, count_frames
-
-
-@pytest.fixture
-async def clients(router: Router) -> AsyncIterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for client in made:
-        await client.close()
-
-
-async def join(router: Router, clients: list[Client], *, send: bool, recv: bool) -> Client:
-    client = Client(router, consent_timeout=10.0)
-    clients.append(client)
-    await client.load()
-    if send:
-        await client.open_send_transport()
-    if recv:
-        await client.open_recv_transport()
-    return client
+from .clients import Client, count_frames, join
 
 
 async def video_call(

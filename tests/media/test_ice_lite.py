@@ -6,12 +6,22 @@ fake ``now``; no socket is opened and nothing sleeps.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pytest
 from aioice import stun
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from media.ice_lite import Address, BindingResult, IceChange, IceLiteServer, IceState
+from media.ice_lite import (
+    Address,
+    BindingResult,
+    ConsentWatch,
+    IceChange,
+    IceLiteServer,
+    IceState,
+)
 
 TIMEOUT = 30.0
 CLIENT: Address = ("192.0.2.10", 50000)
@@ -350,8 +360,86 @@ def _with_bad_fingerprint() -> bytes:
 def test_garbage_bytes_get_no_answer(data: bytes) -> None:
     server = make_server()
 
-    assert server.handle_binding(data, CLIENT, now=1.0) == BindingResult(None, IceChange.NONE)
+    result = server.handle_binding(data, CLIENT, now=1.0)
+
+    assert (result.response, result.change) == (None, IceChange.NONE)
+    assert isinstance(result.error, ValueError)
     assert_untouched(server)
+
+
+def with_attribute(message: bytes, attr_type: int, value: bytes) -> bytes:
+    """``message`` with one more raw attribute appended and the header length fixed up."""
+    attribute = struct.pack("!HH", attr_type, len(value)) + value + bytes(-len(value) % 4)
+    body = message[20:] + attribute
+    return message[:2] + struct.pack("!H", len(body)) + message[4:20] + body
+
+
+def test_a_2_byte_priority_attribute_is_reported_as_malformed_not_raised() -> None:
+    # aioice unpacks PRIORITY with struct ("!I"): two bytes raise struct.error,
+    # which used to escape from the UDP callback with a traceback per packet.
+    server = make_server()
+    bare = bytes(stun.Message(stun.Method.BINDING, stun.Class.REQUEST))
+    data = with_attribute(bare, 0x0024, b"\x01\x02")  # PRIORITY
+
+    result = server.handle_binding(data, CLIENT, now=1.0)
+
+    assert (result.response, result.change) == (None, IceChange.NONE)
+    assert isinstance(result.error, struct.error)
+    assert_untouched(server)
+
+
+@pytest.mark.parametrize(
+    ("attr_type", "value"),
+    [
+        (0x8029, b"\x01"),  # ICE-CONTROLLED, struct "!Q"
+        (0x802A, b"\x01\x02\x03"),  # ICE-CONTROLLING
+        (0x0020, b"\x00\x01"),  # XOR-MAPPED-ADDRESS, too short
+        (0x0006, b"\xff\xfe"),  # USERNAME that is not UTF-8
+        (0x0009, b"\x00"),  # ERROR-CODE under 4 bytes
+    ],
+    ids=["ice-controlled", "ice-controlling", "xor-mapped-address", "username", "error-code"],
+)
+def test_an_attribute_of_the_wrong_shape_is_reported_as_malformed(
+    attr_type: int, value: bytes
+) -> None:
+    server = make_server()
+    bare = bytes(stun.Message(stun.Method.BINDING, stun.Class.REQUEST))
+
+    result = server.handle_binding(with_attribute(bare, attr_type, value), CLIENT, now=1.0)
+
+    assert result.response is None and result.error is not None
+    assert_untouched(server)
+
+
+def stun_like_datagrams() -> st.SearchStrategy[bytes]:
+    """Bytes with a STUN header (so the parser gets past framing) and random attributes."""
+    attribute = st.tuples(
+        st.sampled_from(
+            [0x0006, 0x0008, 0x0009, 0x0020, 0x0024, 0x0025, 0x8028, 0x8029, 0x802A, 0x0001, 0xC057]
+        ),
+        st.binary(max_size=24),
+        st.integers(min_value=-4, max_value=4),
+    )
+
+    def build(method: int, attributes: list[tuple[int, bytes, int]]) -> bytes:
+        body = b""
+        for attr_type, value, skew in attributes:
+            declared = max(0, len(value) + skew)
+            body += struct.pack("!HH", attr_type, declared) + value + bytes(-len(value) % 4)
+        return struct.pack("!HHI", method, len(body), stun.COOKIE) + bytes(12) + body
+
+    return st.builds(build, st.integers(0, 0x3FFF), st.lists(attribute, max_size=6))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=stun_like_datagrams() | st.binary(max_size=64))
+def test_no_datagram_makes_the_ice_agent_raise(data: bytes) -> None:
+    server = make_server()
+
+    result = server.handle_binding(data, CLIENT, now=1.0)
+
+    assert result.change is IceChange.NONE
+    assert server.last_consent is None and server.selected_tuple is None
 
 
 # -- consent (RFC 7675) -------------------------------------------------------------------
@@ -514,6 +602,7 @@ def test_a_closed_server_ignores_even_valid_checks() -> None:
     assert check(server, now=1.0, use_candidate=True) == BindingResult(None, IceChange.NONE)
     assert check(server, now=1.0, password="wrong") == BindingResult(None, IceChange.NONE)
     assert server.handle_binding(b"garbage", CLIENT, 1.0) == BindingResult(None, IceChange.NONE)
+    assert server.handle_binding(b"garbage", CLIENT, 1.0).error is None
     assert server.state is IceState.CLOSED
     assert server.selected_tuple is None
 
@@ -527,3 +616,111 @@ def test_a_closed_server_has_no_consent_deadline_and_never_expires() -> None:
     assert server.consent_deadline() is None
     assert not server.consent_expired(now=1e9)
     assert server.state is IceState.CLOSED
+
+
+# -- consent after a server stall (ConsentWatch) -----------------------------------------
+#
+# The transport arms a timer for ``watch.due`` and calls ``watch.fired(now)`` when it
+# runs; here ``now`` is a fake clock, so a "stall" is a timer that runs late.
+
+TOLERANCE = 1.0
+RESYNC = 6.0
+
+
+def watched(last_check: float = 100.0) -> tuple[IceLiteServer, ConsentWatch]:
+    server = make_server()
+    check(server, now=last_check, use_candidate=True)
+    watch = ConsentWatch(server, stall_tolerance=TOLERANCE, resync_window=RESYNC)
+    assert watch.start() == last_check + TIMEOUT
+    return server, watch
+
+
+def test_a_timer_that_fires_on_time_with_no_check_expires_consent() -> None:
+    server, watch = watched()
+
+    assert watch.fired(now=100.0 + TIMEOUT + 0.01) is None
+    assert server.state is IceState.DISCONNECTED
+    assert watch.stalls == 0
+
+
+def test_a_timer_that_fires_after_a_newer_check_is_re_armed_for_its_deadline() -> None:
+    server, watch = watched()
+    check(server, now=120.0)
+
+    assert watch.fired(now=100.0 + TIMEOUT) == 120.0 + TIMEOUT
+    assert watch.due == 120.0 + TIMEOUT
+    assert server.state is IceState.COMPLETED
+
+
+def test_a_timer_late_within_the_tolerance_still_expires_consent() -> None:
+    server, watch = watched()
+
+    assert watch.fired(now=100.0 + TIMEOUT + TOLERANCE) is None
+    assert server.state is IceState.DISCONNECTED
+
+
+def test_a_timer_late_beyond_the_tolerance_waits_a_resync_window_instead_of_expiring() -> None:
+    server, watch = watched()
+    woke = 100.0 + TIMEOUT + 35.0  # the process was stopped for 35 s
+
+    assert watch.fired(now=woke) == woke + RESYNC
+    assert server.state is IceState.COMPLETED
+    assert watch.stalls == 1
+
+
+def test_checks_received_within_the_resync_window_keep_consent() -> None:
+    server, watch = watched()
+    woke = 100.0 + TIMEOUT + 35.0
+    resync = watch.fired(now=woke)
+    assert resync is not None
+    # The checks the client sent during the stall are read right after the timer.
+    check(server, now=woke + 0.001)
+
+    assert watch.fired(now=resync) == woke + 0.001 + TIMEOUT
+    assert server.state is IceState.COMPLETED
+
+
+def test_no_check_within_the_resync_window_expires_consent_then() -> None:
+    server, watch = watched()
+    woke = 100.0 + TIMEOUT + 35.0
+    resync = watch.fired(now=woke)
+    assert resync is not None
+
+    assert watch.fired(now=resync + 0.01) is None
+    assert server.state is IceState.DISCONNECTED
+
+
+def test_a_second_stall_during_the_resync_window_grants_another_window() -> None:
+    server, watch = watched()
+    resync = watch.fired(now=200.0)
+    assert resync == 200.0 + RESYNC
+
+    assert watch.fired(now=resync + 10.0) == resync + 10.0 + RESYNC
+    assert watch.stalls == 2
+    assert server.state is IceState.COMPLETED
+
+
+def test_without_a_stall_tolerance_a_late_timer_expires_consent() -> None:
+    server = make_server()
+    check(server, now=100.0)
+    watch = ConsentWatch(server, stall_tolerance=None, resync_window=RESYNC)
+    watch.start()
+
+    assert watch.fired(now=100.0 + TIMEOUT + 35.0) is None
+    assert server.state is IceState.DISCONNECTED
+
+
+def test_a_closed_agent_stops_the_watch_without_expiring() -> None:
+    server, watch = watched()
+    server.close()
+
+    assert watch.fired(now=1e9) is None
+    assert server.state is IceState.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "window"), [(-1.0, 6.0), (1.0, 0.0)], ids=["negative-tolerance", "no-window"]
+)
+def test_a_consent_watch_refuses_nonsense_settings(tolerance: float, window: float) -> None:
+    with pytest.raises(ValueError):
+        ConsentWatch(make_server(), stall_tolerance=tolerance, resync_window=window)

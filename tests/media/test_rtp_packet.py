@@ -269,15 +269,25 @@ def test_an_element_overrunning_the_block_is_padded_out() -> None:
     "packet",
     [
         rtp(),
-        rtp(extension=(ONE_BYTE, one_byte_elements([(1, b"abcd")])))[:17],
         rtp(extension=(0xABAC, two_byte_elements([(1, b"ab")]))),
     ],
-    ids=["no-extension", "truncated-block", "unknown-profile"],
+    ids=["no-extension", "unknown-profile"],
 )
 def test_a_packet_without_a_usable_extension_block_is_left_alone(packet: bytes) -> None:
     buf = bytearray(packet)
 
     rewrite_extension_ids(buf, {1: 2})
+
+    assert buf == packet
+
+
+@pytest.mark.parametrize("cut", [13, 17, 19], ids=["no-block-header", "half-block", "one-short"])
+def test_an_extension_block_overrunning_the_packet_is_refused(cut: int) -> None:
+    packet = rtp(extension=(ONE_BYTE, one_byte_elements([(1, b"abcd")])))[:cut]
+    buf = bytearray(packet)
+
+    with pytest.raises(ValueError, match="overruns"):
+        rewrite_extension_ids(buf, {1: 2})
 
     assert buf == packet
 

@@ -10,6 +10,7 @@ import pytest
 
 from signalling.config import Config, replace
 from signalling.protoo_client import ProtooClient
+from signalling.rate_limit import RateLimit
 from signalling.server import Server
 
 # Short timings for tests that wait on real timeouts (production defaults in docs/liveness.md).
@@ -29,6 +30,9 @@ TEST_CONFIG = replace(
     request_timeout=5.0,
     shutdown_timeout=3.0,
     gc_freeze=False,
+    # Tests open many connections from 127.0.0.1; tests/security sets these itself.
+    max_connections_per_ip=None,
+    ip_connection_rate=RateLimit(1e6, 1e6),
 )
 
 ServerFactory = Callable[..., Awaitable[Server]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -110,13 +111,42 @@ OTHER_VALUES = {
     "max_peers_per_room": "8",
     "max_message_size": "2048",
     "request_timeout": "31",
-    "token_secret": "s3cret",
+    "token_secret": "s3cret-s3cret-s3cret-s3cret-s3cret",
     "shutdown_timeout": "11",
     "reconnect_delay": "3",
     "log_format": "json",
     "log_level": "DEBUG",
     "gc_freeze": "false",
     "gc_collect_interval": "600",
+    "token_jwks": str(Path(__file__).with_name("jwks_example.json")),
+    "token_leeway": "31",
+    "token_max_lifetime": "3600",
+    "token_audience": "ghostless",
+    "token_issuer": "https://app.example",
+    "max_connections": "100",
+    "max_connections_per_ip": "5",
+    "ip_connection_rate": "2/5",
+    "trusted_proxies": "10.0.0.0/8, 192.0.2.1",
+    "max_outbound_bytes": "65536",
+    "message_rate": "10/20",
+    "broadcast_rate": "1/2",
+    "heartbeat_rate": "1/3",
+    "refusal_rate": "2/10",
+    "max_display_name_length": "64",
+    "max_device_bytes": "512",
+    "max_app_data_bytes": "1024",
+    "max_transports_per_peer": "2",
+    "max_producers_per_peer": "3",
+    "max_data_producers_per_peer": "1",
+    "sctp_send_buffer_size": "65536",
+    "max_queued_dtls_records": "64",
+    "media_error_log_interval": "10",
+    "consent_resync_window": "8",
+    "ready_max_port_use": "0.5",
+    "ready_max_fd_use": "0.5",
+    "liveness.join_timeout": "31",
+    "liveness.stall_tolerance": "2",
+    "liveness.stall_resync": "6",
 }
 
 
@@ -163,13 +193,13 @@ def test_optional_values_may_also_be_switched_on() -> None:
     config = parse(
         GHOSTLESS_INACTIVITY_LIMIT="1800",
         GHOSTLESS_MAX_PEERS_PER_ROOM="8",
-        GHOSTLESS_TOKEN_SECRET="s3cret",
+        GHOSTLESS_TOKEN_SECRET="s3cret-s3cret-s3cret-s3cret-s3cret",
         GHOSTLESS_METRICS_PORT="0",
     )
 
     assert config.liveness.inactivity_limit == 1800.0
     assert config.max_peers_per_room == 8
-    assert config.token_secret == "s3cret"
+    assert config.token_secret == "s3cret-s3cret-s3cret-s3cret-s3cret"
     assert config.metrics_port == 0
 
 
@@ -272,6 +302,15 @@ def test_a_bad_choice_lists_the_choices() -> None:
         (["--room-close-delay", "-1"], "room_close_delay"),
         (["--max-peers-per-room", "0"], "max_peers_per_room"),
         (["--max-message-size", "1023"], "max_message_size"),
+        (["--message-rate", "fast"], "message_rate"),
+        (["--broadcast-rate", "0/5"], "broadcast_rate"),
+        (["--max-outbound-bytes", "1000"], "max_outbound_bytes"),
+        (["--max-connections-per-ip", "0"], "max_connections_per_ip"),
+        (["--trusted-proxies", "10.0.0.0/33"], "trusted_proxies"),
+        (["--ready-max-port-use", "1.5"], "ready_max_port_use"),
+        (["--token-secret", "short"], "token_secret"),
+        (["--token-jwks", "/nonexistent/keys.json"], "jwks"),
+        (["--join-timeout", "0"], "join_timeout"),
         (["--request-timeout", "0"], "request_timeout"),
         (["--shutdown-timeout", "-1"], "shutdown_timeout"),
         (["--reconnect-delay", "-0.5"], "reconnect_delay"),

@@ -141,6 +141,7 @@ async def test_300_random_cycles_end_with_every_gauge_at_zero(make_server: Serve
         "heard_index": 0,
         "seen_index": 0,
         "interaction_index": 0,
+        "joining_index": 0,
         "grace_heap": stats["registry"]["grace_heap"],
     }
     server.registry.tick(server.loop.time() + 60)  # lazily dropped grace entries go too

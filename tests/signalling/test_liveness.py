@@ -23,6 +23,7 @@ from signalling.liveness import (
     EndReason,
     LivenessPolicy,
     Probe,
+    Refusal,
     Session,
     SessionRegistry,
     SessionState,
@@ -187,21 +188,21 @@ def test_with_the_reject_policy_a_second_connection_for_an_identity_is_refused()
     assert registry.index_sizes() == before
 
 
-def test_another_user_reusing_a_live_peer_id_in_the_room_takes_the_peer_id_over() -> None:
+def test_another_user_reusing_a_live_peer_id_in_the_room_is_refused() -> None:
+    # A peerId is what everyone else sees as "who": only its own user may take
+    # it over, whatever the takeover policy.
     registry, _ = make_registry()
     holder = new_session(registry, T0, user="alice", peer="p", conn=1)
+    before = registry.index_sizes()
 
     admission = admit(registry, T0 + 1, user="mallory", peer="p", conn=2)
 
-    newcomer = admission.session
-    assert admission.outcome is AdmissionOutcome.REPLACED
-    assert newcomer is not None and newcomer.user_id == "mallory"
-    assert admission.previous is holder and admission.previous_connection == 1
-    assert holder.end_reason is EndReason.REPLACED
-    assert registry.by_peer[("room", "p")] is newcomer
-    assert ("room", "alice") not in registry.by_identity
-    assert registry.by_identity[("room", "mallory")] is newcomer
-    assert len(registry) == 1
+    assert admission.outcome is AdmissionOutcome.REJECTED and admission.session is None
+    assert admission.refusal is Refusal.PEER_ID_IN_USE
+    assert holder.open and holder.connection == 1
+    assert registry.by_peer[("room", "p")] is holder
+    assert ("room", "mallory") not in registry.by_identity
+    assert registry.index_sizes() == before
 
 
 def test_with_the_reject_policy_another_user_reusing_a_live_peer_id_is_refused() -> None:
@@ -211,26 +212,35 @@ def test_with_the_reject_policy_another_user_reusing_a_live_peer_id_is_refused()
     admission = admit(registry, T0 + 1, user="mallory", peer="p", conn=2)
 
     assert admission.outcome is AdmissionOutcome.REJECTED and admission.session is None
+    assert admission.refusal is Refusal.PEER_ID_IN_USE
     assert holder.open and registry.by_peer[("room", "p")] is holder
     assert ("room", "mallory") not in registry.by_identity
 
 
-def test_a_newcomer_colliding_with_two_sessions_reports_both_so_both_are_torn_down() -> None:
+def test_a_user_coming_back_under_another_users_peer_id_is_refused_and_nobody_is_ended() -> None:
     # alice holds peer "a", bob holds peer "b"; alice comes back as peer "b".
-    # Both sessions are ended as replaced, so the I/O layer must learn about both
-    # (to close bob's socket and his Peer); otherwise bob's Peer is a ghost.
     registry, _ = make_registry()
     alice = new_session(registry, T0, user="alice", peer="a", conn=1)
     bob = new_session(registry, T0, user="bob", peer="b", conn=2)
 
     admission = admit(registry, T0 + 1, user="alice", peer="b", conn=3)
 
+    assert admission.outcome is AdmissionOutcome.REJECTED
+    assert admission.refusal is Refusal.PEER_ID_IN_USE
+    assert alice.open and bob.open
+    assert sessions_in(admission) == []
+
+
+def test_a_user_may_take_its_own_session_over_under_a_new_peer_id() -> None:
+    registry, _ = make_registry()
+    old = new_session(registry, T0, user="alice", peer="tab1", conn=1)
+
+    admission = admit(registry, T0 + 1, user="alice", peer="tab2", conn=2)
+
     assert admission.outcome is AdmissionOutcome.REPLACED
-    assert alice.end_reason is EndReason.REPLACED
-    assert bob.end_reason is EndReason.REPLACED
-    reported = sessions_in(admission)
-    assert alice in reported
-    assert bob in reported, "bob's session was ended but the Admission does not say so"
+    assert admission.previous is old and old.end_reason is EndReason.REPLACED
+    assert registry.by_peer.get(("room", "tab1")) is None
+    assert registry.by_peer[("room", "tab2")] is admission.session
 
 
 def test_a_resume_with_the_right_token_drives_the_same_session_from_the_new_connection() -> None:
@@ -274,20 +284,34 @@ def test_a_resume_token_is_good_for_one_resume_only() -> None:
 
     again = admit(registry, T0 + 2, conn=3, token=old_token)
 
-    assert again.outcome is AdmissionOutcome.REPLACED
-    assert again.session is not session and again.previous is session
-    assert again.previous_connection == 2
-    assert session.end_reason is EndReason.REPLACED
+    assert again.outcome is AdmissionOutcome.REJECTED and again.session is None
+    assert again.refusal is Refusal.RESUME_TOKEN_INVALID
+    assert session.open and session.connection == 2
 
 
-def test_a_resume_with_a_wrong_token_is_a_takeover() -> None:
+def test_a_resume_with_a_wrong_token_displaces_nobody() -> None:
     registry, _ = make_registry()
     session = new_session(registry, T0, conn=1)
+    before = registry.index_sizes()
 
     admission = admit(registry, T0 + 1, conn=2, token="not-" + session.resume_token)
 
-    assert admission.outcome is AdmissionOutcome.REPLACED
-    assert admission.previous is session and session.end_reason is EndReason.REPLACED
+    assert admission.outcome is AdmissionOutcome.REJECTED
+    assert admission.refusal is Refusal.RESUME_TOKEN_INVALID
+    assert session.open and session.connection == 1
+    assert registry.index_sizes() == before
+
+
+def test_a_resume_token_for_a_session_that_is_gone_admits_a_new_session() -> None:
+    # The grace period is over: the caller tells the client sessionExpired.
+    registry, _ = make_registry()
+    session = new_session(registry, T0, conn=1)
+    registry.end(session, EndReason.SOCKET_LOST)
+
+    admission = admit(registry, T0 + 30, conn=2, token=session.resume_token)
+
+    assert admission.outcome is AdmissionOutcome.NEW
+    assert admission.session is not None and admission.session is not session
 
 
 def test_with_the_reject_policy_a_wrong_token_is_refused_and_the_right_one_resumes() -> None:
@@ -309,15 +333,13 @@ def test_a_resume_token_only_resumes_for_the_same_peer_id_and_user() -> None:
     other_peer = admit(
         registry, T0 + 1, user="alice", peer="a2", conn=2, token=session.resume_token
     )
+    other_user = admit(registry, T0 + 2, user="bob", peer="a", conn=3, token=session.resume_token)
 
-    assert other_peer.outcome is AdmissionOutcome.REPLACED
-    assert other_peer.previous is session
-
-    holder = other_peer.session
-    assert holder is not None
-    other_user = admit(registry, T0 + 2, user="bob", peer="a2", conn=3, token=holder.resume_token)
-    assert other_user.outcome is AdmissionOutcome.REPLACED
-    assert other_user.previous is holder
+    assert other_peer.outcome is AdmissionOutcome.REJECTED
+    assert other_peer.refusal is Refusal.RESUME_TOKEN_INVALID
+    assert other_user.outcome is AdmissionOutcome.REJECTED
+    assert other_user.refusal is Refusal.PEER_ID_IN_USE
+    assert session.open and session.connection == 1
 
 
 def test_the_same_user_in_different_rooms_has_independent_sessions() -> None:
@@ -1074,3 +1096,85 @@ def test_media_that_stopped_before_the_probe_does_not_make_a_frozen_client_a_dea
         (T0 + 25, Probe(session)),
         (T0 + 32, End(session, EndReason.KEEPALIVE_TIMEOUT)),
     ]
+
+
+# -- join timeout ------------------------------------------------------------------------------
+
+
+def test_a_connection_that_never_joins_ends_after_the_join_timeout() -> None:
+    # (A connection that pings keeps the keepalive happy: here, no silence timeout.)
+    registry, _ = make_registry(join_timeout=30, silence_timeout=None)
+    session = new_session(registry, T0, joined=False)
+
+    decisions = tick_every_second(registry, T0 + 1, T0 + 40)
+
+    ends = [(now, d) for now, d in decisions if isinstance(d, End)]
+    assert len(ends) == 1
+    ended_at, end = ends[0]
+    assert end.session is session and end.reason is EndReason.JOIN_TIMEOUT
+    assert T0 + 30 <= ended_at < T0 + 30 + 4  # within the bucket width of 3 s
+    assert registry.index_sizes()["joining_index"] == 0
+
+
+def test_a_joined_session_is_never_ended_by_the_join_timeout() -> None:
+    registry, media = make_registry(join_timeout=30)
+    session = new_session(registry, T0, joined=False)
+    registry.joined(session, T0 + 29)
+    media.last[session] = T0 + 60  # media keeps it alive past the silence checks
+
+    decisions = tick_every_second(registry, T0 + 1, T0 + 45)
+
+    assert not [d for _, d in decisions if isinstance(d, End)]
+    assert registry.index_sizes()["joining_index"] == 0
+
+
+def test_without_a_join_timeout_an_unjoined_connection_is_left_to_the_other_checks() -> None:
+    registry, _ = make_registry(join_timeout=None, silence_timeout=None)
+    new_session(registry, T0, joined=False)
+
+    decisions = tick_every_second(registry, T0 + 1, T0 + 100)
+
+    assert not [d for _, d in decisions if isinstance(d, End)]
+
+
+# -- server stalls ---------------------------------------------------------------------------
+
+
+def test_after_a_stall_nobody_is_ended_until_the_clients_could_be_heard() -> None:
+    # The server froze for 35 s: every deadline passed while the clients' frames
+    # waited in socket buffers.  During the resync window only probes go out.
+    registry, _ = make_registry(stall_resync=5)
+    talking = new_session(registry, T0, user="talking")
+    silent = new_session(registry, T0, user="silent")
+    lost = new_session(registry, T0, user="lost", conn=3)
+    registry.connection_lost(lost, 3, T0, clean=False)  # grace ends at T0 + 10
+
+    resumed_at = T0 + 35
+    registry.stalled(resumed_at)
+    during = registry.tick(resumed_at) + registry.tick(resumed_at + 1)
+    assert all(isinstance(d, Probe) for d in during)
+    assert registry.sweep(resumed_at + 2) == []
+    registry.seen(talking, resumed_at + 0.2)  # its queued frames are read
+
+    after = registry.tick(resumed_at + 5)
+
+    # The grace really is over; the silent one was probed at the resume and
+    # did not answer within the pong timeout (5 s); the talking one was heard.
+    ended = {d.session: d.reason for d in after if isinstance(d, End)}
+    assert ended == {lost: EndReason.SOCKET_LOST, silent: EndReason.KEEPALIVE_TIMEOUT}
+    assert talking.open
+    assert registry.stalls == 1
+
+
+def test_a_session_heard_after_the_stall_is_not_ended() -> None:
+    registry, _ = make_registry(stall_resync=5)
+    session = new_session(registry, T0)
+    registry.tick(T0 + 16)  # probed before the stall, pong still in flight
+    registry.stalled(T0 + 50)
+    assert not [d for d in registry.tick(T0 + 50) if isinstance(d, End)]
+
+    registry.heard(session, T0 + 50.1)  # the pong, read after the stall
+
+    decisions = registry.tick(T0 + 56)
+    assert not [d for d in decisions if isinstance(d, End)]
+    assert session.open

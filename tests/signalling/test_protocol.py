@@ -359,5 +359,8 @@ def test_the_close_and_error_codes_are_the_documented_numbers() -> None:
         "IDENTITY_IN_USE": 4409,
         "SESSION_REPLACED": 4410,
         "SESSION_CLOSED": 4411,
+        "MEDIA_FAILED": 4412,
+        "SLOW_READER": 4413,
+        "RATE_LIMITED": 4429,
     }
     assert int(ErrorCode.NOT_FOUND) == 404 and int(ErrorCode.UNKNOWN_METHOD) == 405

@@ -220,19 +220,28 @@ async def test_a_peer_resumes_within_the_grace_with_its_resume_token(
     assert len(server.registry) == 2
 
 
-async def test_a_stale_resume_token_is_a_takeover_not_a_resume(
-    connect: ClientFactory,
+async def test_a_wrong_resume_token_is_told_session_expired_and_displaces_nobody(
+    server: Server, connect: ClientFactory
 ) -> None:
     alice = await connect("alice")
     bob = await connect("bob")
     alice.abort()
     await bob.next_notification("peerReconnecting")
-    again = await connect("alice", resumeToken="not-the-token")
+
+    again = await connect("alice", join=False, resumeToken="not-the-token")
+
+    method, _ = await again.next_notification("sessionExpired")
+    assert method == "sessionExpired"
+    code, _ = await asyncio.wait_for(again.closed, 5)
+    assert code == 4411
+    assert server.registry.by_peer[("room", "alice")].state.value == "reconnecting"
+    # Without the token, the same identity may take its session over.
+    fresh = await connect("alice")
     _, data = await bob.next_notification("peerClosed")
     assert data == {"peerId": "alice", "reason": "replaced"}
     _, data = await bob.next_notification("newPeer")
     assert data["id"] == "alice"
-    assert again.join_data["peers"][0]["id"] == "bob"  # type: ignore[attr-defined]
+    assert fresh.join_data["peers"][0]["id"] == "bob"  # type: ignore[attr-defined]
 
 
 # -- multi-tab -------------------------------------------------------------------------------
@@ -287,6 +296,8 @@ async def test_a_full_room_refuses_newcomers(make_server: ServerFactory) -> None
     server = await make_server(max_peers_per_room=2)
     a = await ProtooClient.connect(url(server, peer="a"))
     b = await ProtooClient.connect(url(server, peer="b"))
+    for client in (a, b):
+        await client.request("join", {})
     c = await ProtooClient.connect(url(server, peer="c"))
     code, _ = await asyncio.wait_for(c.closed, 5)
     assert code == 4403
@@ -297,10 +308,10 @@ async def test_a_full_room_refuses_newcomers(make_server: ServerFactory) -> None
 async def test_with_a_token_secret_the_identity_is_the_token_subject(
     make_server: ServerFactory,
 ) -> None:
-    server = await make_server(token_secret="s3cret")
+    server = await make_server(token_secret="s" * 32)
     bad = await ProtooClient.connect(url(server, peer="x", token="forged.token.value"))
     assert (await asyncio.wait_for(bad.closed, 5))[0] == 4401
-    token = make_token("carol", "s3cret")
+    token = make_token("carol", "s" * 32)
     first = await ProtooClient.connect(url(server, peer="p1", token=token, userId="mallory"))
     await first.request("join", {})
     second = await ProtooClient.connect(url(server, peer="p2", token=token))
@@ -365,7 +376,7 @@ async def test_health_and_readiness_endpoints(server: Server) -> None:
 
 async def test_debug_stats_show_every_registry(server: Server, connect: ClientFactory) -> None:
     await connect("alice")
-    status, body = await fetch(server, "/debug/stats")
+    status, body = await fetch(server, "/debug/stats", port=server.metrics_port)
     assert status == 200
     assert b'"sessions":1' in body and b'"transports":0' in body
 
