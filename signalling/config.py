@@ -48,6 +48,16 @@ class Config:
     token_max_lifetime: float = 86400.0
     token_audience: str | None = None
     token_issuer: str | None = None
+    max_sessions: int | None = None
+    """Sessions of the whole process (the capacity a queue waits for)."""
+    when_full: str = "refuse"
+    """A full server or room: refuse newcomers (4503/4403) or queue them."""
+    queue_timeout: float = 300.0
+    max_queue_length: int = 1000
+    listed_rooms: tuple[str, ...] = ("*",)
+    """Glob patterns of the rooms the lobby lists (``GET /rooms``, ``/lobby``)."""
+    lobby_update_interval: float = 0.5
+    """A room's changes reach lobby viewers at most once per interval."""
     max_connections: int | None = 16000
     """WebSocket connections of the whole process (each holds a file descriptor)."""
     max_connections_per_ip: int | None = 50
@@ -144,6 +154,12 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("token_max_lifetime", "float", "refuse tokens valid for longer than this (s)"),
     _Option("token_audience", "optional_str", "required 'aud' claim of tokens"),
     _Option("token_issuer", "optional_str", "required 'iss' claim of tokens"),
+    _Option("max_sessions", "optional_int", "session capacity of the process ('off')"),
+    _Option("when_full", "choice", "a full server or room", ("refuse", "queue")),
+    _Option("queue_timeout", "float", "longest wait in the queue (s)"),
+    _Option("max_queue_length", "int", "clients the queue holds"),
+    _Option("listed_rooms", "list", "glob patterns of rooms the lobby lists ('' = none)"),
+    _Option("lobby_update_interval", "float", "lobby updates per room at most this often (s)"),
     _Option("max_connections", "optional_int", "WebSocket connections of the process"),
     _Option("max_connections_per_ip", "optional_int", "concurrent connections per client IP"),
     _Option("ip_connection_rate", "rate", "new connections per client IP: RATE/BURST"),
@@ -297,6 +313,8 @@ def validate(config: Config) -> None:
     check(config.max_message_size >= 1024, "max_message_size must be at least 1024 bytes")
     check(config.request_timeout > 0, "request_timeout must be positive")
     for name in (
+        "max_sessions",
+        "max_queue_length",
         "max_connections",
         "max_connections_per_ip",
         "max_display_name_length",
@@ -314,6 +332,8 @@ def validate(config: Config) -> None:
     check(config.media_error_log_interval >= 0, "media_error_log_interval must not be negative")
     check(config.consent_resync_window > 0, "consent_resync_window must be positive")
     check(config.token_leeway >= 0, "token_leeway must not be negative")
+    check(config.queue_timeout > 0, "queue_timeout must be positive")
+    check(config.lobby_update_interval > 0, "lobby_update_interval must be positive")
     check(config.token_max_lifetime > 0, "token_max_lifetime must be positive")
     for name in ("ready_max_port_use", "ready_max_fd_use"):
         check(0 < getattr(config, name) <= 1, f"{name} must be within (0, 1]")

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -85,8 +92,26 @@ class _SessionCollector(Collector):
             errors.add_metric([kind], count)
         yield errors
         yield GaugeMetricFamily(
-            "ghostless_client_addresses", "Client IP addresses with open connections",
+            "ghostless_client_addresses",
+            "Client IP addresses with open connections",
             value=len(server.connections_by_ip),
+        )
+        yield GaugeMetricFamily(
+            "ghostless_queue_length", "Clients waiting in the queue", value=len(server.queue)
+        )
+        yield GaugeMetricFamily(
+            "ghostless_lobby_viewers",
+            "Room-list viewers subscribed to the lobby",
+            value=len(server.lobby.viewers),
+        )
+        # Media that no open session owns: a ghost in the making (should stay 0).
+        owned = sum(
+            len(peer.transports) for room in server.rooms.values() for peer in room.peers.values()
+        )
+        yield GaugeMetricFamily(
+            "ghostless_orphaned_transports",
+            "WebRTC transports that no open session owns",
+            value=max(0, server.worker.resource_counts()["transports"] - owned),
         )
 
 
@@ -96,6 +121,8 @@ class Metrics:
         registry = self.registry
         self._loop = server.loop
         registry.register(_SessionCollector(server))
+        # process_open_fds, process_max_fds, process_resident_memory_bytes...
+        ProcessCollector(registry=registry)
         self.media = Gauge(
             "ghostless_media_objects", "Open media objects", ["kind"], registry=registry
         )
@@ -163,6 +190,15 @@ class Metrics:
             registry=registry,
         )
         self._rate_limited: dict[str, Any] = {}
+        self.queue_wait = Histogram(
+            "ghostless_queue_wait_seconds",
+            "Time spent in the waiting queue, by how it ended",
+            ["outcome"],
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+            registry=registry,
+        )
+        for outcome in ("admitted", "timeout", "left"):
+            self.queue_wait.labels(outcome)
         self.stalls = Counter(
             "ghostless_event_loop_stalls",
             "Times the event loop stalled past stall_tolerance (deadlines were resynchronised)",

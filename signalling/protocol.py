@@ -42,6 +42,7 @@ class CloseCode(enum.IntEnum):
     MEDIA_FAILED = 4412  # DTLS failed (e.g. a fingerprint mismatch): the media cannot be secured
     SLOW_READER = 4413  # the client did not read: its outbound buffer passed its bound
     RATE_LIMITED = 4429  # requests or notifications kept coming faster than allowed
+    SERVER_FULL = 4503  # the process's session capacity (or its waiting queue) is full
 
 
 class ErrorCode(enum.IntEnum):

@@ -185,7 +185,10 @@ class Room:
         heartbeat_interval: float,
         limits: PeerLimits | None = None,
         max_peers: int | None = None,
+        hold_seats: bool = False,
     ) -> None:
+        """``hold_seats``: a seat is taken from the moment a session is admitted
+        (the waiting queue's semantics), not at ``join``."""
         self.id = room_id
         self.router = router
         self.peers: dict[str, Peer] = {}
@@ -193,17 +196,24 @@ class Room:
         self.heartbeat_interval = heartbeat_interval
         self.limits = limits or PeerLimits()
         self.max_peers = max_peers
+        self.hold_seats = hold_seats
         self.close_timer: asyncio.TimerHandle | None = None
         self.closed = False
 
     def __repr__(self) -> str:
         return f"<Room {self.id} peers={len(self.peers)}>"
 
+    def occupancy(self) -> int:
+        """Seats taken: joined peers, or every open session when seats are held from admission.
+
+        Connections that never joined do not take a seat unless seats are held
+        (then the join timeout frees them)."""
+        if self.hold_seats:
+            return sum(1 for p in self.peers.values() if not p.closed)
+        return sum(1 for p in self.peers.values() if p.joined and not p.closed)
+
     def full(self) -> bool:
-        """Joined peers reached ``max_peers`` (connections that never joined do not count)."""
-        if self.max_peers is None:
-            return False
-        return sum(1 for p in self.peers.values() if p.joined and not p.closed) >= self.max_peers
+        return self.max_peers is not None and self.occupancy() >= self.max_peers
 
     def joined_peers(self, exclude: Peer | None = None) -> list[Peer]:
         return [p for p in self.peers.values() if p.joined and p is not exclude and not p.closed]
@@ -241,7 +251,7 @@ class Room:
     async def join(self, peer: Peer, data: Json) -> Json:
         if peer.joined:
             raise RequestError(ErrorCode.CONFLICT, "already joined")
-        if self.full():
+        if not self.hold_seats and self.full():
             raise RoomFull()
         limits = self.limits
         display_name = _text(

@@ -30,6 +30,7 @@ from websockets.http11 import Request, Response
 
 import media
 
+from .admission_queue import AdmissionQueue, Ticket
 from .config import Config, token_verifier
 from .connection import Connection
 from .http_edge import BodyTolerantConnection
@@ -44,6 +45,7 @@ from .liveness import (
     SessionState,
     SocketDead,
 )
+from .lobby import Lobby
 from .logs import LogThrottle, log_session
 from .metrics import Metrics
 from .protocol import (
@@ -78,6 +80,8 @@ STATIC_FILES = {
     "/ghostless.js": ("ghostless.js", "text/javascript; charset=utf-8"),
     "/demo.js": ("demo.js", "text/javascript; charset=utf-8"),
     "/demo.css": ("demo.css", "text/css; charset=utf-8"),
+    "/lobby": ("lobby.html", "text/html; charset=utf-8"),
+    "/lobby.js": ("lobby.js", "text/javascript; charset=utf-8"),
 }
 
 CLOSE_CODES: dict[EndReason, CloseCode] = {
@@ -121,6 +125,10 @@ TRANSPORT_END_REASONS = {
 
 # How often one kind of refusal (bad token, rate limit, ...) may be logged.
 REFUSAL_LOG_INTERVAL = 10.0
+
+
+class QueueTimeout(Exception):
+    """A queued client waited ``queue_timeout`` without a free seat."""
 
 
 class Server:
@@ -167,6 +175,13 @@ class Server:
         self.rooms: dict[str, Room] = {}
         self._room_creations: dict[str, asyncio.Future[Room]] = {}
         self.connections: dict[int, Connection] = {}
+        self.queue = AdmissionQueue(
+            max_length=config.max_queue_length, timeout=config.queue_timeout
+        )
+        self._queued: dict[Ticket, tuple[asyncio.Future[None], Connection]] = {}
+        self._admitting_by_room: dict[str, int] = {}
+        self._queue_wakeup = False
+        self.lobby = Lobby(config.listed_rooms, self.room_summary)
         self.accepting = False
         self.loop_lag = 0.0
         self._ws_server: WsServer | None = None
@@ -246,6 +261,11 @@ class Server:
         logger.info("shutting down: %d sessions", len(self.registry))
         if self._ws_server is not None:
             self._ws_server.close(close_connections=False)
+        for admitted, conn in list(self._queued.values()):
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+            admitted.cancel()
+        for viewer in list(self.lobby.viewers.values()):
+            viewer.close(CloseCode.GOING_AWAY, "server shutting down")
         for index, session in enumerate(list(self.registry.by_id.values())):
             self.end_session(session, EndReason.SHUTDOWN)
             if index % 500 == 499:
@@ -295,8 +315,10 @@ class Server:
             heartbeat_interval=self.config.liveness.heartbeat_interval,
             limits=self.peer_limits,
             max_peers=self.config.max_peers_per_room,
+            hold_seats=self.config.when_full == "queue",
         )
         self.rooms[room_id] = room
+        self.lobby.changed(room_id)
         logger.info("room %s created", room_id)
         return room
 
@@ -316,6 +338,7 @@ class Server:
         room.close()
         if self.rooms.get(room.id) is room:
             del self.rooms[room.id]
+            self.lobby.changed(room.id)
             logger.info("room %s closed", room.id)
 
     # -- connections ------------------------------------------------------------------
@@ -361,7 +384,10 @@ class Server:
                 self._refuse("connections_per_ip", address)
                 await ws.close(CloseCode.RATE_LIMITED, "too many connections from this address")
                 return
-            await self._admit(ws, address)
+            if ws.request is not None and urlsplit(ws.request.path).path == "/lobby":
+                await self._serve_lobby(ws, address)
+            else:
+                await self._admit(ws, address)
         finally:
             remaining = self.connections_by_ip[address] - 1
             if remaining:
@@ -405,24 +431,32 @@ class Server:
         if not self.accepting:
             await ws.close(CloseCode.GOING_AWAY, "server shutting down")
             return
-        room = await self._get_room(room_id)
-        if (
-            room.full()
-            and (room_id, user_id) not in self.registry.by_identity
-            and (room_id, peer_id) not in self.registry.by_peer
-        ):
-            self._refuse("room_full")
-            await ws.close(CloseCode.ROOM_FULL, "room is full")
-            return
-
+        conn = self._connection(ws, address)
+        # A takeover or resume keeps the seat its identity already holds.
+        seated = (room_id, user_id) in self.registry.by_identity or (
+            room_id,
+            peer_id,
+        ) in self.registry.by_peer
+        from_queue = False
+        if not seated:
+            full = self._full(room_id)
+            if self.config.when_full == "queue" and (full is not None or len(self.queue)):
+                if not await self._wait_in_queue(conn, room_id):
+                    await conn.wait_closed()
+                    return
+                from_queue = True
+            elif full is not None:
+                self._refuse(full)
+                code = CloseCode.ROOM_FULL if full == "room_full" else CloseCode.SERVER_FULL
+                conn.close(code, "room is full" if full == "room_full" else "server is full")
+                await conn.wait_closed()
+                return
+        try:
+            room = await self._get_room(room_id)
+        finally:
+            if from_queue:
+                self._seat_taken(room_id)
         now = self.loop.time()
-        conn = Connection(
-            ws,
-            max_outbound_bytes=self.config.max_outbound_bytes,
-            limiter=MessageLimiter(self.rate_policy, now),
-            remote=address,
-        )
-        conn.on_overflow = self._outbound_overflow
         resume_token = param("resumeToken")
         admission = self.registry.admit(
             room_id=room_id,
@@ -465,6 +499,7 @@ class Server:
             if room.close_timer is not None:
                 room.close_timer.cancel()
                 room.close_timer = None
+            self.lobby.changed(room.id)
             log_session("session_started", session)
         try:
             await self._serve(conn, session, peer)
@@ -474,6 +509,205 @@ class Server:
             # Let our own close frame (with its code) go out before websockets'
             # default 1000 when the handler returns.
             await conn.wait_closed()
+
+    async def _serve_lobby(self, ws: ServerConnection, address: str) -> None:
+        """A room-list viewer: the listed rooms, then their changes (coalesced)."""
+        conn = self._connection(ws, address)
+        self.lobby.add(conn, self.rooms_summary(listed_only=True)["rooms"])
+        try:
+            async for raw in ws:
+                try:
+                    message = decode(raw)
+                except ProtocolViolation as violation:
+                    conn.close(violation.code, violation.reason)
+                    break
+                verdict = conn.limiter.check(message.method, self.loop.time())
+                if verdict is Verdict.CLOSE:
+                    conn.close(CloseCode.RATE_LIMITED, "rate limited")
+                    break
+                if message.kind is not Kind.REQUEST:
+                    continue
+                if verdict is Verdict.REFUSE:
+                    conn.send(encode_error(message.id, ErrorCode.TOO_MANY_REQUESTS, "slow down"))
+                elif message.method == "ping":
+                    conn.send(encode_response(message.id, self._pong(message.data)))
+                elif message.method == "getRooms":
+                    conn.send(encode_response(message.id, self.rooms_summary(listed_only=True)))
+                else:
+                    conn.send(encode_error(message.id, ErrorCode.UNKNOWN_METHOD, "unknown method"))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.lobby.remove(conn)
+            await conn.wait_closed()
+
+    def _connection(self, ws: ServerConnection, address: str) -> Connection:
+        conn = Connection(
+            ws,
+            max_outbound_bytes=self.config.max_outbound_bytes,
+            limiter=MessageLimiter(self.rate_policy, self.loop.time()),
+            remote=address,
+        )
+        conn.on_overflow = self._outbound_overflow
+        return conn
+
+    # -- capacity and the waiting queue ---------------------------------------------
+
+    def _free_seats(self, room_id: str) -> int:
+        """Seats a newcomer may take in ``room_id`` now (admissions in flight count)."""
+        limit = self.config.max_peers_per_room
+        if limit is None:
+            return 1 << 30
+        room = self.rooms.get(room_id)
+        taken = room.occupancy() if room is not None else 0
+        return limit - taken - self._admitting_by_room.get(room_id, 0)
+
+    def _free_sessions(self) -> int | None:
+        limit = self.config.max_sessions
+        if limit is None:
+            return None
+        return limit - len(self.registry) - sum(self._admitting_by_room.values())
+
+    def _full(self, room_id: str) -> str | None:
+        """Why a newcomer to ``room_id`` cannot be admitted now ("server_full", "room_full")."""
+        free = self._free_sessions()
+        if free is not None and free <= 0:
+            return "server_full"
+        if self._free_seats(room_id) <= 0:
+            return "room_full"
+        return None
+
+    def _seat_taken(self, room_id: str) -> None:
+        """An admission from the queue has reached the registry (or given up)."""
+        count = self._admitting_by_room.get(room_id, 0)
+        if count > 1:
+            self._admitting_by_room[room_id] = count - 1
+        elif count == 1:
+            del self._admitting_by_room[room_id]
+
+    async def _wait_in_queue(self, conn: Connection, room_id: str) -> bool:
+        """Hold ``conn`` in the queue until a seat is free: True when admitted.
+
+        While queued the client has a WebSocket and nothing else: pings are
+        answered, other requests get 503 "queued", and ``queuePosition``
+        tells it where it stands.  Leaving, timing out or a full queue ends it.
+        """
+        now = self.loop.time()
+        ticket = self.queue.enqueue(room_id, now)
+        if ticket is None:
+            self._refuse("queue_full")
+            conn.close(CloseCode.SERVER_FULL, "the waiting queue is full")
+            return False
+        admitted: asyncio.Future[None] = self.loop.create_future()
+        self._queued[ticket] = (admitted, conn)
+        self.lobby.changed(room_id)
+        self._wake_queue()
+        outcome = "left"
+        ws = conn.ws
+        try:
+            while not admitted.done():
+                receiving: asyncio.Future[Any] = asyncio.ensure_future(ws.recv())
+                await asyncio.wait((receiving, admitted), return_when=asyncio.FIRST_COMPLETED)
+                if not receiving.done():
+                    receiving.cancel()  # websockets: a cancelled recv() loses nothing
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                        await receiving
+                    break
+                if not self._answer_while_queued(conn, receiving.result()):
+                    return False
+            admitted.result()  # raises QueueTimeout or CancelledError
+            outcome = "admitted"
+            conn.notify("queueAdmitted", {"waited": round(self.loop.time() - now, 3)})
+            return True
+        except QueueTimeout:
+            outcome = "timeout"
+            conn.close(CloseCode.SESSION_TIMEOUT, "queue_timeout")
+            return False
+        except (ConnectionClosed, asyncio.CancelledError):
+            return False
+        finally:
+            self._queued.pop(ticket, None)
+            if not ticket.admitted:
+                self.queue.remove(ticket)
+                self._wake_queue()  # positions moved
+            self.metrics.queue_wait.labels(outcome).observe(self.loop.time() - now)
+            self.lobby.changed(room_id)
+
+    def _answer_while_queued(self, conn: Connection, raw: str | bytes) -> bool:
+        """One message from a queued client; False when it must go (closed)."""
+        try:
+            message = decode(raw)
+        except ProtocolViolation as violation:
+            conn.close(violation.code, violation.reason)
+            return False
+        verdict = conn.limiter.check(message.method, self.loop.time())
+        if verdict is Verdict.CLOSE:
+            self._refuse("rate_limited", conn.remote)
+            conn.close(CloseCode.RATE_LIMITED, "rate limited")
+            return False
+        if message.kind is not Kind.REQUEST:
+            return True
+        if verdict is Verdict.REFUSE:
+            conn.send(encode_error(message.id, ErrorCode.TOO_MANY_REQUESTS, "slow down"))
+        elif message.method == "ping":
+            conn.send(encode_response(message.id, self._pong(message.data)))
+        else:
+            conn.send(encode_error(message.id, ErrorCode.UNAVAILABLE, "queued"))
+        return True
+
+    def _wake_queue(self) -> None:
+        """Admit what can be admitted, soon (coalesced: one pass per loop iteration)."""
+        if self.queue and not self._queue_wakeup:
+            self._queue_wakeup = True
+            self.loop.call_soon(self._drain_queue)
+
+    def _drain_queue(self) -> None:
+        self._queue_wakeup = False
+        for ticket in self.queue.admit(
+            room_seats=self._free_seats, free_sessions=self._free_sessions()
+        ):
+            admitted, _ = self._queued[ticket]
+            self._admitting_by_room[ticket.room_id] = (
+                self._admitting_by_room.get(ticket.room_id, 0) + 1
+            )
+            admitted.set_result(None)
+        self._tell_positions()
+
+    def _tell_positions(self) -> None:
+        server_full = (free := self._free_sessions()) is not None and free <= 0
+        length = len(self.queue)
+        for ticket, position in self.queue.moved(server_full=server_full):
+            _, conn = self._queued[ticket]
+            conn.notify("queuePosition", {"position": position, "length": length})
+
+    def _expire_queue(self, now: float) -> None:
+        for ticket in self.queue.expired(now):
+            admitted, _ = self._queued[ticket]
+            if not admitted.done():
+                admitted.set_exception(QueueTimeout())
+
+    def room_summary(self, room_id: str) -> dict[str, Any] | None:
+        """What the lobby shows of a room (None: the room is closed)."""
+        room = self.rooms.get(room_id)
+        if room is None or room.closed:
+            return None
+        return {
+            "roomId": room_id,
+            "peers": len(room.joined_peers()),
+            "capacity": self.config.max_peers_per_room,
+            "queued": self.queue.waiting_for(room_id),
+            "listed": self.lobby.listed(room_id),
+        }
+
+    def rooms_summary(self, *, listed_only: bool) -> dict[str, Any]:
+        summaries = (self.room_summary(room_id) for room_id in sorted(self.rooms))
+        rooms = [summary for summary in summaries if summary is not None]
+        return {
+            "rooms": [room for room in rooms if room["listed"] or not listed_only],
+            "sessions": len(self.registry),
+            "capacity": self.config.max_sessions,
+            "queued": len(self.queue),
+        }
 
     def _outbound_overflow(self, conn: Connection) -> None:
         """The client stopped reading: close (4413); its session may resume."""
@@ -610,6 +844,7 @@ class Server:
             result = await peer.room.handle(peer, method, data)
             if method == "join":
                 self.registry.joined(session, self.loop.time())
+                self.lobby.changed(session.room_id)
                 log_session("session_joined", session)
             frame = encode_response(request_id, {} if result is None else result)
         except RoomFull as exc:
@@ -692,6 +927,8 @@ class Server:
             self.connections.pop(conn.id, None)
             conn.close(close_code or CLOSE_CODES[reason], reason.value)
         self._schedule_room_close(room)
+        self.lobby.changed(room.id)
+        self._wake_queue()  # a seat is free
         self.metrics.session_ended(reason, detected_at)
         log_session("session_ended", session, reason=reason.value)
 
@@ -717,6 +954,8 @@ class Server:
         next_sweep = self.loop.time() + policy.sweep_interval
         gc_interval = self.config.gc_collect_interval
         next_full_collection = self.loop.time() + (gc_interval or 0.0)
+        next_lobby_flush = self.loop.time()
+        next_queue_check = self.loop.time()
         expected = self.loop.time() + period
         while True:
             await asyncio.sleep(max(0.0, expected - self.loop.time()))
@@ -736,7 +975,13 @@ class Server:
                     policy.stall_resync,
                 )
             try:
-                self._ip_connection_rate.prune(now)
+                if now >= next_lobby_flush:
+                    next_lobby_flush = now + self.config.lobby_update_interval
+                    self.lobby.flush()
+                if now >= next_queue_check:
+                    next_queue_check = now + 1.0
+                    self._expire_queue(now)
+                    self._ip_connection_rate.prune(now)
                 self._apply(self.registry.tick(now), now)
                 if now >= next_sweep - 0.001:
                     next_sweep = max(next_sweep + policy.sweep_interval, now)
@@ -825,6 +1070,8 @@ class Server:
                 503 if problems else 200,
                 {"status": "not ready", "problems": problems} if problems else {"status": "ready"},
             )
+        if route == "/rooms":
+            return _json(connection, 200, self.rooms_summary(listed_only=True))
         if route == "/leave":
             if request.method != "POST":
                 response = _json(connection, 405, {"error": "use POST"})
@@ -889,6 +1136,10 @@ class Server:
             "rooms": len(self.rooms),
             "roomPeers": sum(len(r.peers) for r in self.rooms.values()),
             "connections": len(self.connections),
+            "queued": len(self.queue),
+            "queuedConnections": len(self._queued),
+            "admitting": sum(self._admitting_by_room.values()),
+            "lobbyViewers": len(self.lobby.viewers),
             "connectionTasks": sum(c.task_count for c in self.connections.values()),
             "peerTasks": sum(len(p.tasks) for r in self.rooms.values() for p in r.peers.values()),
             "media": self.worker.resource_counts(),
@@ -899,6 +1150,8 @@ class Server:
         route = urlsplit(request.path).path
         if route == "/debug/stats":  # internals: on the operators' listener only
             return _json(connection, 200, self.debug_stats())
+        if route == "/rooms":  # operators see unlisted rooms too
+            return _json(connection, 200, self.rooms_summary(listed_only=False))
         if route != "/metrics":
             return _json(connection, 404, {"error": "not found"})
         body, content_type = self.metrics.render()

@@ -362,5 +362,6 @@ def test_the_close_and_error_codes_are_the_documented_numbers() -> None:
         "MEDIA_FAILED": 4412,
         "SLOW_READER": 4413,
         "RATE_LIMITED": 4429,
+        "SERVER_FULL": 4503,
     }
     assert int(ErrorCode.NOT_FOUND) == 404 and int(ErrorCode.UNKNOWN_METHOD) == 405
