@@ -11,6 +11,7 @@ from .data_producer import DataProducer
 from .datagram_errors import ERROR_KINDS
 from .errors import InvalidParametersError, InvalidStateError, MediaError, UnsupportedError
 from .events import EventEmitter
+from .link import LinkMonitor, LinkSample
 from .ports import NoFreePortError, PortRange
 from .producer import Producer
 from .router import Router
@@ -26,6 +27,8 @@ __all__ = [
     "EventEmitter",
     "InvalidParametersError",
     "InvalidStateError",
+    "LinkMonitor",
+    "LinkSample",
     "MediaError",
     "NoFreePortError",
     "PortRange",

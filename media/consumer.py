@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import rtp_packet
 from .errors import InvalidStateError
 from .events import EventEmitter
+from .link import StreamCounters
 from .rtp_parameters import Json
 
 if TYPE_CHECKING:
@@ -62,9 +63,13 @@ class Consumer(EventEmitter):
         self.packet_count = 0
         self.byte_count = 0
         self.retransmitted_count = 0
+        # From the client's latest receiver report about this stream.
         self.packets_lost = 0
         self.fraction_lost = 0
+        self.highest_seq_reported = 0
         self.jitter = 0
+        self.reports_received = 0
+        self.clock_rate: int = codecs[0]["clockRate"]
         self.round_trip_time: float | None = None
         self._sr_sent: dict[int, float] = {}
         self.score = 10
@@ -144,15 +149,37 @@ class Consumer(EventEmitter):
         if self._forwarding:
             self._producer.request_key_frame()
 
-    def receive_report(
-        self, fraction_lost: int, cumulative_lost: int, jitter: int, lsr: int, dlsr: int
-    ) -> None:
-        self.fraction_lost = fraction_lost
-        self.packets_lost = cumulative_lost
-        self.jitter = jitter
-        sent = self._sr_sent.get(lsr)
+    def receive_report(self, block: rtp_packet.ReportBlock) -> None:
+        """The client's reception report about this stream (RFC 3550 section 6.4.1)."""
+        self.fraction_lost = block.fraction_lost
+        self.packets_lost = block.cumulative_lost
+        self.highest_seq_reported = block.highest_seq
+        self.jitter = block.jitter
+        self.reports_received += 1
+        # The round trip needs our SR the report refers to (LSR) and how long
+        # the client held it (DLSR, in 1/65536 s).
+        sent = self._sr_sent.get(block.lsr)
         if sent is not None:
-            self.round_trip_time = max(0.0, time.monotonic() - sent - dlsr / 65536)
+            self.round_trip_time = max(0.0, time.monotonic() - sent - block.dlsr / 65536)
+
+    def report_counters(self) -> StreamCounters | None:
+        """The latest receiver report as cumulative counters (None before the first).
+
+        A reader diffs two of these (``media.link.LinkMonitor``) for the loss
+        between them; jitter is converted from timestamp units with the
+        codec's clock rate.
+        """
+        if self.reports_received == 0:
+            return None
+        rtt = self.round_trip_time
+        return StreamCounters(
+            kind=self.kind,
+            expected=self.highest_seq_reported,
+            lost=self.packets_lost,
+            jitter_ms=self.jitter * 1000 / self.clock_rate,
+            rtt_ms=None if rtt is None else rtt * 1000,
+            reports=self.reports_received,
+        )
 
     # -- control ------------------------------------------------------------------
 
@@ -216,6 +243,8 @@ class Consumer(EventEmitter):
                 "packetsLost": self.packets_lost,
                 "fractionLost": self.fraction_lost,
                 "jitter": self.jitter,
+                "highestSeqReported": self.highest_seq_reported,
+                "reportsReceived": self.reports_received,
                 "roundTripTime": self.round_trip_time,
                 "score": self.score,
             },

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import rtp_packet
 from .errors import InvalidStateError
 from .events import EventEmitter
+from .link import StreamCounters
 from .rtp_parameters import Json, ProducerMapping
 
 if TYPE_CHECKING:
@@ -86,6 +87,14 @@ class Producer(EventEmitter):
         self._fraction_lost = 0
         self._last_sr_ntp_middle = 0
         self._last_sr_arrival = 0.0
+        # Interarrival jitter (RFC 3550 appendix A.8), in timestamp units.
+        self.jitter = 0.0
+        self._transit = float("inf")
+        self._clock_rate: int = next(
+            c["clockRate"]
+            for c in rtp_parameters["codecs"]
+            if not str(c["mimeType"]).lower().endswith("/rtx")
+        )
         self.score = 10
 
     def __repr__(self) -> str:
@@ -110,6 +119,19 @@ class Producer(EventEmitter):
             rtp_packet.rewrite_extension_ids(buf, self._mapping.header_extension_ids)
         buf[1] = (buf[1] & 0x80) | pt
         seq = (buf[2] << 8) | buf[3]
+        # Interarrival jitter, RFC 3550 section 6.4.1 and appendix A.8, in
+        # timestamp units: arrival is when the transport read the datagram
+        # (no clock call of our own).  The first packet (transit starts at
+        # infinity) and a timestamp wrap give an absurd difference: skipped.
+        transit = self._transport.last_activity * self._clock_rate - (
+            (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
+        )
+        d = transit - self._transit
+        self._transit = transit
+        if d < 0:
+            d = -d
+        if d < 2147483648.0:
+            self.jitter += (d - self.jitter) * 0.0625
         self._track(seq)
         self.packet_count += 1
         self.byte_count += len(buf)
@@ -144,7 +166,11 @@ class Producer(EventEmitter):
         original[1] = (original[1] & 0x80) | apt
         original[2:4] = packet[start : start + 2]
         original += packet[start + 2 : end]
+        # A retransmission arrives late by design: it says nothing about the
+        # path's jitter (RFC 4588 sends it as a stream of its own).
+        transit, jitter = self._transit, self.jitter
         self.receive_rtp(original)
+        self._transit, self.jitter = transit, jitter
 
     def _track(self, seq: int) -> None:
         if self._max_seq < 0:
@@ -154,6 +180,27 @@ class Producer(EventEmitter):
             if seq < self._max_seq:
                 self._cycles += 0x10000
             self._max_seq = seq
+
+    def reception_counters(self) -> StreamCounters:
+        """What has arrived of this stream so far, as cumulative counters.
+
+        Expected is RFC 3550 appendix A.3's (extended highest - base + 1);
+        lost counts retransmitted (RTX) packets as received, as receiver
+        reports do.  A reader diffs two of these for an interval
+        (``media.link.LinkMonitor``); nothing here is reset by reading.
+        """
+        expected = self._expected()
+        return StreamCounters(
+            kind=self.kind,
+            expected=expected,
+            lost=max(0, expected - self.packet_count),
+            jitter_ms=self.jitter * 1000 / self._clock_rate if expected else None,
+        )
+
+    def _expected(self) -> int:
+        if self._max_seq < 0:
+            return 0
+        return self._cycles + self._max_seq - self._base_seq + 1
 
     def cached_packet(self, seq: int) -> bytearray | None:
         packet = self._cache[seq & _RTX_CACHE_MASK]
@@ -178,7 +225,7 @@ class Producer(EventEmitter):
 
     def report_block(self, now: float) -> bytes:
         extended_max = self._cycles + max(self._max_seq, 0)
-        expected = extended_max - self._base_seq + 1 if self._max_seq >= 0 else 0
+        expected = self._expected()
         lost = expected - self.packet_count
         expected_interval = expected - self._expected_prior
         received_interval = self.packet_count - self._received_prior
@@ -194,7 +241,7 @@ class Producer(EventEmitter):
             self._fraction_lost,
             lost,
             extended_max,
-            0,
+            int(self.jitter),
             self._last_sr_ntp_middle,
             dlsr,
         )
@@ -277,13 +324,9 @@ class Producer(EventEmitter):
                 "rtxSsrc": self.rtx_ssrc,
                 "packetCount": self.packet_count,
                 "byteCount": self.byte_count,
-                "packetsLost": max(
-                    0,
-                    self._cycles + max(self._max_seq, 0) - self._base_seq + 1 - self.packet_count,
-                )
-                if self._max_seq >= 0
-                else 0,
+                "packetsLost": max(0, self._expected() - self.packet_count),
                 "fractionLost": self._fraction_lost,
+                "jitter": int(self.jitter),
                 "score": self.score,
             }
         ]

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from typing import NamedTuple
 
 RTP_HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, seq, timestamp, ssrc
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_REPORT_BLOCK = struct.Struct("!IIIIII")
 
 RTCP_SR = 200
 RTCP_RR = 201
@@ -234,19 +236,33 @@ def report_block(
     )
 
 
-def parse_report_blocks(
-    packet: bytes, count: int, offset: int
-) -> Iterator[tuple[int, int, int, int]]:
-    """(ssrc, fraction lost, cumulative lost, jitter) of each report block."""
+class ReportBlock(NamedTuple):
+    """One reception report block (RFC 3550 section 6.4.1), as the client sent it."""
+
+    ssrc: int
+    fraction_lost: int
+    """Lost since the previous report, in 1/256 (8-bit fixed point)."""
+    cumulative_lost: int
+    """Signed 24 bits: duplicates can make it negative."""
+    highest_seq: int
+    """Extended highest sequence number received (cycles << 16 | seq)."""
+    jitter: int
+    """Interarrival jitter, in RTP timestamp units."""
+    lsr: int
+    dlsr: int
+
+
+def parse_report_blocks(packet: bytes, count: int, offset: int) -> Iterator[ReportBlock]:
+    """Each report block of an SR (offset 28) or RR (offset 8); stops at a truncated one."""
     for i in range(count):
         pos = offset + 24 * i
         if pos + 24 > len(packet):
             return
-        ssrc, lost_word, _highest, jitter = struct.unpack_from("!IIII", packet, pos)
+        ssrc, lost_word, highest, jitter, lsr, dlsr = _REPORT_BLOCK.unpack_from(packet, pos)
         cumulative = lost_word & 0xFFFFFF
         if cumulative & 0x800000:
             cumulative -= 0x1000000
-        yield ssrc, lost_word >> 24, cumulative, jitter
+        yield ReportBlock(ssrc, lost_word >> 24, cumulative, highest, jitter, lsr, dlsr)
 
 
 def parse_bye(packet: bytes, count: int) -> list[int]:

@@ -38,6 +38,7 @@ from .datagram_errors import DatagramErrors, new_error_counts
 from .errors import InvalidParametersError, InvalidStateError, UnsupportedError
 from .events import EventEmitter
 from .ice_lite import Address, ConsentWatch, IceChange, IceLiteServer, IceState
+from .link import LinkMonitor, LinkSample
 from .ports import PortAllocator, open_endpoint
 from .producer import Producer
 from .rtp_parameters import (
@@ -206,6 +207,8 @@ class WebRtcTransport(EventEmitter):
         self.bytes_received = 0
         self.bytes_sent = 0
         self.srtp_errors = 0
+        self._link_monitor: LinkMonitor | None = None
+        self.last_link_sample: LinkSample | None = None
         self._endpoint = endpoint
         endpoint.on_datagram = self._datagram_received
 
@@ -578,13 +581,10 @@ class WebRtcTransport(EventEmitter):
             self._receive_bye(rtp_packet.parse_bye(packet, count))
 
     def _receive_report_blocks(self, packet: bytes, count: int, offset: int) -> None:
-        for i, (ssrc, fraction, cumulative, jitter) in enumerate(
-            rtp_packet.parse_report_blocks(packet, count, offset)
-        ):
-            consumer = self._consumers_by_ssrc.get(ssrc)
-            if consumer is not None and consumer.ssrc == ssrc:
-                lsr, dlsr = struct.unpack_from("!II", packet, offset + 24 * i + 16)
-                consumer.receive_report(fraction, cumulative, jitter, lsr, dlsr)
+        for block in rtp_packet.parse_report_blocks(packet, count, offset):
+            consumer = self._consumers_by_ssrc.get(block.ssrc)
+            if consumer is not None and consumer.ssrc == block.ssrc:
+                consumer.receive_report(block)
 
     def _receive_bye(self, ssrcs: list[int]) -> None:
         """RTCP BYE (RFC 3550 section 6.6) for every stream sent: the client left."""
@@ -795,10 +795,41 @@ class WebRtcTransport(EventEmitter):
         self.data_consumers.pop(data_consumer.id, None)
         self._sctp_stream_ids.discard(data_consumer.stream_id)
 
+    # -- link quality ---------------------------------------------------------------
+
+    def consent_gap(self, now: float) -> float | None:
+        """Seconds since the client's last authenticated consent check (RFC 7675).
+
+        Clients check every 5 s +/- 20 % (section 5.1), so a gap above about
+        8 s means checks are being lost.  None before ICE connects or once
+        closed.  ``now`` is the event loop's clock.
+        """
+        last = self._ice.last_consent
+        if last is None or self.closed:
+            return None
+        return max(0.0, now - last)
+
+    def link_sample(self, now: float) -> LinkSample:
+        """What the server saw of this client's link since the previous call.
+
+        Uplink: loss and jitter of the client's producers as they reach us;
+        downlink: loss and jitter the client's receiver reports give for our
+        consumers, and the round trip they imply; and the consent gap.
+        Unknown parts are None.  Each call starts the next interval, so call
+        it from one place at a steady pace (other readers: their own
+        ``media.link.LinkMonitor``).  Cheap: one pass over this transport's
+        producers and consumers; nothing runs per packet.
+        """
+        if self._link_monitor is None:
+            self._link_monitor = LinkMonitor(self)
+        self.last_link_sample = self._link_monitor.sample(now)
+        return self.last_link_sample
+
     # -- stats ----------------------------------------------------------------------
 
     async def get_stats(self) -> list[Json]:
         self._check_open()
+        last = self.last_link_sample
         return [
             {
                 "type": "webrtc-transport",
@@ -819,6 +850,9 @@ class WebRtcTransport(EventEmitter):
                     DtlsSession.oversize_messages(self._dtls.sctp) if self._dtls.sctp else 0
                 ),
                 "iceConsentStalls": self._consent.stalls,
+                "iceConsentGap": self.consent_gap(self._loop.time()),
+                # The latest link_sample() taken (None until the first).
+                "linkSample": last.to_json() if last is not None else None,
             }
         ]
 
@@ -881,6 +915,7 @@ class WebRtcTransport(EventEmitter):
         self.data_consumers.clear()
         self._rtp_table.clear()
         self._consumers_by_ssrc.clear()
+        self._link_monitor = None  # it refers back to us: no cycle left behind
         # close_notify goes out before the socket closes (RFC 6347 section 4.2.7).
         self._dtls.close()
         self._rx_srtp = self._tx_srtp = None

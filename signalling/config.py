@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .liveness import LivenessPolicy, TakeoverPolicy
+from .quality import QualityPolicy
 from .rate_limit import RateLimit, RatePolicy
 from .tokens import TokenVerifier
 
@@ -35,6 +36,8 @@ class Config:
     rtc_max_port: int = 49999
     consent_timeout: float = 30.0
     liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
+    quality: QualityPolicy = field(default_factory=QualityPolicy)
+    """Connection quality grading (``peerQuality``): thresholds and hysteresis."""
     room_close_delay: float = 20.0
     max_peers_per_room: int | None = None
     max_message_size: int = 128 * 1024
@@ -140,6 +143,21 @@ OPTIONS: tuple[_Option, ...] = (
         "second connection with the same identity",
         tuple(p.value for p in TakeoverPolicy),
     ),
+    _Option("quality.interval", "optional_float", "grade connection quality this often (s)"),
+    _Option("quality.rtt_unstable_ms", "optional_float", "heartbeat/RTCP RTT: unstable at (ms)"),
+    _Option("quality.rtt_poor_ms", "optional_float", "RTT: poor at (ms)"),
+    _Option("quality.loss_unstable", "optional_float", "packet loss: unstable at (fraction)"),
+    _Option("quality.loss_poor", "optional_float", "packet loss: poor at (fraction)"),
+    _Option("quality.jitter_unstable_ms", "optional_float", "jitter: unstable at (ms)"),
+    _Option("quality.jitter_poor_ms", "optional_float", "jitter: poor at (ms)"),
+    _Option("quality.consent_gap_unstable", "optional_float", "ICE consent gap: unstable at (s)"),
+    _Option("quality.consent_gap_poor", "optional_float", "ICE consent gap: poor at (s)"),
+    _Option("quality.degrade_samples", "int", "bad samples in a row before a worse grade"),
+    _Option("quality.smoothing", "float", "EWMA weight of a new sample, (0, 1]"),
+    _Option("quality.recovery_margin", "float", "a better grade needs values this far under"),
+    _Option("quality.recovery_hold", "float", "... for this long (s)"),
+    _Option("quality.min_loss_packets", "int", "packets a loss figure must cover"),
+    _Option("quality.forget_after", "optional_float", "an unknown signal resets after (s)"),
     _Option("room_close_delay", "float", "close a room this long after its last peer left (s)"),
     _Option("max_peers_per_room", "optional_int", "refuse peers beyond this ('off' = no limit)"),
     _Option("max_message_size", "int", "largest WebSocket message accepted (bytes)"),
@@ -193,11 +211,11 @@ _OFF = ("off", "none", "")
 
 
 def _flag(option: _Option) -> str:
-    return "--" + option.name.replace("liveness.", "").replace("_", "-")
+    return "--" + option.name.replace("liveness.", "").replace(".", "_").replace("_", "-")
 
 
 def _env(option: _Option) -> str:
-    return "GHOSTLESS_" + option.name.replace("liveness.", "").upper()
+    return "GHOSTLESS_" + option.name.replace("liveness.", "").replace(".", "_").upper()
 
 
 def _convert(option: _Option, raw: str, source: str) -> Any:
@@ -254,6 +272,7 @@ def parse_config(
 
     top: dict[str, Any] = {}
     liveness: dict[str, Any] = {}
+    quality: dict[str, Any] = {}
     for option in OPTIONS:
         raw = args[option.name]
         source = _flag(option)
@@ -264,6 +283,8 @@ def parse_config(
         value = _convert(option, raw, source)
         if option.name.startswith("liveness."):
             liveness[option.name.removeprefix("liveness.")] = value
+        elif option.name.startswith("quality."):
+            quality[option.name.removeprefix("quality.")] = value
         else:
             top[option.name] = value
     if "takeover" in liveness:
@@ -272,7 +293,11 @@ def parse_config(
         policy = LivenessPolicy(**liveness)
     except ValueError as exc:
         raise ConfigError(f"liveness: {exc}") from None
-    config = Config(**top, liveness=policy)
+    try:
+        grading = QualityPolicy(**quality)
+    except ValueError as exc:
+        raise ConfigError(f"quality: {exc}") from None
+    config = Config(**top, liveness=policy, quality=grading)
     validate(config)
     return config
 
@@ -367,13 +392,25 @@ def token_verifier(config: Config) -> TokenVerifier | None:
 
 
 def replace(config: Config, **changes: Any) -> Config:
-    """A copy with ``changes`` (``liveness`` fields may be given flat), validated."""
+    """A copy with ``changes`` (``liveness`` fields may be given flat, ``quality``
+    fields flat with a ``quality_`` prefix), validated."""
     live = {k: changes.pop(k) for k in list(changes) if k in LivenessPolicy.__dataclass_fields__}
     if live:
         try:
             changes["liveness"] = dataclasses.replace(config.liveness, **live)
         except ValueError as exc:
             raise ConfigError(f"liveness: {exc}") from None
+    graded = {
+        k.removeprefix("quality_"): changes.pop(k)
+        for k in list(changes)
+        if k.startswith("quality_")
+        and k.removeprefix("quality_") in QualityPolicy.__dataclass_fields__
+    }
+    if graded:
+        try:
+            changes["quality"] = dataclasses.replace(config.quality, **graded)
+        except ValueError as exc:
+            raise ConfigError(f"quality: {exc}") from None
     new = dataclasses.replace(config, **changes)
     validate(new)
     return new

@@ -99,6 +99,15 @@ class _SessionCollector(Collector):
         yield GaugeMetricFamily(
             "ghostless_queue_length", "Clients waiting in the queue", value=len(server.queue)
         )
+        if server.quality is not None:
+            graded = GaugeMetricFamily(
+                "ghostless_peers_by_quality",
+                "Joined peers by connection quality grade",
+                labels=["quality"],
+            )
+            for grade, count in server.quality.counts_by_grade().items():
+                graded.add_metric([grade.value], count)
+            yield graded
         yield GaugeMetricFamily(
             "ghostless_lobby_viewers",
             "Room-list viewers subscribed to the lobby",

@@ -117,6 +117,9 @@ class Peer:
         self.data_producers: dict[str, DataProducer] = {}
         self.data_consumers: dict[str, DataConsumer] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.reported_rtt_ms: float | None = None
+        """The heartbeat RTT the client last reported (consumed by quality grading)."""
+        self.quality = "good"
         self.on_transport_ended: Callable[[Peer, str], None] = lambda peer, reason: None
 
     @property
@@ -128,7 +131,12 @@ class Peer:
         return self.session.display_name
 
     def info(self) -> Json:
-        return {"id": self.id, "displayName": self.display_name, "device": self.device or {}}
+        return {
+            "id": self.id,
+            "displayName": self.display_name,
+            "device": self.device or {},
+            "quality": self.quality,
+        }
 
     def notify(self, method: str, data: Any) -> None:
         if self.connection is not None:

@@ -57,6 +57,7 @@ from .protocol import (
     encode_error,
     encode_response,
 )
+from .quality import QualityBoard, QualitySample
 from .rate_limit import KeyedRateLimiter, MessageLimiter, RatePolicy, Verdict
 from .rooms import Peer, PeerLimits, RequestError, Room, RoomFull, printable
 from .tokens import InvalidToken
@@ -182,6 +183,9 @@ class Server:
         self._admitting_by_room: dict[str, int] = {}
         self._queue_wakeup = False
         self.lobby = Lobby(config.listed_rooms, self.room_summary)
+        self.quality: QualityBoard[tuple[str, str]] | None = (
+            QualityBoard(config.quality) if config.quality.interval is not None else None
+        )
         self.accepting = False
         self.loop_lag = 0.0
         self._ws_server: WsServer | None = None
@@ -803,7 +807,7 @@ class Server:
                     continue
                 if message.kind is Kind.REQUEST:
                     if message.method == "ping":
-                        conn.send(encode_response(message.id, self._pong(message.data)))
+                        conn.send(encode_response(message.id, self._pong(message.data, peer)))
                         metrics.observe_request("ping", "ok", 0.0)
                         continue
                     await self._request(
@@ -815,10 +819,13 @@ class Server:
         except ConnectionClosed:
             pass
 
-    def _pong(self, data: Any) -> dict[str, Any]:
+    def _pong(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
+        """Answer a heartbeat; the RTT the client reports feeds metrics and quality."""
         rtt = data.get("rtt") if isinstance(data, dict) else None
         if isinstance(rtt, (int, float)) and not isinstance(rtt, bool) and 0 <= rtt < 60_000:
             self.metrics.ping_rtt_client.observe(rtt / 1000)
+            if peer is not None:
+                peer.reported_rtt_ms = float(rtt)
         return {"serverTime": time.time() * 1000}
 
     async def _request(
@@ -844,6 +851,8 @@ class Server:
             result = await peer.room.handle(peer, method, data)
             if method == "join":
                 self.registry.joined(session, self.loop.time())
+                if self.quality is not None:
+                    self.quality.add((session.room_id, session.peer_id))
                 self.lobby.changed(session.room_id)
                 log_session("session_joined", session)
             frame = encode_response(request_id, {} if result is None else result)
@@ -882,7 +891,7 @@ class Server:
         if not isinstance(data, dict):
             data = {}
         if method == "ping":
-            conn.notify("pong", self._pong(data))
+            conn.notify("pong", self._pong(data, peer))
         elif method == "beforeDisconnect":
             self.end_session(session, EndReason.GRACEFUL, detected_at=self.loop.time())
         elif method == "activity":
@@ -927,6 +936,8 @@ class Server:
             self.connections.pop(conn.id, None)
             conn.close(close_code or CLOSE_CODES[reason], reason.value)
         self._schedule_room_close(room)
+        if self.quality is not None:
+            self.quality.remove((room.id, peer.id))
         self.lobby.changed(room.id)
         self._wake_queue()  # a seat is free
         self.metrics.session_ended(reason, detected_at)
@@ -956,6 +967,8 @@ class Server:
         next_full_collection = self.loop.time() + (gc_interval or 0.0)
         next_lobby_flush = self.loop.time()
         next_queue_check = self.loop.time()
+        quality_interval = self.config.quality.interval
+        next_grading = self.loop.time() + (quality_interval or 0.0)
         expected = self.loop.time() + period
         while True:
             await asyncio.sleep(max(0.0, expected - self.loop.time()))
@@ -978,6 +991,9 @@ class Server:
                 if now >= next_lobby_flush:
                     next_lobby_flush = now + self.config.lobby_update_interval
                     self.lobby.flush()
+                if quality_interval is not None and now >= next_grading:
+                    next_grading = now + quality_interval
+                    self._grade_quality(now)
                 if now >= next_queue_check:
                     next_queue_check = now + 1.0
                     self._expire_queue(now)
@@ -1000,6 +1016,28 @@ class Server:
                     gc.freeze()
             except Exception:
                 logger.exception("liveness tick failed")
+
+    def _grade_quality(self, now: float) -> None:
+        """Grade every joined peer's connection; tell its room when a grade changes."""
+        board = self.quality
+        if board is None or not self.registry.judging(now):
+            return  # after a stall, gaps and jitter are the server's own doing
+        for room in self.rooms.values():
+            for peer in room.joined_peers():
+                key = (room.id, peer.id)
+                links = [t.link_sample(now) for t in peer.transports.values()]
+                sample = QualitySample.from_links(links, rtt_ms=peer.reported_rtt_ms)
+                peer.reported_rtt_ms = None  # each report counts once
+                change = board.observe(key, sample, now)
+                if change is None:
+                    continue
+                grader = board.get(key)
+                reasons = list(grader.reasons) if grader is not None else []
+                peer.quality = change.value
+                room.broadcast(
+                    "peerQuality", {"peerId": peer.id, "quality": change.value, "reasons": reasons}
+                )
+                log_session("session_quality", peer.session, quality=change.value, why=reasons)
 
     def _apply(self, decisions: list[Probe | SocketDead | End] | list[End], now: float) -> None:
         probes: list[Session] = []

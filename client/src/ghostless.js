@@ -8,11 +8,20 @@ import { Protoo, ProtooError } from './protoo.js';
 export { Protoo, ProtooError };
 
 // Close codes after which reconnecting would not help (docs/protocol.md).
+// 4503 (server or waiting queue full) is not one: it means "try later".
 const FINAL_CODES = new Set([4400, 4401, 4403, 4409]);
+const SERVER_FULL = 4503;
+const QUEUE_TIMEOUT = 'queue_timeout'; // the reason of close code 4408 after waiting too long
 const INTERACTION_THROTTLE_MS = 30000;
 // mediasoup-client >= 3.19 no longer exposes device.sctpCapabilities; the
 // server (as mediasoup-demo's) enables SCTP when a transport request has them.
 const SCTP_CAPABILITIES = { numStreams: { OS: 1024, MIS: 1024 } };
+
+const QUALITIES = ['good', 'unstable', 'poor'];
+
+function newPeerEntry(peer) {
+  return { ...peer, status: 'connected', reason: null, quality: 'good', qualityReasons: [] };
+}
 
 function randomId(prefix) {
   const bytes = crypto.getRandomValues(new Uint8Array(6));
@@ -27,9 +36,9 @@ function defaultServer() {
 /**
  * One participant in one room.
  *
- * Events (CustomEvent, details in docs/client.md): statechange, peers, track,
- * trackended, chat, replaced, error.
- * States: idle, connecting, joined, reconnecting, replaced, closed.
+ * Events (CustomEvent, details in docs/client.md): statechange, peers, queue,
+ * quality, track, trackended, chat, replaced, error.
+ * States: idle, connecting, queued, joined, reconnecting, replaced, closed.
  */
 export class GhostlessClient extends EventTarget {
   constructor({
@@ -62,6 +71,9 @@ export class GhostlessClient extends EventTarget {
     this.localStream = null;
     this.heartbeatInterval = 30;
     this.rtt = null;
+    this.queue = null; // {position, length} while waiting in the server's queue
+    this.quality = 'good'; // this participant's connection, as the server grades it
+    this.qualityReasons = [];
     this._protoo = null;
     this._device = null;
     this._sendTransport = null;
@@ -82,11 +94,17 @@ export class GhostlessClient extends EventTarget {
 
   // -- public API ---------------------------------------------------------------
 
-  /** Take camera/microphone and join the room. */
+  /** Take camera/microphone and join the room (again, after a `closed` state). */
   async start() {
     this._setState('connecting');
     await this._acquireMedia();
-    await this._connect();
+    try {
+      await this._connect();
+    } catch (error) {
+      // Lost or refused for now (4503): the reconnect loop has taken over.
+      if (this.state === 'reconnecting') return;
+      throw error;
+    }
   }
 
   /** Leave for good: beforeDisconnect, release everything, close 1000. */
@@ -145,7 +163,7 @@ export class GhostlessClient extends EventTarget {
     const firstNotice = new Promise((resolve) => { protoo._first = resolve; });
     protoo.onrequest = (method, data) => this._onRequest(method, data);
     protoo.onnotification = (method, data) => {
-      if (protoo._first && (method === 'sessionResumed' || method === 'sessionExpired')) {
+      if (protoo._first && ['sessionResumed', 'sessionExpired', 'queuePosition'].includes(method)) {
         protoo._first({ method, data });
         protoo._first = null;
       }
@@ -154,35 +172,75 @@ export class GhostlessClient extends EventTarget {
     protoo.onclose = (code, reason) => this._onClose(protoo, code, reason);
     this._protoo = protoo;
     await protoo.open();
-    this._attempt = 0;
     if (resume) {
       const notice = await Promise.race([
         firstNotice,
         new Promise((resolve) => setTimeout(() => resolve({ method: 'timeout' }), 5000)),
       ]);
       if (notice.method === 'sessionResumed') {
+        this._attempt = 0;
         this._resumeToken = notice.data.resumeToken;
         this._startHeartbeat(notice.data.heartbeatInterval || this.heartbeatInterval);
         this._setState('joined');
         await this._restartIceIfNeeded();
         return;
       }
-      // The grace period is over: rejoin as a fresh session.
+      // The grace period is over (or we were queued, so our seat is gone):
+      // join as a fresh session, once admitted.
     }
     await this._join(protoo);
+  }
+
+  /**
+   * A request of the join sequence.  A full room or server may put this
+   * connection in the queue (`queuePosition` arrives first): then nothing but
+   * `ping` is served until `queueAdmitted`, so wait for it; a request that
+   * crossed the `queuePosition` on the wire gets 503 "queued" and is sent
+   * again once admitted.
+   */
+  async _request(protoo, method, data) {
+    for (;;) {
+      if (protoo.admission) await protoo.admission.promise;
+      try {
+        return await protoo.request(method, data);
+      } catch (error) {
+        const queued = error instanceof ProtooError && error.code === 503 && error.reason === 'queued';
+        if (!queued || protoo.admitted) throw error;
+        this._queued(protoo);
+      }
+    }
+  }
+
+  /** This connection waits in the queue: `admission` settles when it gets a seat. */
+  _queued(protoo) {
+    if (protoo.admission || protoo.admitted || protoo.closed) return;
+    let resolve, reject;
+    const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
+    promise.catch(() => {}); // a close while queued is handled by _onClose
+    protoo.admission = { promise, resolve, reject };
+    this._setState('queued');
+    // Keep the waiting socket warm through proxies with idle timeouts.
+    this._startHeartbeat(this.heartbeatInterval);
+  }
+
+  _admitted(protoo) {
+    protoo.admitted = true;
+    if (protoo.admission) protoo.admission.resolve();
+    protoo.admission = null;
   }
 
   async _join(protoo) {
     this._closeMedia();
     if (!this._device) {
-      this._device = new Device();
-      const routerRtpCapabilities = await protoo.request('getRouterRtpCapabilities');
-      await this._device.load({ routerRtpCapabilities });
+      const routerRtpCapabilities = await this._request(protoo, 'getRouterRtpCapabilities');
+      const device = new Device();
+      await device.load({ routerRtpCapabilities });
+      this._device = device;
     }
     const device = this._device;
     this._sendTransport = await this._createTransport(protoo, 'send');
     this._recvTransport = await this._createTransport(protoo, 'recv');
-    const joined = await protoo.request('join', {
+    const joined = await this._request(protoo, 'join', {
       displayName: this.displayName,
       device: { flag: 'ghostless', name: navigator.userAgent.slice(0, 64) },
       rtpCapabilities: device.rtpCapabilities,
@@ -191,8 +249,12 @@ export class GhostlessClient extends EventTarget {
     this._resumeToken = joined.resumeToken;
     this._leaveToken = joined.leaveToken;
     this.peers.clear();
-    for (const peer of joined.peers) this.peers.set(peer.id, { ...peer, status: 'connected', reason: null });
+    for (const peer of joined.peers) this.peers.set(peer.id, newPeerEntry(peer));
+    // A fresh session starts graded "good" (the server only reports changes).
+    this.quality = 'good';
+    this.qualityReasons = [];
     this._emit('peers', { peers: this.peers });
+    this._attempt = 0;
     this._startHeartbeat(joined.heartbeatInterval || this.heartbeatInterval);
     this._setState('joined');
     for (const track of this.localStream ? this.localStream.getTracks() : []) {
@@ -207,7 +269,7 @@ export class GhostlessClient extends EventTarget {
   }
 
   async _createTransport(protoo, direction) {
-    const info = await protoo.request('createWebRtcTransport', {
+    const info = await this._request(protoo, 'createWebRtcTransport', {
       producing: direction === 'send',
       consuming: direction === 'recv',
       sctpCapabilities: this.wantChat ? this._sctpCapabilities() : undefined,
@@ -294,7 +356,7 @@ export class GhostlessClient extends EventTarget {
   _onNotification(protoo, method, data) {
     switch (method) {
       case 'newPeer':
-        this.peers.set(data.id, { ...data, status: 'connected', reason: null });
+        this.peers.set(data.id, newPeerEntry(data));
         this._emit('peers', { peers: this.peers });
         break;
       case 'peerClosed':
@@ -321,6 +383,23 @@ export class GhostlessClient extends EventTarget {
         break;
       case 'pong':
         break;
+      case 'queuePosition':
+        if (protoo !== this._protoo) break;
+        this._queued(protoo);
+        this.queue = { position: data.position, length: data.length };
+        this._attempt = 0; // the server took us: a later loss starts backing off afresh
+        this._emit('queue', { position: data.position, length: data.length, admitted: false });
+        break;
+      case 'queueAdmitted':
+        if (protoo !== this._protoo) break;
+        this.queue = null;
+        this._admitted(protoo);
+        this._setState('connecting');
+        this._emit('queue', { position: 0, length: 0, admitted: true, waited: data.waited });
+        break;
+      case 'peerQuality':
+        this._setQuality(data);
+        break;
       case 'sessionReplaced':
         this._replaced(protoo);
         break;
@@ -329,6 +408,21 @@ export class GhostlessClient extends EventTarget {
         break;
       default:
         break;
+    }
+  }
+
+  _setQuality({ peerId, quality, reasons }) {
+    if (!QUALITIES.includes(quality)) return; // a grade this client does not know
+    const qualityReasons = Array.isArray(reasons) ? reasons.map(String) : [];
+    if (peerId === this.peerId) {
+      this.quality = quality;
+      this.qualityReasons = qualityReasons;
+      this._emit('peers', { peers: this.peers });
+    } else {
+      this._updatePeer(peerId, { quality, qualityReasons });
+    }
+    if (peerId === this.peerId || this.peers.has(peerId)) {
+      this._emit('quality', { peerId, quality, reasons: qualityReasons, self: peerId === this.peerId });
     }
   }
 
@@ -350,17 +444,24 @@ export class GhostlessClient extends EventTarget {
   // -- losing the connection ------------------------------------------------------------
 
   _onClose(protoo, code, reason) {
+    // A join waiting for its seat gives up with the connection, current or not.
+    if (protoo.admission) protoo.admission.reject(new Error('connection closed'));
+    protoo.admission = null;
     if (protoo !== this._protoo) return; // an older connection
     this._stopHeartbeat();
+    this.queue = null;
     if (['closed', 'replaced'].includes(this.state)) return;
-    if (FINAL_CODES.has(code)) {
+    if (FINAL_CODES.has(code) || (code === 4408 && reason === QUEUE_TIMEOUT)) {
+      // Refused, or waited in the queue for as long as the server allows:
+      // coming straight back would not help.  start() tries again.
       this._closeMedia();
       this._stopLocalMedia();
       this._setState('closed', reason || String(code));
       return;
     }
     if (code === 4408 || code === 4411) this._resumeToken = null; // the session is gone
-    this._setState('reconnecting');
+    // Server (or its queue) full: try later, backing off further each time.
+    this._setState('reconnecting', code === SERVER_FULL ? 'server_full' : null);
     this._scheduleReconnect();
   }
 
@@ -425,7 +526,7 @@ export class GhostlessClient extends EventTarget {
   }
 
   async _ping() {
-    if (!this._protoo || this.state !== 'joined') return;
+    if (!this._protoo || (this.state !== 'joined' && this.state !== 'queued')) return;
     const started = performance.now();
     try {
       await this._protoo.request('ping', this.rtt === null ? {} : { rtt: this.rtt }, 10000);

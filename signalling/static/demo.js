@@ -1,4 +1,5 @@
-// The ghostless demo call page: tiles, participants with live status, chat.
+// The ghostless demo call page: tiles, participants with live status and
+// connection quality, the waiting queue, chat.
 import { GhostlessClient } from '/ghostless.js';
 
 const $ = (selector) => document.querySelector(selector);
@@ -20,18 +21,47 @@ const meters = new Map(); // peerId -> {analyser, data, bar}
 let audioContext = null;
 let client = null;
 
+// What the server's `peerQuality` reasons mean, for tooltips.
+const REASONS = {
+  rtt: 'high latency',
+  loss: 'packet loss',
+  jitter: 'jitter',
+  consent: 'missed connectivity checks',
+};
+
+function qualityOf(peerId) {
+  if (peerId === client.peerId) return { quality: client.quality, reasons: client.qualityReasons };
+  const peer = client.peers.get(peerId);
+  return peer ? { quality: peer.quality || 'good', reasons: peer.qualityReasons || [] }
+              : { quality: 'good', reasons: [] };
+}
+
+/** A coloured dot (green, amber, red) whose tooltip gives the reasons. */
+function paintQuality(element, { quality, reasons }) {
+  const why = reasons.map((r) => REASONS[r] || r).join(', ');
+  const text = `Connection ${quality}` + (why ? `: ${why}` : '');
+  element.dataset.quality = quality;
+  element.dataset.reasons = reasons.join(',');
+  element.title = text;
+  element.setAttribute('aria-label', text);
+  const label = element.querySelector('.quality-text');
+  if (label) label.textContent = quality === 'good' ? '' : quality;
+}
+
 function tile(peerId, label, local = false) {
   let element = tiles.get(peerId);
   if (!element) {
     element = document.createElement('div');
     element.className = 'tile' + (local ? ' local' : '');
     element.dataset.peerId = peerId;
-    element.innerHTML = '<video autoplay playsinline></video><span class="name"></span>';
+    element.innerHTML = '<video autoplay playsinline></video><span class="name"></span>'
+      + '<span class="quality" role="img"><i></i><span class="quality-text"></span></span>';
     element.querySelector('video').muted = true; // audio plays through <audio>
     $('#tiles').append(element);
     tiles.set(peerId, element);
   }
   element.querySelector('.name').textContent = label;
+  paintQuality(element.querySelector('.quality'), qualityOf(peerId));
   return element;
 }
 
@@ -47,18 +77,24 @@ function renderParticipants() {
   const me = document.createElement('li');
   me.dataset.peerId = client.peerId;
   me.dataset.status = 'connected';
-  me.innerHTML = '<span class="who"></span><span class="badge">you</span>';
+  me.innerHTML = '<span class="quality" role="img"><i></i></span><span class="who"></span><span class="badge">you</span>';
   me.querySelector('.who').textContent = client.displayName;
+  paintQuality(me.querySelector('.quality'), qualityOf(client.peerId));
   list.append(me);
+  if (tiles.has(client.peerId)) {
+    paintQuality(tiles.get(client.peerId).querySelector('.quality'), qualityOf(client.peerId));
+  }
   for (const peer of client.peers.values()) {
     const item = document.createElement('li');
     item.dataset.peerId = peer.id;
     item.dataset.status = peer.status;
     item.dataset.reason = peer.reason || '';
     const status = peer.status === 'left' ? `left (${peer.reason})` : peer.status;
-    item.innerHTML = '<span class="who"></span><span class="badge"></span><span class="level"><i></i></span>';
+    item.innerHTML = '<span class="quality" role="img"><i></i></span><span class="who"></span>'
+      + '<span class="badge"></span><span class="level"><i></i></span>';
     item.querySelector('.who').textContent = peer.displayName || peer.id;
     item.querySelector('.badge').textContent = status;
+    paintQuality(item.querySelector('.quality'), qualityOf(peer.id));
     const meter = meters.get(peer.id);
     if (meter) meter.bar = item.querySelector('.level i');
     list.append(item);
@@ -102,10 +138,27 @@ function addMessage(who, text) {
 function setState(state, reason) {
   const label = $('#state');
   label.dataset.state = state;
+  document.body.dataset.state = state;
   label.textContent = reason ? `${state}: ${reason}` : state;
   $('#banner').hidden = state !== 'reconnecting';
-  $('#banner').textContent = 'Connection lost, reconnecting…';
+  $('#banner').textContent = reason === 'server_full'
+    ? 'The server is full, trying again…'
+    : 'Connection lost, reconnecting…';
   $('#replaced').hidden = state !== 'replaced';
+  const timedOut = state === 'closed' && reason === 'queue_timeout';
+  $('#queue-banner').hidden = state !== 'queued' && !timedOut;
+  $('#queue-banner').classList.toggle('timedout', timedOut);
+  $('#queue-retry').hidden = !timedOut;
+  if (timedOut) {
+    $('#queue-position').textContent = 'No seat came free in time.';
+    $('#queue-detail').textContent = 'You left the queue; try again when the room is less busy.';
+  }
+}
+
+function showQueue({ position, length, admitted }) {
+  if (admitted) return; // statechange hides the banner
+  $('#queue-position').textContent = `Waiting in the queue: position ${position} of ${length}`;
+  $('#queue-detail').textContent = 'The room is full. You will join as soon as a seat frees up.';
 }
 
 $('#join-form').addEventListener('submit', async (event) => {
@@ -123,6 +176,7 @@ $('#join-form').addEventListener('submit', async (event) => {
   window.ghostlessMeters = meters;
   client.addEventListener('statechange', ({ detail }) => setState(detail.state, detail.reason));
   client.addEventListener('peers', renderParticipants);
+  client.addEventListener('queue', ({ detail }) => showQueue(detail));
   client.addEventListener('localstream', ({ detail }) => {
     const element = tile(client.peerId, `${name} (you)`, true);
     element.querySelector('video').srcObject = detail.stream;
@@ -149,11 +203,15 @@ $('#join-form').addEventListener('submit', async (event) => {
     await client.start();
     renderParticipants();
   } catch (error) {
-    setState('closed', String(error.message || error));
+    // The client may already have said why (a refusal, the queue timeout).
+    setState('closed', client.closeReason || String(error.message || error));
   }
 });
 
 $('#use-here').addEventListener('click', () => client.takeBack());
+$('#queue-retry').addEventListener('click', () => {
+  client.start().catch((error) => setState('closed', client.closeReason || String(error.message || error)));
+});
 $('#leave').addEventListener('click', async () => {
   await client.leave();
   for (const peerId of [...tiles.keys()]) removeTile(peerId);

@@ -26,6 +26,7 @@ from signalling.server import Server
 from ..signalling.conftest import TEST_CONFIG
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -53,6 +54,25 @@ async def server() -> AsyncIterator[Server]:
     await server.start()
     yield server
     await server.shutdown()
+
+
+ServerFactory = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[ServerFactory]:
+    """Servers with ``BROWSER_CONFIG`` and some changes (a capacity, the queue...)."""
+    servers: list[Server] = []
+
+    async def make(**changes: Any) -> Server:
+        server = Server(replace(BROWSER_CONFIG, **changes))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.shutdown()
 
 
 @pytest.fixture
@@ -176,3 +196,22 @@ async def audio_level(page: Page, name: str) -> float:
         name,
     )
     return level
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float, step: float = 0.05
+) -> float:
+    """Poll ``check`` until true; return how long it took (fails after ``timeout``)."""
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not true within {timeout} s")
+        await asyncio.sleep(step)
+    return time.monotonic() - started
+
+
+async def video_flows(page: Page, name: str) -> bool:
+    first = await remote_video(page, name)
+    await asyncio.sleep(0.5)
+    second = await remote_video(page, name)
+    return bool(second["width"] > 0 and second["height"] > 0 and second["frames"] > first["frames"])

@@ -8,37 +8,22 @@ offline (briefly, or for longer than the grace period) or opens a second tab.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from playwright.async_api import Browser, BrowserContext, Page
 
 from signalling.server import Server
 
 from ..signalling.test_calls import media_gauges
-from .conftest import ChromiumProcess, audio_level, join, peer_status, remote_video
-
-DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout: float, step: float = 0.05
-) -> float:
-    """Poll ``check`` until true; return how long it took (fails after ``timeout``)."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not true within {timeout} s")
-        await asyncio.sleep(step)
-    return time.monotonic() - started
-
-
-async def video_flows(page: Page, name: str) -> bool:
-    first = await remote_video(page, name)
-    await asyncio.sleep(0.5)
-    second = await remote_video(page, name)
-    return second["width"] > 0 and second["height"] > 0 and second["frames"] > first["frames"]
+from .conftest import (
+    DOCS,
+    ChromiumProcess,
+    audio_level,
+    join,
+    peer_status,
+    video_flows,
+    wait_until,
+)
 
 
 async def hears(page: Page, name: str) -> bool:
@@ -59,8 +44,8 @@ async def media_of_peer(server: Server, peer_id: str) -> int:
     )
 
 
-async def status_history(page: Page) -> list[tuple[str, str]]:
-    history: list[tuple[str, str]] = await page.evaluate("window.peerHistory")
+async def status_history(page: Page) -> list[list[str]]:
+    history: list[list[str]] = await page.evaluate("window.peerHistory")
     return history
 
 

@@ -26,6 +26,7 @@ from media.rtp_packet import (
     RTCP_RTPFB,
     RTCP_SDES,
     RTCP_SR,
+    ReportBlock,
     build_nack,
     build_pli,
     build_receiver_report,
@@ -470,10 +471,10 @@ def test_a_receiver_report_round_trips_through_parse_report_blocks() -> None:
 
     assert (pt, count) == (RTCP_RR, 4)
     assert list(parse_report_blocks(packet, count, 8)) == [
-        (0x111, 25, 1000, 33),
-        (0x222, 0, -5, 0),
-        (0x333, 255, -0x800000, 7),
-        (0x444, 1, 0x7FFFFF, 8),
+        ReportBlock(0x111, 25, 1000, 70000, 33, 0xDEAD, 0xBEEF),
+        ReportBlock(0x222, 0, -5, 1, 0, 0, 0),
+        ReportBlock(0x333, 255, -0x800000, 1, 7, 0, 0),
+        ReportBlock(0x444, 1, 0x7FFFFF, 1, 8, 0, 0),
     ]
 
 

@@ -22,11 +22,11 @@ def error(*argv: str, **environ: str) -> str:
 
 
 def flag_of(name: str) -> str:
-    return "--" + name.removeprefix("liveness.").replace("_", "-")
+    return "--" + name.removeprefix("liveness.").replace(".", "-").replace("_", "-")
 
 
 def env_of(name: str) -> str:
-    return "GHOSTLESS_" + name.removeprefix("liveness.").upper()
+    return "GHOSTLESS_" + name.removeprefix("liveness.").replace(".", "_").upper()
 
 
 def names(message: str, field: str) -> bool:
@@ -148,6 +148,21 @@ OTHER_VALUES = {
     "max_queue_length": "10",
     "listed_rooms": "public-*,demo",
     "lobby_update_interval": "1",
+    "quality.interval": "5",
+    "quality.rtt_unstable_ms": "250",
+    "quality.rtt_poor_ms": "900",
+    "quality.loss_unstable": "0.05",
+    "quality.loss_poor": "0.2",
+    "quality.jitter_unstable_ms": "40",
+    "quality.jitter_poor_ms": "100",
+    "quality.consent_gap_unstable": "9",
+    "quality.consent_gap_poor": "20",
+    "quality.degrade_samples": "2",
+    "quality.smoothing": "0.5",
+    "quality.recovery_margin": "0.3",
+    "quality.recovery_hold": "20",
+    "quality.min_loss_packets": "50",
+    "quality.forget_after": "60",
     "ready_max_port_use": "0.5",
     "ready_max_fd_use": "0.5",
     "liveness.join_timeout": "31",
@@ -159,6 +174,8 @@ OTHER_VALUES = {
 def value_of(config: Config, name: str) -> object:
     if name.startswith("liveness."):
         return getattr(config.liveness, name.removeprefix("liveness."))
+    if name.startswith("quality."):
+        return getattr(config.quality, name.removeprefix("quality."))
     return getattr(config, name)
 
 
