@@ -14,12 +14,14 @@ ensure_venv() {
   fi
 }
 
-# Headless Chromium (browser tests) and Node/npm (the bundle check) come from
-# Debian; install them when missing (as root, or through sudo).
+# Headless Chromium (browser tests), Node/npm (the bundle check) and Prometheus
+# with promtool (tests/operations) come from Debian; install them when missing
+# (as root, or through sudo).
 ensure_system_packages() {
   local missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+  { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -28,6 +28,24 @@ if TYPE_CHECKING:
 
     from .server import Server
 
+REFUSAL_REASONS = (
+    "unauthorized",
+    "bad_request",
+    "room_full",
+    "server_full",
+    "queue_full",
+    "identity_in_use",
+    "peer_id_in_use",
+    "resume_token_invalid",
+    "connections_per_ip",
+    "connection_rate",
+    "capacity",
+    "rate_limited",
+    "slow_reader",
+    "no_free_port",
+)
+"""Every ``reason`` of ``ghostless_refusals_total`` (docs/operations.md)."""
+
 MEDIA_KINDS = (
     "routers",
     "transports",
@@ -216,6 +234,40 @@ class Metrics:
         self._request_children: dict[tuple[str, str], Any] = {}
         self._duration_children: dict[str, Any] = {}
         server.worker.observer.on("newrouter", self._new_router)
+        self._create_series()
+
+    def _create_series(self) -> None:
+        """Create every labelled series at start, at zero.
+
+        A series that first appears with the value 1 shows no increase to
+        ``rate()`` and ``increase()``: the first failure or refusal would be
+        invisible to the alerts."""
+        from .rooms import Room  # the request methods (no import cycle at module level)
+
+        for method in (*Room.HANDLERS, "ping", "beforeDisconnect", "unknown"):
+            for outcome in ("ok", "error", "failed"):
+                self.observe_request_series(method, outcome)
+            if method != "ping":
+                self._duration_children[method] = self.request_duration.labels(method)
+        for reason in EndReason:
+            self.detection_to_cleanup.labels(reason.value)
+        for refusal in REFUSAL_REASONS:
+            self.refused_series(refusal)
+        for kind in ("request", "notification", "response"):
+            self._rate_limited[kind] = self.rate_limited_messages.labels(kind)
+
+    def observe_request_series(self, method: str, outcome: str) -> Any:
+        key = (method, outcome)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(method, outcome)
+        return child
+
+    def refused_series(self, reason: str) -> Any:
+        child = self._refusals.get(reason)
+        if child is None:
+            child = self._refusals[reason] = self.refusals.labels(reason)
+        return child
 
     # -- media objects, through observer events ----------------------------------------
 
@@ -246,10 +298,7 @@ class Metrics:
             )
 
     def refused(self, reason: str) -> None:
-        child = self._refusals.get(reason)
-        if child is None:
-            child = self._refusals[reason] = self.refusals.labels(reason)
-        child.inc()
+        self.refused_series(reason).inc()
 
     def rate_limited(self, kind: str) -> None:
         child = self._rate_limited.get(kind)
@@ -258,11 +307,7 @@ class Metrics:
         child.inc()
 
     def observe_request(self, method: str, outcome: str, duration: float) -> None:
-        key = (method, outcome)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(method, outcome)
-        child.inc()
+        self.observe_request_series(method, outcome).inc()
         if method == "ping":
             return  # the hot path: counted, not timed
         timer = self._duration_children.get(method)
