@@ -15,6 +15,10 @@ messages instead of raising, ignores DCEP, and stops reassembling a message
 once it exceeds ``maxMessageSize``.  Errors are reported through an
 ``on_error(kind, detail)`` callback; see ``media.datagram_errors``.
 
+``media.bwe`` borrows ``aiortc.rate``'s port of libwebrtc's AIMD rate control
+(consulted a few times a second; the per-group overuse detector is
+``media.bwe``'s own, checked against aiortc's in the tests).
+
 ``SrtpSession`` calls libsrtp through pylibsrtp's own cffi binding, on the
 session's own buffer: no allocation per packet, and a consumer's SSRC and
 sequence number are written straight into the bytes that get encrypted.
@@ -33,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pylibsrtp
+from aiortc.rate import AimdRateControl, BandwidthUsage
 from aiortc.rtcdatachannel import RTCDataChannel, RTCDataChannelParameters
 from aiortc.rtcdtlstransport import (
     RTCCertificate,
@@ -57,6 +62,8 @@ from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN
 from pylibsrtp._binding import ffi, lib
 
 __all__ = [
+    "AimdRateControl",
+    "BandwidthUsage",
     "DtlsRole",
     "DtlsSession",
     "ErrorSink",
@@ -664,5 +671,14 @@ def check_internals() -> None:
     for name in ("srtp_protect", "srtp_unprotect", "srtp_protect_rtcp", "srtp_unprotect_rtcp"):
         if not hasattr(lib, name):
             missing.append(f"pylibsrtp._binding.lib.{name}")
+    # media.bwe drives aiortc's port of libwebrtc's AIMD rate control (aiortc.rate,
+    # not part of aiortc's public API).
+    for name in ("update", "set_estimate"):
+        if not callable(getattr(AimdRateControl, name, None)):
+            missing.append(f"aiortc.rate.AimdRateControl.{name}")
+    if not hasattr(AimdRateControl(), "current_bitrate"):
+        missing.append("aiortc.rate.AimdRateControl.current_bitrate")
+    if not {"NORMAL", "OVERUSING", "UNDERUSING"} <= set(BandwidthUsage.__members__):
+        missing.append("aiortc.rate.BandwidthUsage")
     if missing:
         raise RuntimeError("aiortc internals changed: " + ", ".join(missing))

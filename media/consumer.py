@@ -1,9 +1,17 @@
 """Consumer: one producer's stream, rewritten for one receiving transport.
 
 Each consumer has its own SSRC (and RTX SSRC), as in mediasoup, so a receiver
-never sees two streams with one SSRC.  Sequence numbers keep the producer's
-numbering plus an offset that is re-anchored whenever forwarding restarts
-after a pause, so the receiver sees no gap it would try to repair.
+never sees two streams with one SSRC.  This module's ``Consumer`` is
+mediasoup's ``SimpleConsumer`` (a single-encoding producer): sequence numbers
+keep the producer's numbering plus an offset that is re-anchored whenever
+forwarding restarts after a pause, so the receiver sees no gap it would try
+to repair.  ``media.simulcast_consumer.SimulcastConsumer`` extends it for
+producers with several encodings.
+
+Both expose the same control surface: pause/resume, ``request_key_frame``,
+``preferred_layers`` / ``current_layers`` / ``target_layers`` (None for a
+simple consumer), ``priority``, ``desired_bitrate`` (what it would forward
+with no limit) and ``available_bitrate`` (set by a bandwidth estimator).
 """
 
 from __future__ import annotations
@@ -13,20 +21,24 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from . import rtp_packet
-from .errors import InvalidStateError
+from .errors import InvalidParametersError, InvalidStateError
 from .events import EventEmitter
 from .link import StreamCounters
 from .rtp_parameters import Json
+from .rtp_stream import RecvStream, ScoreHistory
 
 if TYPE_CHECKING:
     from .producer import Producer
     from .webrtc_transport import WebRtcTransport
 
+DEFAULT_PRIORITY = 1
+
 
 class Consumer(EventEmitter):
     """mediasoup ``Consumer``: events ``transportclose``, ``producerclose``,
-    ``producerpause``, ``producerresume``; observer ``close``, ``pause``,
-    ``resume``."""
+    ``producerpause``, ``producerresume``, ``score`` (``{score, producerScore,
+    producerScores}``), ``layerschange`` (simulcast only); observer ``close``,
+    ``pause``, ``resume``."""
 
     def __init__(
         self,
@@ -50,6 +62,7 @@ class Consumer(EventEmitter):
         self.producer_paused_state = producer.paused
         self._transport = transport
         self._producer = producer
+        self._stream = producer.streams[0]
         encoding = rtp_parameters["encodings"][0]
         self.ssrc: int = encoding["ssrc"]
         self.rtx_ssrc: int | None = (encoding.get("rtx") or {}).get("ssrc")
@@ -72,7 +85,10 @@ class Consumer(EventEmitter):
         self.clock_rate: int = codecs[0]["clockRate"]
         self.round_trip_time: float | None = None
         self._sr_sent: dict[int, float] = {}
-        self.score = 10
+        self._scores = ScoreHistory(10)
+        self._last_score: Json | None = None
+        self.priority = DEFAULT_PRIORITY
+        self._available_bitrate: int | None = None
 
     def __repr__(self) -> str:
         return f"<Consumer {self.id} of {self.producer_id}{' closed' if self.closed else ''}>"
@@ -85,9 +101,74 @@ class Consumer(EventEmitter):
     def producer(self) -> Producer:
         return self._producer
 
+    # -- layers and bitrate (what signalling and the bandwidth estimator read) ------------
+
+    @property
+    def preferred_layers(self) -> Json | None:
+        return None
+
+    @property
+    def current_layers(self) -> Json | None:
+        return None
+
+    @property
+    def target_layers(self) -> Json | None:
+        return None
+
+    @property
+    def desired_bitrate(self) -> int:
+        """Bits/s this consumer would forward with no limit: the producer stream's peak
+        over the last two seconds (0 while it forwards nothing)."""
+        if not self._forwarding or not self._stream.active:
+            return 0
+        return self._stream.peak_bitrate_up_to(self._stream.temporal_layers - 1)
+
+    @property
+    def available_bitrate(self) -> int | None:
+        """Bits/s a bandwidth estimator allows this consumer (None: no limit).
+
+        A simple consumer cannot act on it; a simulcast one picks its layers
+        by it at once (and again whenever its producer's bitrates are measured).
+        """
+        return self._available_bitrate
+
+    @available_bitrate.setter
+    def available_bitrate(self, bitrate: int | float | None) -> None:
+        if bitrate is not None and not bitrate >= 0:
+            raise ValueError("available_bitrate must be None or non-negative")
+        self._available_bitrate = None if bitrate is None else int(bitrate)
+        self._available_bitrate_changed()
+
+    def _available_bitrate_changed(self) -> None:
+        """A simulcast consumer re-chooses its layers."""
+
+    async def set_preferred_layers(self, layers: Any) -> None:
+        """mediasoup ``setPreferredLayers``: a simple consumer has one layer (checked, kept)."""
+        self._check_open()
+        parse_layers(layers, spatial_layers=1, temporal_layers=1)
+
+    async def set_priority(self, priority: Any) -> None:
+        """mediasoup ``setPriority`` (1..255): the bandwidth estimator's weight."""
+        self._check_open()
+        if not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 255:
+            raise InvalidParametersError("priority must be an integer 1..255")
+        self.priority = priority
+        self._demand_changed()
+
+    async def unset_priority(self) -> None:
+        self._check_open()
+        self.priority = DEFAULT_PRIORITY
+        self._demand_changed()
+
+    def _demand_changed(self) -> None:
+        """Ask the transport's bandwidth sharing to run now, not at its next round."""
+        distribute = getattr(self._transport, "distribute_available_bitrate", None)
+        if distribute is not None:
+            distribute()
+
     # -- forwarding -------------------------------------------------------------
 
-    def send_rtp(self, packet: bytearray, seq: int) -> None:
+    def send_rtp(self, packet: bytearray, seq: int, stream: RecvStream | None = None) -> None:
         if not self._forwarding:
             return
         if self._resync:
@@ -102,7 +183,13 @@ class Consumer(EventEmitter):
         # the cached packet stays the producer's.
         self._transport.send_rtp(packet, out_seq, self.ssrc)
 
-    def send_sender_report(self, ntp: int, rtp_timestamp: int) -> None:
+    def send_sender_report(
+        self, ntp: int, rtp_timestamp: int, stream: RecvStream | None = None
+    ) -> None:
+        """Relay the producer's NTP/RTP pair (a simple consumer keeps its timestamps)."""
+        self._send_sender_report(ntp, rtp_timestamp)
+
+    def _send_sender_report(self, ntp: int, rtp_timestamp: int) -> None:
         if not self._forwarding or self.packet_count == 0:
             return
         self._transport.send_rtcp(
@@ -116,17 +203,17 @@ class Consumer(EventEmitter):
 
     def receive_nack(self, seqs: list[int]) -> None:
         """Retransmit what the cache holds (RFC 4588 RTX); relay the rest."""
-        producer = self._producer
+        stream = self._stream
         missing: list[int] = []
         for seq in seqs:
             producer_seq = (seq - self._seq_offset) & 0xFFFF
-            cached = producer.cached_packet(producer_seq)
+            cached = stream.cached_packet(producer_seq)
             if cached is None:
                 missing.append(producer_seq)
             else:
                 self._retransmit(cached, seq)
         if missing:
-            producer.request_retransmission(missing)
+            stream.request_retransmission(missing)
 
     def _retransmit(self, cached: bytearray, seq: int) -> None:
         self.retransmitted_count += 1
@@ -151,6 +238,9 @@ class Consumer(EventEmitter):
 
     def receive_report(self, block: rtp_packet.ReportBlock) -> None:
         """The client's reception report about this stream (RFC 3550 section 6.4.1)."""
+        expected = (block.highest_seq - self.highest_seq_reported) & 0xFFFFFFFF
+        lost = block.cumulative_lost - self.packets_lost
+        first = self.reports_received == 0
         self.fraction_lost = block.fraction_lost
         self.packets_lost = block.cumulative_lost
         self.highest_seq_reported = block.highest_seq
@@ -161,6 +251,12 @@ class Consumer(EventEmitter):
         sent = self._sr_sent.get(block.lsr)
         if sent is not None:
             self.round_trip_time = max(0.0, time.monotonic() - sent - block.dlsr / 65536)
+        # Our stream's score, as mediasoup's RtpStreamSend: what the client
+        # received of what it expected between two reports, to the 4th power.
+        if not first and 0 < expected < 0x80000000:
+            delivered = max(0.0, min(1.0, (expected - max(0, lost)) / expected))
+            if self._scores.add(round(delivered**4 * 10)):
+                self._emit_score()
 
     def report_counters(self) -> StreamCounters | None:
         """The latest receiver report as cumulative counters (None before the first).
@@ -180,6 +276,33 @@ class Consumer(EventEmitter):
             rtt_ms=None if rtt is None else rtt * 1000,
             reports=self.reports_received,
         )
+
+    # -- scores -------------------------------------------------------------------
+
+    @property
+    def score(self) -> Json:
+        """mediasoup's ``ConsumerScore``: ours (from the client's reports), the
+        producer stream we forward, and every producer stream's."""
+        return {
+            "score": self._scores.score,
+            "producerScore": self._current_producer_score(),
+            "producerScores": [s.score for s in self._producer.streams],
+        }
+
+    def _current_producer_score(self) -> int:
+        return self._stream.score
+
+    def producer_score_changed(self) -> None:
+        self._emit_score()
+
+    def _emit_score(self) -> None:
+        score = self.score
+        if score != self._last_score:
+            self._last_score = score
+            self.emit("score", score)
+
+    def producer_tick(self, now: float | None, streams_changed: bool) -> None:
+        """The producer judged its streams' health (``now``: None if a stream just woke)."""
 
     # -- control ------------------------------------------------------------------
 
@@ -227,29 +350,29 @@ class Consumer(EventEmitter):
         self._update_forwarding()
         self.emit("producerresume")
 
+    def _outbound_stats(self) -> Json:
+        return {
+            "type": "outbound-rtp",
+            "timestamp": time.time() * 1000,
+            "kind": self.kind,
+            "mimeType": self.rtp_parameters["codecs"][0]["mimeType"],
+            "ssrc": self.ssrc,
+            "rtxSsrc": self.rtx_ssrc,
+            "packetCount": self.packet_count,
+            "byteCount": self.byte_count,
+            "packetsRetransmitted": self.retransmitted_count,
+            "packetsLost": self.packets_lost,
+            "fractionLost": self.fraction_lost,
+            "jitter": self.jitter,
+            "highestSeqReported": self.highest_seq_reported,
+            "reportsReceived": self.reports_received,
+            "roundTripTime": self.round_trip_time,
+            "score": self._scores.score,
+        }
+
     async def get_stats(self) -> list[Json]:
         self._check_open()
-        return [
-            {
-                "type": "outbound-rtp",
-                "timestamp": time.time() * 1000,
-                "kind": self.kind,
-                "mimeType": self.rtp_parameters["codecs"][0]["mimeType"],
-                "ssrc": self.ssrc,
-                "rtxSsrc": self.rtx_ssrc,
-                "packetCount": self.packet_count,
-                "byteCount": self.byte_count,
-                "packetsRetransmitted": self.retransmitted_count,
-                "packetsLost": self.packets_lost,
-                "fractionLost": self.fraction_lost,
-                "jitter": self.jitter,
-                "highestSeqReported": self.highest_seq_reported,
-                "reportsReceived": self.reports_received,
-                "roundTripTime": self.round_trip_time,
-                "score": self.score,
-            },
-            *await self._producer.get_stats(),
-        ]
+        return [self._outbound_stats(), *await self._producer.get_stats()]
 
     def _check_open(self) -> None:
         if self.closed:
@@ -288,3 +411,21 @@ class Consumer(EventEmitter):
         self.closed = True
         self._forwarding = False
         self.observer.emit("close")
+
+
+def parse_layers(layers: Any, *, spatial_layers: int, temporal_layers: int) -> tuple[int, int]:
+    """mediasoup's ``ConsumerLayers`` ({spatialLayer, temporalLayer?}), clamped to
+    what exists; an absent temporal layer means the highest."""
+    if not isinstance(layers, dict):
+        raise InvalidParametersError("layers must be an object")
+    spatial = layers.get("spatialLayer")
+    temporal = layers.get("temporalLayer")
+    for name, value in (("spatialLayer", spatial), ("temporalLayer", temporal)):
+        if value is None and name == "temporalLayer":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidParametersError(f"layers.{name} must be a non-negative integer")
+    assert isinstance(spatial, int)
+    spatial = min(spatial, spatial_layers - 1)
+    temporal = temporal_layers - 1 if temporal is None else min(temporal, temporal_layers - 1)
+    return spatial, temporal

@@ -1,10 +1,23 @@
-"""Producer: one media stream a client sends, fanned out to its consumers.
+"""Producer: one media track a client sends, fanned out to its consumers.
 
-The forwarding path is the hot path of the whole SFU: ``receive_rtp`` is called
-once per inbound RTP packet with the SRTP-decrypted bytes.  It maps the payload
-type and header extension ids to the router's (in place, one copy), records
-the sequence number for receiver reports, keeps the packet in a small
-retransmission cache, and hands the same buffer to every consumer.
+A producer has one receive stream (``media.rtp_stream.RecvStream``) per
+encoding: one for a plain track (``type == "simple"``), one per simulcast
+layer otherwise (``type == "simulcast"``, webcams send r0/r1/r2).  The
+transport's forwarding table maps each SSRC straight to its stream's bound
+``receive_rtp`` / ``receive_rtx``, so the hot path never goes through the
+producer; the producer owns the streams, the consumers and the control paths.
+
+Encodings are identified as mediasoup's ``Producer::GetRtpStream`` does:
+SSRCs signalled in ``rtpParameters.encodings`` are bound when the producer is
+created; otherwise a packet's RID header extension names its encoding, a
+repaired-RID names the encoding whose RTX stream it is, and a packet with a
+MID only belongs to the single encoding of a non-simulcast producer.
+
+Health (activity, bitrate, score) is judged by ``tick(now)``, which the
+transport schedules every quarter of the inactivity timeout: a stream silent
+for ``inactivity_timeout`` is inactive and scores 0.  ``score`` events carry
+mediasoup's ``ProducerScore[]`` and are emitted when a score changes (on
+sender reports, activity changes), never per packet.
 """
 
 from __future__ import annotations
@@ -12,27 +25,29 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import rtp_packet
 from .errors import InvalidStateError
 from .events import EventEmitter
 from .link import StreamCounters
-from .rtp_parameters import Json, ProducerMapping
+from .rtp_parameters import Json, ProducerMapping, parse_scalability_mode
+from .rtp_stream import RTX_CACHE_SIZE, RecvStream
 
 if TYPE_CHECKING:
     from .consumer import Consumer
     from .webrtc_transport import WebRtcTransport
 
-# Packets kept for retransmission: ~1 s of 1 Mbit/s video, the window in which
-# a NACK is still useful to a jitter buffer.
-RTX_CACHE_SIZE = 512
-_RTX_CACHE_MASK = RTX_CACHE_SIZE - 1
+__all__ = ["RTX_CACHE_SIZE", "Producer", "StreamMatch"]
+
+StreamMatch = tuple[RecvStream, bool]
+"""The stream a new SSRC belongs to, and whether it is that stream's RTX SSRC."""
 
 
 class Producer(EventEmitter):
-    """mediasoup ``Producer``: events ``transportclose``; observer ``close``,
-    ``pause``, ``resume``."""
+    """mediasoup ``Producer``: events ``transportclose``, ``score`` (a list of
+    ``{encodingIdx, ssrc, rid, score}``); observer ``close``, ``pause``, ``resume``."""
 
     def __init__(
         self,
@@ -40,17 +55,17 @@ class Producer(EventEmitter):
         transport: WebRtcTransport,
         kind: str,
         rtp_parameters: Json,
-        forwarded_encoding: Json,
         mapping: ProducerMapping,
         consumable_rtp_parameters: Json,
         paused: bool,
         key_frame_request_interval: float,
         app_data: dict[str, Any] | None,
+        inactivity_timeout: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.id = str(uuid.uuid4())
         self.kind = kind
-        self.type = "simple"
         self.rtp_parameters = rtp_parameters
         self.consumable_rtp_parameters = consumable_rtp_parameters
         self.app_data = app_data if app_data is not None else {}
@@ -61,41 +76,48 @@ class Producer(EventEmitter):
         self._mapping = mapping
         self._consumers: dict[str, Consumer] = {}
         self._sinks: tuple[Consumer, ...] = ()
-        self._cache: list[bytearray | None] = [None] * RTX_CACHE_SIZE
-        self._key_frame_interval = key_frame_request_interval
-        self._last_key_frame_request = -1e9
-        self._pending_key_frame: asyncio.TimerHandle | None = None
-        encoding = forwarded_encoding
-        self.ssrc: int | None = encoding.get("ssrc")
-        self.rtx_ssrc: int | None = (encoding.get("rtx") or {}).get("ssrc")
-        self.rid: str | None = encoding.get("rid")
+        self._tick_timer: asyncio.TimerHandle | None = None
+        self.inactivity_timeout = inactivity_timeout
         self.mid: str | None = rtp_parameters.get("mid")
-        self.nack_supported = any(
-            fb.get("type") == "nack" and not fb.get("parameter")
-            for codec in rtp_parameters["codecs"]
+        codecs = rtp_parameters["codecs"]
+        media_codec = next(c for c in codecs if not str(c["mimeType"]).lower().endswith("/rtx"))
+        self.mime_type: str = media_codec["mimeType"]
+        feedback = [
+            (fb.get("type"), fb.get("parameter") or "")
+            for codec in codecs
             for fb in codec.get("rtcpFeedback") or []
             if isinstance(fb, dict)
-        )
-        # Reception statistics for receiver reports (RFC 3550 appendix A.3).
-        self.packet_count = 0
-        self.byte_count = 0
-        self._max_seq = -1
-        self._cycles = 0
-        self._base_seq = 0
-        self._expected_prior = 0
-        self._received_prior = 0
-        self._fraction_lost = 0
-        self._last_sr_ntp_middle = 0
-        self._last_sr_arrival = 0.0
-        # Interarrival jitter (RFC 3550 appendix A.8), in timestamp units.
-        self.jitter = 0.0
-        self._transit = float("inf")
-        self._clock_rate: int = next(
-            c["clockRate"]
-            for c in rtp_parameters["codecs"]
-            if not str(c["mimeType"]).lower().endswith("/rtx")
-        )
-        self.score = 10
+        ]
+        self.nack_supported = ("nack", "") in feedback
+        # mediasoup asks with PLI when the sender takes it, else with FIR.
+        use_fir = ("nack", "pli") not in feedback and ("ccm", "fir") in feedback
+        encodings = rtp_parameters["encodings"]
+        self.type = "simulcast" if len(encodings) > 1 else "simple"
+        self.streams: list[RecvStream] = [
+            RecvStream(
+                producer=self,
+                transport=transport,
+                index=index,
+                encoding=encoding,
+                kind=kind,
+                payload_types=mapping.payload_types,
+                rtx_payload_types=mapping.rtx_payload_types,
+                extension_ids=mapping.header_extension_ids,
+                clock_rate=media_codec["clockRate"],
+                mime_type=self.mime_type,
+                temporal_layers=parse_scalability_mode(encoding.get("scalabilityMode"))[1],
+                simulcast=self.type == "simulcast",
+                nack_supported=self.nack_supported,
+                use_fir=use_fir,
+                key_frame_request_interval=key_frame_request_interval,
+                inactivity_timeout=inactivity_timeout,
+                clock=clock,
+            )
+            for index, encoding in enumerate(encodings)
+        ]
+        for stream in self.streams:
+            stream.paused = paused
+        self._last_scores: list[Json] = []
 
     def __repr__(self) -> str:
         return f"<Producer {self.id} {self.kind}{' closed' if self.closed else ''}>"
@@ -104,187 +126,234 @@ class Producer(EventEmitter):
     def transport_id(self) -> str:
         return self._transport.id
 
-    # -- forwarding -----------------------------------------------------------
+    # -- the streams, seen as one ----------------------------------------------------
+
+    @property
+    def ssrc(self) -> int | None:
+        """The first encoding's SSRC that is known (the only one of a simple producer)."""
+        return next((s.ssrc for s in self.streams if s.ssrc is not None), None)
+
+    @property
+    def rtx_ssrc(self) -> int | None:
+        return self.streams[0].rtx_ssrc
+
+    @property
+    def rid(self) -> str | None:
+        return self.streams[0].rid
+
+    @property
+    def packet_count(self) -> int:
+        return sum(s.packet_count for s in self.streams)
+
+    @property
+    def byte_count(self) -> int:
+        return sum(s.byte_count for s in self.streams)
+
+    @property
+    def jitter(self) -> float:
+        """Interarrival jitter (RFC 3550 A.8) in timestamp units, the worst stream's."""
+        return max(s.jitter for s in self.streams)
+
+    @property
+    def score(self) -> list[Json]:
+        """mediasoup's ``ProducerScore[]``: one entry per encoding that has sent anything."""
+        return [
+            {"encodingIdx": s.index, "ssrc": s.ssrc, "rid": s.rid, "score": s.score}
+            for s in self.streams
+            if s.ssrc is not None and s.last_packet_at is not None
+        ]
+
+    @property
+    def audio_level_sink(self) -> Callable[[bytearray], None] | None:
+        """Set by an audio level observer (``media.audio_level_observer``): it is
+        handed every packet forwarded, and only then is anything read of it."""
+        return self.streams[0].audio_level_sink
+
+    @audio_level_sink.setter
+    def audio_level_sink(self, sink: Callable[[bytearray], None] | None) -> None:
+        for stream in self.streams:
+            stream.audio_level_sink = sink
 
     def receive_rtp(self, buf: bytearray) -> None:
-        """One decrypted RTP packet of this producer's media stream (ours to keep)."""
-        pt = self._mapping.payload_types.get(buf[1] & 0x7F)
-        if pt is None:
-            return
-        first = buf[0]
-        if first & 0x30:  # X or P: parts libsrtp does not validate for us
-            if first & 0x20 and rtp_packet.payload_end(buf) < rtp_packet.header_length(buf):
-                raise ValueError("RTP padding overruns the payload")
-            # Raises ValueError when the extension block overruns the packet.
-            rtp_packet.rewrite_extension_ids(buf, self._mapping.header_extension_ids)
-        buf[1] = (buf[1] & 0x80) | pt
-        seq = (buf[2] << 8) | buf[3]
-        # Interarrival jitter, RFC 3550 section 6.4.1 and appendix A.8, in
-        # timestamp units: arrival is when the transport read the datagram
-        # (no clock call of our own).  The first packet (transit starts at
-        # infinity) and a timestamp wrap give an absurd difference: skipped.
-        transit = self._transport.last_activity * self._clock_rate - (
-            (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
-        )
-        d = transit - self._transit
-        self._transit = transit
-        if d < 0:
-            d = -d
-        if d < 2147483648.0:
-            self.jitter += (d - self.jitter) * 0.0625
-        self._track(seq)
-        self.packet_count += 1
-        self.byte_count += len(buf)
-        self._cache[seq & _RTX_CACHE_MASK] = buf
-        if self.paused:
-            return
-        for consumer in self._sinks:
-            consumer.send_rtp(buf, seq)
+        """A packet of this producer (the transport calls the stream's method directly)."""
+        stream = self._stream_of(buf)
+        if stream is not None:
+            stream.receive_rtp(buf)
 
     def receive_rtx(self, packet: bytearray) -> None:
-        """An RTX packet (RFC 4588): unwrap it into the packet it repairs.
+        ssrc = rtp_packet.rtp_ssrc(packet)
+        stream = next((s for s in self.streams if s.rtx_ssrc == ssrc), None)
+        if stream is None and len(self.streams) == 1:
+            stream = self.streams[0]
+        if stream is not None:
+            stream.receive_rtx(packet)
 
-        Raises ValueError when its padding overruns the payload (the transport
-        counts it as a malformed RTP datagram).  A padding-only packet, which
-        browsers send to probe bandwidth, is dropped quietly.
-        """
-        apt = self._mapping.rtx_payload_types.get(packet[1] & 0x7F)
-        if apt is None:
-            return
-        start = rtp_packet.header_length(packet)
-        end = rtp_packet.payload_end(packet)
-        if start < 0 or end < start:
-            raise ValueError("RTX padding overruns the payload")
-        if end - start < 2:
-            return  # padding only: nothing to repair
-        osn = (packet[start] << 8) | packet[start + 1]
-        cached = self._cache[osn & _RTX_CACHE_MASK]
-        if cached is not None and rtp_packet.rtp_seq(cached) == osn:
-            return  # already have it: a retransmission we did not need
-        original = bytearray(packet[:start])
-        original[0] &= 0xDF  # the padding, if any, belonged to the RTX packet
-        original[1] = (original[1] & 0x80) | apt
-        original[2:4] = packet[start : start + 2]
-        original += packet[start + 2 : end]
-        # A retransmission arrives late by design: it says nothing about the
-        # path's jitter (RFC 4588 sends it as a stream of its own).
-        transit, jitter = self._transit, self.jitter
-        self.receive_rtp(original)
-        self._transit, self.jitter = transit, jitter
-
-    def _track(self, seq: int) -> None:
-        if self._max_seq < 0:
-            self._base_seq = self._max_seq = seq
-            return
-        if (seq - self._max_seq) & 0xFFFF < 0x8000:
-            if seq < self._max_seq:
-                self._cycles += 0x10000
-            self._max_seq = seq
+    def _stream_of(self, buf: bytearray) -> RecvStream | None:
+        if len(self.streams) == 1:
+            return self.streams[0]
+        ssrc = rtp_packet.rtp_ssrc(buf)
+        return next((s for s in self.streams if s.ssrc == ssrc), None)
 
     def reception_counters(self) -> StreamCounters:
-        """What has arrived of this stream so far, as cumulative counters.
+        """What has arrived of this producer's streams so far, as cumulative counters.
 
-        Expected is RFC 3550 appendix A.3's (extended highest - base + 1);
-        lost counts retransmitted (RTX) packets as received, as receiver
-        reports do.  A reader diffs two of these for an interval
+        Sums the encodings (each is a stream the client sends); jitter is the
+        worst stream's.  A reader diffs two of these for an interval
         (``media.link.LinkMonitor``); nothing here is reset by reading.
         """
-        expected = self._expected()
+        counters = [s.reception_counters() for s in self.streams]
+        jitters = [c.jitter_ms for c in counters if c.jitter_ms is not None]
         return StreamCounters(
             kind=self.kind,
-            expected=expected,
-            lost=max(0, expected - self.packet_count),
-            jitter_ms=self.jitter * 1000 / self._clock_rate if expected else None,
+            expected=sum(c.expected for c in counters),
+            lost=sum(c.lost for c in counters),
+            jitter_ms=max(jitters) if jitters else None,
         )
 
-    def _expected(self) -> int:
-        if self._max_seq < 0:
-            return 0
-        return self._cycles + self._max_seq - self._base_seq + 1
-
     def cached_packet(self, seq: int) -> bytearray | None:
-        packet = self._cache[seq & _RTX_CACHE_MASK]
-        if packet is None or rtp_packet.rtp_seq(packet) != seq:
+        return self.streams[0].cached_packet(seq)
+
+    # -- identifying new SSRCs (the transport's slow path) ------------------------------
+
+    def match_ssrc(self, ssrc: int, packet: bytearray) -> StreamMatch | bool | None:
+        """Which of our streams an SSRC nobody signalled belongs to.
+
+        Returns False when the packet is not ours (another MID, or nothing to
+        tell), None when it is ours but goes nowhere (an unknown RID, an RTX
+        stream of an encoding whose RTX is known already), else the stream and
+        whether the SSRC is its RTX.  Binds the SSRC to the stream.
+        """
+        mapping = self._mapping
+        mid = _extension_text(packet, mapping.mid_id)
+        if mid is not None and mid != self.mid:
+            return False
+        rid = _extension_text(packet, mapping.rid_id)
+        rrid = _extension_text(packet, mapping.rrid_id)
+        if mid is None and rid is None and rrid is None:
+            return False
+        is_rtx = (packet[1] & 0x7F) in mapping.rtx_payload_types
+        stream: RecvStream | None
+        if rrid is not None:
+            # RFC 8852: an RTX stream names the encoding it repairs.
+            stream = self._stream_with_rid(rrid)
+            is_rtx = True
+        elif rid is not None:
+            stream = self._stream_with_rid(rid)
+        elif len(self.streams) == 1:
+            stream = self.streams[0]
+        else:
+            return None  # simulcast without RIDs or SSRCs: nothing says which layer
+        if stream is None:
             return None
-        return packet
+        if is_rtx:
+            if stream.rtx_ssrc not in (None, ssrc):
+                return None
+            stream.rtx_ssrc = ssrc
+        else:
+            if stream.ssrc not in (None, ssrc):
+                return None  # mediasoup: a second SSRC for one RID is ignored
+            stream.ssrc = ssrc
+        return stream, is_rtx
+
+    def _stream_with_rid(self, rid: str) -> RecvStream | None:
+        for stream in self.streams:
+            if stream.rid == rid:
+                return stream
+        # A single encoding declared without a RID still takes a RID-tagged stream.
+        if len(self.streams) == 1 and self.streams[0].rid is None:
+            return self.streams[0]
+        return None
 
     # -- RTCP -----------------------------------------------------------------
 
-    def receive_sender_report(self, ntp: int, rtp_timestamp: int, now: float) -> bytes:
-        """Relay the sender's clock mapping to consumers; return our report block.
+    def receive_sender_report(
+        self, ntp: int, rtp_timestamp: int, now: float, stream: RecvStream | None = None
+    ) -> bytes:
+        """Relay an encoding's (the first's by default) clock mapping to consumers;
+        return our report block about it.
 
-        Consumers keep the producer's RTP timestamps, so the producer's own
-        NTP/RTP pair is right for them too and browsers can lip-sync audio and
+        Consumers rewrite the mapping into their own timeline (a simple one
+        keeps the producer's timestamps), so browsers can lip-sync audio and
         video coming from the same sender (RFC 3550 section 6.4.1).
         """
-        self._last_sr_ntp_middle = (ntp >> 16) & 0xFFFFFFFF
-        self._last_sr_arrival = now
+        if stream is None:
+            stream = self.streams[0]
+        if stream.receive_sender_report(ntp, rtp_timestamp, now):
+            self._scores_changed()
         for consumer in self._sinks:
-            consumer.send_sender_report(ntp, rtp_timestamp)
-        return self.report_block(now)
+            consumer.send_sender_report(ntp, rtp_timestamp, stream)
+        return stream.report_block(now)
 
-    def report_block(self, now: float) -> bytes:
-        extended_max = self._cycles + max(self._max_seq, 0)
-        expected = self._expected()
-        lost = expected - self.packet_count
-        expected_interval = expected - self._expected_prior
-        received_interval = self.packet_count - self._received_prior
-        self._expected_prior, self._received_prior = expected, self.packet_count
-        lost_interval = expected_interval - received_interval
-        if expected_interval > 0 and lost_interval > 0:
-            self._fraction_lost = (lost_interval << 8) // expected_interval
-        else:
-            self._fraction_lost = 0
-        dlsr = int((now - self._last_sr_arrival) * 65536) if self._last_sr_arrival else 0
-        return rtp_packet.report_block(
-            self.ssrc or 0,
-            self._fraction_lost,
-            lost,
-            extended_max,
-            int(self.jitter),
-            self._last_sr_ntp_middle,
-            dlsr,
-        )
-
-    def request_key_frame(self) -> None:
-        """Ask the sender for a key frame (PLI, RFC 4585 section 6.3.1).
-
-        Requests from many consumers collapse into one per interval; one that
-        arrives inside the interval is sent when it ends rather than dropped,
-        so a late joiner still gets its key frame promptly.
-        """
-        if self.closed or self.kind != "video" or self._pending_key_frame is not None:
+    def request_key_frame(self, encoding_idx: int | None = None) -> None:
+        """Ask the sender for a key frame of one encoding, or of every encoding."""
+        if self.closed or self.kind != "video":
             return
-        now = time.monotonic()
-        wait = self._last_key_frame_request + self._key_frame_interval - now
-        if wait <= 0:
-            self._send_pli()
-        else:
-            loop = asyncio.get_running_loop()
-            self._pending_key_frame = loop.call_later(wait, self._send_pli)
-
-    def _send_pli(self) -> None:
-        self._pending_key_frame = None
-        self._last_key_frame_request = time.monotonic()
-        if self.ssrc is not None:
-            self._transport.send_rtcp(rtp_packet.build_pli(self._transport.rtcp_ssrc, self.ssrc))
+        if encoding_idx is not None:
+            self.streams[encoding_idx].request_key_frame()
+            return
+        for stream in self.streams:
+            stream.request_key_frame()
 
     def request_retransmission(self, seqs: list[int]) -> None:
-        """Relay a consumer's NACK upstream for packets we never had."""
-        if self.nack_supported and self.ssrc is not None and seqs:
-            self._transport.send_rtcp(
-                rtp_packet.build_nack(self._transport.rtcp_ssrc, self.ssrc, seqs)
-            )
+        """Relay a consumer's NACK upstream for packets we never had (first stream)."""
+        self.streams[0].request_retransmission(seqs)
+
+    # -- health -------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Judge the streams' health every quarter of the inactivity timeout."""
+        if self._tick_timer is None and not self.closed:
+            interval = max(0.05, self.inactivity_timeout / 4)
+            self._tick_timer = loop.call_later(interval, self._on_timer, loop, interval)
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self._tick_timer = None
+        if self.closed:
+            return
+        self.tick(loop.time())
+        if not self.closed:
+            self._tick_timer = loop.call_later(interval, self._on_timer, loop, interval)
+
+    def tick(self, now: float) -> None:
+        """Measure bitrates and activity at ``now`` (the event loop's clock); tell consumers."""
+        changed = False
+        for stream in self.streams:
+            if stream.sample(now):
+                changed = True
+        for consumer in self._sinks:
+            consumer.producer_tick(now, changed)
+        if changed:
+            self._scores_changed()
+
+    def stream_activity_changed(self, stream: RecvStream) -> None:
+        """A stream got its first packet after silence (called from its hot path, once)."""
+        for consumer in self._sinks:
+            consumer.producer_tick(None, True)
+        self._scores_changed()
+
+    def _scores_changed(self) -> None:
+        scores = self.score
+        if scores == self._last_scores:
+            return
+        self._last_scores = scores
+        self.emit("score", scores)
+        for consumer in self._sinks:
+            consumer.producer_score_changed()
 
     # -- consumers --------------------------------------------------------------
 
     def add_consumer(self, consumer: Consumer) -> None:
         self._consumers[consumer.id] = consumer
-        self._sinks = tuple(self._consumers.values())
+        self._set_sinks()
 
     def remove_consumer(self, consumer: Consumer) -> None:
         if self._consumers.pop(consumer.id, None) is not None:
-            self._sinks = tuple(self._consumers.values())
+            self._set_sinks()
+
+    def _set_sinks(self) -> None:
+        self._sinks = tuple(self._consumers.values())
+        for stream in self.streams:
+            stream.sinks = self._sinks
 
     @property
     def consumer_count(self) -> int:
@@ -297,6 +366,8 @@ class Producer(EventEmitter):
         if self.paused:
             return
         self.paused = True
+        for stream in self.streams:
+            stream.paused = True
         self.observer.emit("pause")
         for consumer in self._sinks:
             consumer.producer_paused()
@@ -306,30 +377,17 @@ class Producer(EventEmitter):
         if not self.paused:
             return
         self.paused = False
+        for stream in self.streams:
+            stream.paused = False
         self.observer.emit("resume")
         for consumer in self._sinks:
             consumer.producer_resumed()
         self.request_key_frame()
 
     async def get_stats(self) -> list[Json]:
+        """One ``inbound-rtp`` entry per encoding."""
         self._check_open()
-        mime = self.rtp_parameters["codecs"][0]["mimeType"]
-        return [
-            {
-                "type": "inbound-rtp",
-                "timestamp": time.time() * 1000,
-                "kind": self.kind,
-                "mimeType": mime,
-                "ssrc": self.ssrc,
-                "rtxSsrc": self.rtx_ssrc,
-                "packetCount": self.packet_count,
-                "byteCount": self.byte_count,
-                "packetsLost": max(0, self._expected() - self.packet_count),
-                "fractionLost": self._fraction_lost,
-                "jitter": int(self.jitter),
-                "score": self.score,
-            }
-        ]
+        return [stream.stats(self.mime_type) for stream in self.streams]
 
     def _check_open(self) -> None:
         if self.closed:
@@ -355,11 +413,19 @@ class Producer(EventEmitter):
 
     def _close(self) -> None:
         self.closed = True
-        if self._pending_key_frame is not None:
-            self._pending_key_frame.cancel()
-            self._pending_key_frame = None
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+            self._tick_timer = None
         consumers, self._consumers, self._sinks = self._consumers, {}, ()
         for consumer in list(consumers.values()):
             consumer.producer_closed()
-        self._cache = []
+        for stream in self.streams:
+            stream.close()
         self.observer.emit("close")
+
+
+def _extension_text(packet: bytearray, ext_id: int | None) -> str | None:
+    if ext_id is None:
+        return None
+    value = rtp_packet.extension_value(packet, ext_id)
+    return None if value is None else value.decode(errors="replace")

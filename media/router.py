@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from .audio_level_observer import AudioLevelObserver
 from .data_producer import DataProducer
 from .errors import InvalidStateError
 from .events import EventEmitter
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 class Router(EventEmitter):
     """mediasoup ``Router``: events ``workerclose``; observer ``close``,
-    ``newtransport``.
+    ``newtransport``, ``newrtpobserver``.
 
     The router owns its transports (id-keyed); producers and data producers
     are owned by their transports and only indexed here, so that any transport
@@ -35,6 +36,7 @@ class Router(EventEmitter):
         self.closed = False
         self.rtp_capabilities = generate_router_rtp_capabilities(media_codecs)
         self.transports: dict[str, WebRtcTransport] = {}
+        self.rtp_observers: dict[str, AudioLevelObserver] = {}
         self._producers: dict[str, Producer] = {}
         self._data_producers: dict[str, DataProducer] = {}
         self._worker = worker
@@ -50,11 +52,14 @@ class Router(EventEmitter):
         max_sctp_message_size: int = 262144,
         sctp_send_buffer_size: int | None = None,
         consent_timeout: float | None = None,
+        initial_available_outgoing_bitrate: int | None = None,
         app_data: dict[str, Any] | None = None,
     ) -> WebRtcTransport:
         """A transport bound to the worker's listen IP and port range.
 
         Unset options take the worker's settings (``WorkerSettings``).
+        ``initial_available_outgoing_bitrate`` is mediasoup's option of that
+        name: the downlink estimate before the client's feedback (bits/s).
         """
         if self.closed:
             raise InvalidStateError("router closed")
@@ -68,6 +73,8 @@ class Router(EventEmitter):
             overrides["consent_timeout"] = consent_timeout
         if sctp_send_buffer_size is not None:
             overrides["sctp_send_buffer_size"] = sctp_send_buffer_size
+        if initial_available_outgoing_bitrate is not None:
+            overrides["initial_outgoing_bitrate"] = initial_available_outgoing_bitrate
         settings: TransportSettings = worker.settings.transport_settings(**overrides)
         transport = await create_webrtc_transport(
             router=self,
@@ -84,6 +91,29 @@ class Router(EventEmitter):
         self.transports[transport.id] = transport
         self.observer.emit("newtransport", transport)
         return transport
+
+    async def create_audio_level_observer(
+        self,
+        *,
+        max_entries: int = 1,
+        threshold: int = -80,
+        interval: float = 1.0,
+        app_data: dict[str, Any] | None = None,
+    ) -> AudioLevelObserver:
+        """Who speaks, from the producers' audio levels (mediasoup's defaults;
+        ``interval`` in seconds)."""
+        if self.closed:
+            raise InvalidStateError("router closed")
+        observer = AudioLevelObserver(
+            router=self,
+            max_entries=max_entries,
+            threshold=threshold,
+            interval=interval,
+            app_data=app_data,
+        )
+        self.rtp_observers[observer.id] = observer
+        self.observer.emit("newrtpobserver", observer)
+        return observer
 
     def can_consume(self, producer_id: str, rtp_capabilities: Any) -> bool:
         producer = self._producers.get(producer_id)
@@ -114,6 +144,9 @@ class Router(EventEmitter):
     def transport_closed(self, transport: WebRtcTransport) -> None:
         self.transports.pop(transport.id, None)
 
+    def rtp_observer_closed(self, rtp_observer: AudioLevelObserver) -> None:
+        self.rtp_observers.pop(rtp_observer.id, None)
+
     @property
     def producer_count(self) -> int:
         return len(self._producers)
@@ -143,6 +176,9 @@ class Router(EventEmitter):
         transports, self.transports = self.transports, {}
         for transport in list(transports.values()):
             transport.router_closed()
+        rtp_observers, self.rtp_observers = self.rtp_observers, {}
+        for rtp_observer in list(rtp_observers.values()):
+            rtp_observer.router_closed()
         self._producers.clear()
         self._data_producers.clear()
         self.observer.emit("close")

@@ -8,13 +8,14 @@ fields (RFC 3550 section 5.1) and rewrites header extension ids in place
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 RTP_HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, seq, timestamp, ssrc
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _REPORT_BLOCK = struct.Struct("!IIIIII")
+_PROFILE_AND_LENGTH = struct.Struct("!HH")  # RFC 8285 extension block header
 
 RTCP_SR = 200
 RTCP_RR = 201
@@ -22,6 +23,7 @@ RTCP_SDES = 202
 RTCP_BYE = 203
 RTCP_RTPFB = 205  # RFC 4585: generic NACK is FMT 1
 RTCP_PSFB = 206  # RFC 4585: PLI is FMT 1; RFC 5104: FIR is FMT 4
+PSFB_AFB = 15  # RFC 4585 section 6.4: application layer feedback (REMB rides on it)
 
 
 def is_rtcp(data: bytes) -> bool:
@@ -119,6 +121,50 @@ def rewrite_extension_ids(buf: bytearray, id_map: dict[int, int]) -> None:
             pos += size
 
 
+def abs_send_time(data: bytes | bytearray, ext_id: int) -> int:
+    """The 24-bit abs-send-time value (6.18 fixed-point seconds) of one packet, or -1.
+
+    Called for every packet with the X bit on a transport whose producers
+    negotiated abs-send-time (Google's extension, no RFC: a 3-byte element,
+    https://webrtc.googlesource.com/src/+/main/docs/native-code/rtp-hdrext/abs-send-time/),
+    so it reads the block in place, allocates nothing and never raises: a
+    malformed block gives -1 here and is refused later by the producer.
+    """
+    start = 12 + ((data[0] & 0x0F) << 2)
+    size = len(data)
+    if size < start + 4:
+        return -1
+    profile, words = _PROFILE_AND_LENGTH.unpack_from(data, start)
+    pos = start + 4
+    end = pos + (words << 2)
+    if end > size:
+        return -1
+    if profile == 0xBEDE:  # one-byte header (RFC 8285 section 4.2), as browsers send
+        while pos < end:
+            head = data[pos]
+            if head >> 4 == ext_id:
+                if head & 0x0F != 2 or pos + 4 > end:
+                    return -1
+                return int(_U32.unpack_from(data, pos)[0]) & 0xFFFFFF
+            if head == 0:  # padding
+                pos += 1
+            elif head >= 0xF0:  # id 15: stop reading (section 4.2)
+                return -1
+            else:
+                pos += (head & 0x0F) + 2
+    elif profile & 0xFFF0 == 0x1000:  # two-byte header (section 4.3)
+        while pos + 1 < end:
+            if data[pos] == 0:
+                pos += 1
+                continue
+            if data[pos] == ext_id:
+                if data[pos + 1] != 3 or pos + 5 > end:
+                    return -1
+                return (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
+            pos += data[pos + 1] + 2
+    return -1
+
+
 def extension_value(data: bytes | bytearray, wanted_id: int) -> bytes | None:
     """The value of one header extension element (slow path: new SSRCs)."""
     block = _extension_block(data)
@@ -170,6 +216,13 @@ def build_pli(sender_ssrc: int, media_ssrc: int) -> bytes:
     return _header(1, RTCP_PSFB, 8) + struct.pack("!II", sender_ssrc, media_ssrc)
 
 
+def build_fir(sender_ssrc: int, media_ssrc: int, seq_nr: int) -> bytes:
+    """Full Intra Request, RFC 5104 section 4.3.1: the media source field is 0 and
+    the FCI names the SSRC, with a sequence number the sender bumps per request."""
+    body = struct.pack("!IIIB3x", sender_ssrc, 0, media_ssrc, seq_nr & 0xFF)
+    return _header(4, RTCP_PSFB, len(body)) + body
+
+
 def build_nack(sender_ssrc: int, media_ssrc: int, seqs: list[int]) -> bytes:
     """Generic NACK, RFC 4585 section 6.2.1 (PID + bitmask of 16 following)."""
     fci = bytearray()
@@ -197,6 +250,52 @@ def parse_nack(packet: bytes) -> tuple[int, list[int]]:
             if blp >> bit & 1:
                 lost.append((pid + bit + 1) & 0xFFFF)
     return int(media_ssrc), lost
+
+
+# REMB, draft-alvestrand-rmcat-remb-03 section 2.2: PSFB FMT 15 (RFC 4585
+# application layer feedback) whose FCI is "REMB", the number of SSRCs, the
+# bitrate as a 6-bit exponent and an 18-bit mantissa (bits/s = mantissa <<
+# exponent), then the SSRCs of the media streams the estimate is about.  The
+# media source SSRC of the common header is always 0.
+REMB_IDENTIFIER = b"REMB"
+_REMB_MAX_MANTISSA = 0x3FFFF
+
+
+def build_remb(sender_ssrc: int, bitrate: int, ssrcs: Sequence[int]) -> bytes:
+    """Receiver Estimated Maximum Bitrate for the streams ``ssrcs`` (at most 255).
+
+    The mantissa keeps the top 18 bits, so the value sent is rounded down, by
+    less than 2^-17 of it: never more than estimated.
+    """
+    ssrcs = list(ssrcs)[:255]
+    mantissa, exponent = max(0, int(bitrate)), 0
+    while mantissa > _REMB_MAX_MANTISSA:
+        mantissa >>= 1
+        exponent += 1
+    body = (
+        struct.pack("!II", sender_ssrc, 0)
+        + REMB_IDENTIFIER
+        + struct.pack("!BBH", len(ssrcs), (exponent << 2) | (mantissa >> 16), mantissa & 0xFFFF)
+        + b"".join(_U32.pack(ssrc) for ssrc in ssrcs)
+    )
+    return _header(PSFB_AFB, RTCP_PSFB, len(body)) + body
+
+
+def parse_remb(packet: bytes) -> tuple[int, list[int]] | None:
+    """(bitrate in bits/s, SSRCs) of a PSFB FMT 15 packet; None if it is not a REMB.
+
+    Raises ValueError when it says REMB but its SSRC list does not fit the
+    packet (the transport counts it as a malformed RTCP packet).
+    """
+    if len(packet) < 20 or packet[12:16] != REMB_IDENTIFIER:
+        return None
+    count = packet[16]
+    if len(packet) < 20 + 4 * count:
+        raise ValueError("REMB lists more SSRCs than it carries")
+    exponent = packet[17] >> 2
+    mantissa = ((packet[17] & 0x03) << 16) | (packet[18] << 8) | packet[19]
+    ssrcs = [int(_U32.unpack_from(packet, 20 + 4 * i)[0]) for i in range(count)]
+    return mantissa << exponent, ssrcs
 
 
 def build_sender_report(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +44,21 @@ ROUTER_HEADER_EXTENSIONS: list[Json] = [
 # Extensions a consumer may receive.  MID, RID and repaired-RID describe the
 # producer's stream and are padded out on the way (consumers are demultiplexed
 # by SSRC, which mediasoup-client writes into the remote SDP).  abs-send-time
-# only feeds REMB, which this SFU does not run, so it is not forwarded either.
+# is read on the way in, for the uplink estimate we answer with REMB
+# (``media.bwe``), and padded out too: a receiver's estimator would need it
+# rewritten with our send time (mediasoup does), and without it a browser's
+# REMB comes from its RTP-timestamp estimator instead.
 CONSUMER_HEADER_EXTENSION_URIS = frozenset({AUDIO_LEVEL_URI, VIDEO_ORIENTATION_URI, TOFFSET_URI})
 
+# goog-remb, as in mediasoup's supportedRtpCapabilities: without it a browser
+# ignores our REMB as a sender and sends none as a receiver.  (mediasoup also
+# offers transport-cc; this SFU sends no transport-wide feedback, so offering
+# it would make Chrome stop using REMB and wait for feedback that never comes.)
 VIDEO_FEEDBACK: list[Json] = [
     {"type": "nack", "parameter": ""},
     {"type": "nack", "parameter": "pli"},
     {"type": "ccm", "parameter": "fir"},
+    {"type": "goog-remb", "parameter": ""},
 ]
 
 DEFAULT_MEDIA_CODECS: list[Json] = [
@@ -68,6 +77,18 @@ DEFAULT_MEDIA_CODECS: list[Json] = [
 ]
 
 FIRST_DYNAMIC_PAYLOAD_TYPE = 100
+
+# W3C webrtc-svc scalability modes: L (or S) spatial, T temporal, and suffixes
+# (_KEY, h) that do not change the layer counts.
+_SCALABILITY_MODE = re.compile(r"^[LS]([1-9]\d?)T([1-9]\d?)(?:_KEY)?(?:h)?(?:_SHIFT)?$")
+
+
+def parse_scalability_mode(mode: Any) -> tuple[int, int]:
+    """(spatial layers, temporal layers) of a scalabilityMode; (1, 1) when absent or unknown."""
+    match = _SCALABILITY_MODE.match(mode) if isinstance(mode, str) else None
+    if match is None:
+        return 1, 1
+    return int(match.group(1)), int(match.group(2))
 
 
 def _require(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -206,6 +227,19 @@ def validate_producer_rtp_parameters(kind: str, rtp_parameters: Any) -> Json:
             raise InvalidParametersError("encodings[].rid must be a string")
         if ssrc is None and rid is None and len(encodings) > 1:
             raise InvalidParametersError("simulcast encodings need an ssrc or a rid")
+        mode = encoding.get("scalabilityMode")
+        if mode is not None and not isinstance(mode, str):
+            # An unknown mode counts as L1T1 (mediasoup's parseScalabilityMode).
+            raise InvalidParametersError("encodings[].scalabilityMode must be a string")
+        max_bitrate = encoding.get("maxBitrate")
+        if max_bitrate is not None and (
+            not isinstance(max_bitrate, int) or isinstance(max_bitrate, bool) or max_bitrate < 0
+        ):
+            raise InvalidParametersError("encodings[].maxBitrate must be a non-negative integer")
+    rids = [e["rid"] for e in encodings if e.get("rid") is not None]
+    ssrcs = [e["ssrc"] for e in encodings if e.get("ssrc") is not None]
+    if len(set(rids)) != len(rids) or len(set(ssrcs)) != len(ssrcs):
+        raise InvalidParametersError("encodings must have distinct rids and ssrcs")
     exts = rtp_parameters.get("headerExtensions", [])
     if not isinstance(exts, list):
         raise InvalidParametersError("rtpParameters.headerExtensions must be an array")
@@ -306,10 +340,16 @@ def get_consumable_rtp_parameters(
         for ext in router_capabilities["headerExtensions"]
         if ext["kind"] == kind and ext["uri"] in CONSUMER_HEADER_EXTENSION_URIS
     ]
+    # Consumers only need to know how many encodings there are and what their
+    # layers and bitrate limits are (not the producer's SSRCs or rids).
+    encodings = [
+        {key: encoding[key] for key in ("scalabilityMode", "maxBitrate") if key in encoding}
+        for encoding in rtp_parameters.get("encodings") or [{}]
+    ]
     return {
         "codecs": codecs,
         "headerExtensions": header_extensions,
-        "encodings": [{}],
+        "encodings": encodings,
         "rtcp": {
             "cname": str((rtp_parameters.get("rtcp") or {}).get("cname", "")),
             "reducedSize": True,
@@ -365,6 +405,17 @@ def get_consumer_rtp_parameters(
     if rtx_codec is not None and client_has_rtx:
         codecs.append(copy.deepcopy(rtx_codec))
         encoding["rtx"] = {"ssrc": rtx_ssrc}
+    consumable_encodings = consumable.get("encodings") or [{}]
+    if len(consumable_encodings) > 1:
+        # mediasoup's simulcast consumer: one encoding whose spatial layers are
+        # the producer's encodings, temporal layers as the producer declared them.
+        temporal = max(
+            parse_scalability_mode(e.get("scalabilityMode"))[1] for e in consumable_encodings
+        )
+        encoding["scalabilityMode"] = f"L{len(consumable_encodings)}T{temporal}"
+        max_bitrate = max(e.get("maxBitrate") or 0 for e in consumable_encodings)
+        if max_bitrate:
+            encoding["maxBitrate"] = max_bitrate
     client_uris = {
         ext.get("uri")
         for ext in rtp_capabilities.get("headerExtensions") or []

@@ -31,6 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import rtp_packet
 from .aiortc_bridge import DtlsRole, DtlsSession, RTCCertificate, SrtpSession
+from .bwe import (
+    TIMING_RESOLUTION,
+    BitrateDistributor,
+    Demand,
+    IncomingBitrateEstimator,
+    OutgoingBitrateEstimator,
+)
+from .codecs import SIMULCAST_MIME_TYPES
 from .consumer import Consumer
 from .data_consumer import DataConsumer
 from .data_producer import DataProducer
@@ -42,6 +50,7 @@ from .link import LinkMonitor, LinkSample
 from .ports import PortAllocator, open_endpoint
 from .producer import Producer
 from .rtp_parameters import (
+    ABS_SEND_TIME_URI,
     Json,
     can_consume,
     get_consumable_rtp_parameters,
@@ -50,6 +59,8 @@ from .rtp_parameters import (
     random_ssrc,
     validate_producer_rtp_parameters,
 )
+from .rtp_stream import RecvStream
+from .simulcast_consumer import SimulcastConsumer
 
 if TYPE_CHECKING:
     from .router import Router
@@ -97,6 +108,21 @@ class TransportSettings:
     """After a stall, how long the client has to be heard from again (5 s + 20 %)."""
     max_queued_dtls_records: int = 1024
     """DTLS datagrams waiting for the DTLS task; more are dropped (0: unbounded)."""
+    stream_inactivity_timeout: float = 1.0
+    """A producer encoding with no packet for this long is inactive: simulcast
+    consumers fall back to another one (its health is checked 4 times as often)."""
+    initial_incoming_bitrate: int = 1_000_000
+    """The uplink estimate (REMB) before anything is measured: browsers trust REMB
+    in their first 2 s, so they start there (0: wait for a measurement, ~3 s)."""
+    max_incoming_bitrate: int = 0
+    """Cap on the REMB sent to the client (mediasoup's ``setMaxIncomingBitrate``; 0: none)."""
+    initial_outgoing_bitrate: int = 600_000
+    """mediasoup's ``initialAvailableOutgoingBitrate``: the downlink estimate until
+    the client's REMB or receiver reports say otherwise."""
+    min_outgoing_bitrate: int = 30_000
+    """The downlink estimate never goes below this (mediasoup's floor)."""
+    max_outgoing_bitrate: int = 0
+    """Cap on the downlink estimate (mediasoup's ``setMaxOutgoingBitrate``; 0: none)."""
 
     def __post_init__(self) -> None:
         if self.consent_timeout < MIN_CONSENT_TIMEOUT:
@@ -109,6 +135,14 @@ class TransportSettings:
             raise ValueError("stall_tolerance must not be negative")
         if self.consent_resync_window <= 0:
             raise ValueError("consent_resync_window must be positive")
+        if self.stream_inactivity_timeout <= 0:
+            raise ValueError("stream_inactivity_timeout must be positive")
+        if min(self.initial_incoming_bitrate, self.max_incoming_bitrate) < 0:
+            raise ValueError("incoming bitrates must not be negative")
+        if self.min_outgoing_bitrate <= 0 or self.initial_outgoing_bitrate <= 0:
+            raise ValueError("min_outgoing_bitrate and initial_outgoing_bitrate must be positive")
+        if self.max_outgoing_bitrate < 0:
+            raise ValueError("max_outgoing_bitrate must not be negative")
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -131,7 +165,8 @@ class WebRtcTransport(EventEmitter):
     """mediasoup ``WebRtcTransport``.
 
     Events: ``icestatechange``, ``dtlsstatechange``, ``sctpstatechange``,
-    ``routerclose``, ``ended`` (reason; the client went away).
+    ``routerclose``, ``ended`` (reason; the client went away), ``trace``
+    (mediasoup's ``bwe`` trace of the downlink estimate, see ``media.bwe``).
     Observer: ``close``, ``newproducer``, ``newconsumer``, ``newdataproducer``,
     ``newdataconsumer``.
     """
@@ -158,6 +193,7 @@ class WebRtcTransport(EventEmitter):
         self.end_reason: EndReason | None = None
         self.settings = settings
         self.rtcp_ssrc = random_ssrc()
+        self._cname = uuid.uuid4().hex[:16]  # until the client names one
         self._router = router
         self._udp = udp
         self._loop = asyncio.get_running_loop()
@@ -196,11 +232,15 @@ class WebRtcTransport(EventEmitter):
         self.consumers: dict[str, Consumer] = {}
         self.data_producers: dict[str, DataProducer] = {}
         self.data_consumers: dict[str, DataConsumer] = {}
-        # Forwarding tables: SSRC -> bound receive method; consumer SSRC -> consumer.
+        # Forwarding tables: SSRC -> bound receive method of a producer's stream
+        # (None: known, dropped); media SSRC -> that stream (sender reports);
+        # consumer SSRC -> consumer.
         self._rtp_table: dict[int, Callable[[bytearray], None] | None] = {}
+        self._recv_streams: dict[int, RecvStream] = {}
         self._consumers_by_ssrc: dict[int, Consumer] = {}
         self._next_mid = 0
         self._sctp_stream_ids: set[int] = set()
+        self._next_sctp_stream_id = 0
         self._byed_ssrcs: set[int] = set()
         self.last_activity = self._loop.time()
         self.created_at = time.time()
@@ -209,6 +249,25 @@ class WebRtcTransport(EventEmitter):
         self.srtp_errors = 0
         self._link_monitor: LinkMonitor | None = None
         self.last_link_sample: LinkSample | None = None
+        # Bandwidth estimation (media.bwe): the uplink from abs-send-time,
+        # answered with REMB; the downlink from the client's REMB and reports,
+        # shared among our consumers.
+        self._abs_send_time_id = 0  # learned from the producers (0: none negotiated)
+        self._uplink = IncomingBitrateEstimator(
+            initial_bitrate=settings.initial_incoming_bitrate,
+            max_bitrate=settings.max_incoming_bitrate,
+        )
+        self._downlink = OutgoingBitrateEstimator(
+            initial_bitrate=settings.initial_outgoing_bitrate,
+            min_bitrate=settings.min_outgoing_bitrate,
+            max_bitrate=settings.max_outgoing_bitrate,
+        )
+        self._distributor = BitrateDistributor()
+        self.rembs_sent = 0
+        self.rembs_received = 0
+        # produce() announces every producer here; it is where the extension
+        # ids of this client's streams become known (one per URI in a BUNDLE).
+        self.observer.on("newproducer", self._learn_extension_ids)
         self._endpoint = endpoint
         endpoint.on_datagram = self._datagram_received
 
@@ -326,6 +385,8 @@ class WebRtcTransport(EventEmitter):
                 # spoofed source address must not keep a session alive).
                 self.last_activity = self._loop.time()
                 ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
+                if self._abs_send_time_id and packet[0] & 0x10:
+                    self._feed_uplink_estimate(packet, ssrc)  # before ids are rewritten
                 try:
                     try:
                         handler = self._rtp_table[ssrc]
@@ -496,41 +557,24 @@ class WebRtcTransport(EventEmitter):
     # -- RTP / RTCP in (slow paths) --------------------------------------------
 
     def _learn_ssrc(self, ssrc: int, packet: bytearray) -> Callable[[bytearray], None] | None:
-        """An SSRC the client never signalled: find its producer by MID or RID."""
+        """An SSRC the client never signalled: find its producer and encoding.
+
+        The producer decides by MID, RID and repaired-RID (``Producer.match_ssrc``):
+        an RTX stream carries the repaired-RID of the encoding it repairs, so
+        r0's and r1's RTX streams are told apart from r2's.
+        """
         handler: Callable[[bytearray], None] | None = None
         for producer in self.producers.values():
-            mapping = producer._mapping
-            mid = (
-                rtp_packet.extension_value(packet, mapping.mid_id)
-                if mapping.mid_id is not None
-                else None
-            )
-            if mid is not None and mid.decode(errors="replace") != producer.mid:
+            match = producer.match_ssrc(ssrc, packet)
+            if match is False:
                 continue
-            rid = (
-                rtp_packet.extension_value(packet, mapping.rid_id)
-                if mapping.rid_id is not None
-                else None
-            )
-            rrid = (
-                rtp_packet.extension_value(packet, mapping.rrid_id)
-                if mapping.rrid_id is not None
-                else None
-            )
-            if mid is None and rid is None and rrid is None:
-                continue
-            wanted = producer.rid
-            if rrid is not None and (wanted is None or rrid.decode(errors="replace") == wanted):
-                producer.rtx_ssrc = ssrc
-                handler = producer.receive_rtx
-            elif rid is not None and wanted is not None and rid.decode(errors="replace") != wanted:
-                handler = None  # another simulcast layer: not forwarded
-            elif (packet[1] & 0x7F) in mapping.rtx_payload_types:
-                producer.rtx_ssrc = ssrc
-                handler = producer.receive_rtx
-            else:
-                producer.ssrc = ssrc
-                handler = producer.receive_rtp
+            if isinstance(match, tuple):
+                stream, is_rtx = match
+                if is_rtx:
+                    handler = stream.receive_rtx
+                else:
+                    handler = stream.receive_rtp
+                    self._recv_streams[ssrc] = stream
             break
         else:
             return None  # unknown and unclaimed: maybe its producer comes later
@@ -549,14 +593,18 @@ class WebRtcTransport(EventEmitter):
                 self._errors.record("rtcp", exc)
         if consumed != len(data):
             self._errors.record("rtcp", "compound packet framing does not add up")
+        # Receivers send RTCP about every second while they receive video: the
+        # downlink estimate is shared out from here, no timer of our own.
+        if self.consumers and not self.closed:
+            self._share_outgoing_bitrate(self.last_activity)
 
     def _receive_rtcp_packet(self, pt: int, count: int, packet: bytes) -> None:
         if pt == rtp_packet.RTCP_SR:
             sender_ssrc, ntp, rtp_ts = struct.unpack_from("!IQI", packet, 4)
-            for producer in self.producers.values():
-                if producer.ssrc == sender_ssrc:
-                    block = producer.receive_sender_report(ntp, rtp_ts, time.monotonic())
-                    self.send_rtcp(rtp_packet.build_receiver_report(self.rtcp_ssrc, [block]))
+            stream = self._recv_streams.get(sender_ssrc)  # one per encoding
+            if stream is not None and stream.producer is not None:
+                block = stream.producer.receive_sender_report(ntp, rtp_ts, time.monotonic(), stream)
+                self.send_rtcp(rtp_packet.build_receiver_report(self.rtcp_ssrc, [block]))
             self._receive_report_blocks(packet, count, 28)
         elif pt == rtp_packet.RTCP_RR:
             self._receive_report_blocks(packet, count, 8)
@@ -572,6 +620,11 @@ class WebRtcTransport(EventEmitter):
                 consumer = self._consumers_by_ssrc.get(ssrc)
                 if consumer is not None:
                     consumer.receive_key_frame_request()
+        elif pt == rtp_packet.RTCP_PSFB and count == rtp_packet.PSFB_AFB:
+            remb = rtp_packet.parse_remb(packet)
+            if remb is not None:  # the client's estimate of what it can receive
+                self.rembs_received += 1
+                self._downlink.on_remb(self.last_activity, remb[0])
         elif pt == rtp_packet.RTCP_RTPFB and count == 1:  # generic NACK
             media_ssrc, seqs = rtp_packet.parse_nack(packet)
             consumer = self._consumers_by_ssrc.get(media_ssrc)
@@ -581,10 +634,15 @@ class WebRtcTransport(EventEmitter):
             self._receive_bye(rtp_packet.parse_bye(packet, count))
 
     def _receive_report_blocks(self, packet: bytes, count: int, offset: int) -> None:
+        reported = False
         for block in rtp_packet.parse_report_blocks(packet, count, offset):
             consumer = self._consumers_by_ssrc.get(block.ssrc)
             if consumer is not None and consumer.ssrc == block.ssrc:
                 consumer.receive_report(block)
+                self._downlink.on_report_block(block.ssrc, block.highest_seq, block.cumulative_lost)
+                reported = True
+        if reported:  # the loss-based downlink estimate moves once per report
+            self._downlink.on_reports(self.last_activity)
 
     def _receive_bye(self, ssrcs: list[int]) -> None:
         """RTCP BYE (RFC 3550 section 6.6) for every stream sent: the client left."""
@@ -608,6 +666,15 @@ class WebRtcTransport(EventEmitter):
             raise InvalidParametersError("kind must be audio or video")
         params = validate_producer_rtp_parameters(kind, rtp_parameters)
         params.setdefault("encodings", [{}])
+        # Chrome's simulcast offers carry rids and no a=ssrc lines, so
+        # mediasoup-client sends an empty CNAME; receivers build the track's
+        # stream id (msid) from it.  Give the stream this transport's CNAME,
+        # shared by the client's other producers (lip sync groups by it).
+        rtcp = params.setdefault("rtcp", {})
+        if not rtcp.get("cname"):
+            rtcp["cname"] = self._cname
+        else:
+            self._cname = str(rtcp["cname"])
         caps = self._router.rtp_capabilities
         mapping = get_producer_mapping(kind, params, caps)
         ssrcs = {
@@ -620,32 +687,37 @@ class WebRtcTransport(EventEmitter):
             for ssrc in ssrcs:
                 if self._rtp_table.get(ssrc) is not None:
                     raise InvalidParametersError(f"ssrc {ssrc} is already in use")
-        # With several encodings (simulcast) the last (highest) one is forwarded.
-        forwarded = params["encodings"][-1]
+        if len(params["encodings"]) > 1:
+            mimes = [str(c["mimeType"]).lower() for c in params["codecs"]]
+            mime = next(m for m in mimes if not m.endswith("/rtx"))
+            if mime not in SIMULCAST_MIME_TYPES:
+                # Switching encodings needs their key frames recognised.
+                raise UnsupportedError(f"simulcast is not supported with {mime}")
         producer = Producer(
             transport=self,
             kind=kind,
             rtp_parameters=params,
-            forwarded_encoding=forwarded,
             mapping=mapping,
             consumable_rtp_parameters=get_consumable_rtp_parameters(kind, params, caps, mapping),
             paused=paused,
             key_frame_request_interval=self.settings.key_frame_request_interval,
             app_data=app_data,
+            inactivity_timeout=self.settings.stream_inactivity_timeout,
         )
         self.producers[producer.id] = producer
-        if producer.ssrc is not None:
-            self._rtp_table[producer.ssrc] = producer.receive_rtp
-        if producer.rtx_ssrc is not None:
-            self._rtp_table[producer.rtx_ssrc] = producer.receive_rtx
-        for encoding in params["encodings"][:-1]:
-            for ssrc in (encoding.get("ssrc"), (encoding.get("rtx") or {}).get("ssrc")):
-                if ssrc is not None:
-                    self._rtp_table[ssrc] = None  # other simulcast layers: dropped
+        # Every encoding is a stream of its own; signalled SSRCs are bound now,
+        # the others when their first packet names them (``_learn_ssrc``).
+        for stream in producer.streams:
+            if stream.ssrc is not None:
+                self._rtp_table[stream.ssrc] = stream.receive_rtp
+                self._recv_streams[stream.ssrc] = stream
+            if stream.rtx_ssrc is not None:
+                self._rtp_table[stream.rtx_ssrc] = stream.receive_rtx
         # Packets that arrived before produce() may have cached "unknown".
         for ssrc, handler in list(self._rtp_table.items()):
             if handler is None and ssrc not in ssrcs:
                 del self._rtp_table[ssrc]
+        producer.start(self._loop)
         self._router.add_producer(producer)
         self.observer.emit("newproducer", producer)
         return producer
@@ -656,9 +728,15 @@ class WebRtcTransport(EventEmitter):
         producer_id: str,
         rtp_capabilities: Any,
         paused: bool = False,
+        preferred_layers: Any = None,
         app_data: dict[str, Any] | None = None,
     ) -> Consumer:
-        """Consume a producer of the same router (mediasoup-demo creates these paused)."""
+        """Consume a producer of the same router (mediasoup-demo creates these paused).
+
+        A producer with several encodings gets a ``SimulcastConsumer``
+        (``preferred_layers``: mediasoup's ``{spatialLayer, temporalLayer?}``,
+        the highest by default); otherwise a simple ``Consumer``.
+        """
         self._check_open()
         producer = self._router.get_producer(producer_id)
         if producer is None:
@@ -677,21 +755,32 @@ class WebRtcTransport(EventEmitter):
         # A MID unique within this transport, as mediasoup assigns them.
         rtp_parameters["mid"] = str(self._next_mid)
         self._next_mid += 1
-        consumer = Consumer(
-            transport=self,
-            producer=producer,
-            rtp_parameters=rtp_parameters,
-            paused=paused,
-            app_data=app_data,
-        )
+        consumer: Consumer
+        if producer.type == "simulcast":
+            consumer = SimulcastConsumer(
+                transport=self,
+                producer=producer,
+                rtp_parameters=rtp_parameters,
+                paused=paused,
+                app_data=app_data,
+                preferred_layers=preferred_layers,
+            )
+        else:
+            consumer = Consumer(
+                transport=self,
+                producer=producer,
+                rtp_parameters=rtp_parameters,
+                paused=paused,
+                app_data=app_data,
+            )
         self.consumers[consumer.id] = consumer
         self._consumers_by_ssrc[consumer.ssrc] = consumer
         if consumer.rtx_ssrc is not None:
             self._consumers_by_ssrc[consumer.rtx_ssrc] = consumer
         producer.add_consumer(consumer)
         self.observer.emit("newconsumer", consumer)
-        if not paused and not producer.paused:
-            producer.request_key_frame()
+        if not paused and not producer.paused and consumer.type == "simple":
+            producer.request_key_frame()  # a simulcast one asks for its target's
         return consumer
 
     def _unique_ssrc(self, exclude: int | None = None) -> int:
@@ -749,10 +838,7 @@ class WebRtcTransport(EventEmitter):
         data_producer = self._router.get_data_producer(data_producer_id)
         if data_producer is None:
             raise InvalidParametersError(f"dataProducer {data_producer_id} not found")
-        _os, mis = self.settings.num_sctp_streams
-        stream_id = next((i for i in range(mis) if i not in self._sctp_stream_ids), None)
-        if stream_id is None:
-            raise UnsupportedError("no free SCTP stream on this transport")
+        stream_id = self._take_sctp_stream_id()
         params = dict(data_producer.sctp_stream_parameters, streamId=stream_id)
         data_consumer = DataConsumer(
             transport=self,
@@ -760,7 +846,6 @@ class WebRtcTransport(EventEmitter):
             sctp_stream_parameters=params,
             app_data=app_data,
         )
-        self._sctp_stream_ids.add(stream_id)
         self.data_consumers[data_consumer.id] = data_consumer
         data_producer.add_consumer(data_consumer)
         if self._dtls.sctp is not None:
@@ -768,17 +853,43 @@ class WebRtcTransport(EventEmitter):
         self.observer.emit("newdataconsumer", data_consumer)
         return data_consumer
 
+    def _take_sctp_stream_id(self) -> int:
+        """The next free stream id after the last one given, wrapping round.
+
+        mediasoup's round robin (``Transport.getNextSctpStreamId``): an id
+        freed by a closed data consumer is not handed out again until every
+        other id has had its turn.  The client cannot know at once that the
+        channel on it closed (no SCTP stream reset is sent; it hears
+        ``dataConsumerClosed``, if it listens), and a client that still holds
+        it refuses a new channel with the same id (pymediasoup: "Data channel
+        with ID 0 already registered").
+        """
+        _os, mis = self.settings.num_sctp_streams
+        for step in range(mis):
+            stream_id = (self._next_sctp_stream_id + step) % mis
+            if stream_id not in self._sctp_stream_ids:
+                self._next_sctp_stream_id = stream_id + 1
+                self._sctp_stream_ids.add(stream_id)
+                return stream_id
+        raise UnsupportedError("no free SCTP stream on this transport")
+
     # -- child close paths (called by the children) --------------------------------
 
     def producer_closed(self, producer: Producer) -> None:
         self.producers.pop(producer.id, None)
-        ssrcs = {producer.ssrc, producer.rtx_ssrc}
+        self._forget_ssrcs(producer)
+        self._router.remove_producer(producer)
+
+    def _forget_ssrcs(self, producer: Producer) -> None:
+        ssrcs: set[int | None] = set()
         for encoding in producer.rtp_parameters["encodings"]:
             ssrcs.update((encoding.get("ssrc"), (encoding.get("rtx") or {}).get("ssrc")))
+        for stream in producer.streams:  # learned ones too
+            ssrcs.update((stream.ssrc, stream.rtx_ssrc))
         for ssrc in ssrcs:
             if ssrc is not None:
                 self._rtp_table.pop(ssrc, None)
-        self._router.remove_producer(producer)
+                self._recv_streams.pop(ssrc, None)
 
     def consumer_closed(self, consumer: Consumer) -> None:
         self.consumers.pop(consumer.id, None)
@@ -794,6 +905,140 @@ class WebRtcTransport(EventEmitter):
     def data_consumer_closed(self, data_consumer: DataConsumer) -> None:
         self.data_consumers.pop(data_consumer.id, None)
         self._sctp_stream_ids.discard(data_consumer.stream_id)
+
+    # -- bandwidth estimation (media.bwe) ---------------------------------------------
+
+    @property
+    def available_outgoing_bitrate(self) -> int:
+        """Bits/s we estimate this client can receive (mediasoup's
+        ``availableOutgoingBitrate``): its REMB, else a loss-based estimate
+        from its receiver reports, from ``initial_outgoing_bitrate`` on."""
+        return self._downlink.bitrate
+
+    @property
+    def available_incoming_bitrate(self) -> int | None:
+        """Bits/s we tell the client it can send (the REMB value; None before
+        any packet carrying abs-send-time)."""
+        return self._uplink.bitrate
+
+    @property
+    def max_incoming_bitrate(self) -> int:
+        return self._uplink.max_bitrate
+
+    async def set_max_incoming_bitrate(self, bitrate: int) -> None:
+        """mediasoup ``setMaxIncomingBitrate``: cap the REMB sent to the client (0: none).
+
+        A cap below what the client was last told goes out at once; a higher
+        one with the next regular REMB.
+        """
+        self._check_open()
+        _check_bitrate("bitrate", bitrate)
+        now = self._loop.time()
+        remb = self._uplink.set_max_bitrate(now, bitrate)
+        if remb is not None:
+            self._send_remb(now, remb)
+
+    async def set_max_outgoing_bitrate(self, bitrate: int) -> None:
+        """mediasoup ``setMaxOutgoingBitrate``: cap the downlink estimate (0: none)."""
+        self._check_open()
+        _check_bitrate("bitrate", bitrate)
+        if bitrate and bitrate < self._downlink.min_bitrate:
+            raise InvalidParametersError("bitrate must not be below the minimum outgoing bitrate")
+        if self._downlink.set_limits(max_bitrate=bitrate):
+            self.distribute_available_bitrate()
+
+    async def set_min_outgoing_bitrate(self, bitrate: int) -> None:
+        """mediasoup ``setMinOutgoingBitrate``: the floor of the downlink estimate."""
+        self._check_open()
+        _check_bitrate("bitrate", bitrate)
+        ceiling = self._downlink.max_bitrate
+        if bitrate <= 0 or (ceiling and bitrate > ceiling):
+            raise InvalidParametersError("bitrate must be positive and not above the maximum")
+        if self._downlink.set_limits(min_bitrate=bitrate):
+            self.distribute_available_bitrate()
+
+    def distribute_available_bitrate(self) -> None:
+        """Share the downlink estimate among the consumers now.
+
+        It is otherwise shared when the client's RTCP moves it, and at least
+        about once a second while the client sends RTCP; call this when a
+        consumer appears, resumes or changes priority to act at once.
+        """
+        if self.consumers and not self.closed:
+            self._share_outgoing_bitrate(self._loop.time(), force=True)
+
+    def _learn_extension_ids(self, producer: Producer) -> None:
+        # RFC 8843 (BUNDLE): one id per extension on the whole transport.
+        for ext in producer.rtp_parameters.get("headerExtensions") or []:
+            if ext.get("uri") == ABS_SEND_TIME_URI:
+                self._abs_send_time_id = int(ext["id"])
+
+    def _feed_uplink_estimate(self, packet: bytearray, ssrc: int) -> None:
+        """Per packet with an extension block: what it costs is in docs/media.md."""
+        now = self.last_activity
+        uplink = self._uplink
+        if now - uplink.timed_at < TIMING_RESOLUTION:
+            return  # read in the same loop iteration: counted (bytes_received), not timed
+        send_time = rtp_packet.abs_send_time(packet, self._abs_send_time_id)
+        if send_time >= 0:
+            remb = uplink.on_packet(now, send_time, self.bytes_received, ssrc)
+            if remb is not None:
+                self._send_remb(now, remb)
+
+    def _send_remb(self, now: float, bitrate: int) -> None:
+        self.rembs_sent += 1
+        ssrcs = self._uplink.remb_ssrcs(now)
+        self.send_rtcp(rtp_packet.build_remb(self.rtcp_ssrc, bitrate, ssrcs))
+
+    def _share_outgoing_bitrate(self, now: float, *, force: bool = False) -> None:
+        """mediasoup's ``DistributeAvailableOutgoingBitrate``, simplified.
+
+        Audio consumers keep what they use; the rest is shared among the
+        video consumers that forward, by priority and up to each one's desired
+        bitrate (``media.bwe.allocate_bitrate``), and written to their
+        ``available_bitrate``.  Paused ones keep their last share.
+        """
+        available = self._downlink.bitrate
+        distributor = self._distributor
+        if not force and not distributor.due(now, available):
+            return
+        video: list[Consumer] = []
+        audio_bitrate = 0
+        for consumer in self.consumers.values():
+            if consumer.closed or consumer.paused or consumer.producer_paused_state:
+                continue
+            if consumer.kind == "video":
+                video.append(consumer)
+            else:
+                audio_bitrate += consumer.desired_bitrate
+        demands = [
+            # A desired bitrate of 0 means "not measured yet": unknown, an equal share.
+            Demand(priority=consumer.priority, desired=consumer.desired_bitrate or None)
+            for consumer in video
+        ]
+        allocations, info = distributor.distribute(now, max(0, available - audio_bitrate), demands)
+        for consumer, bitrate in zip(video, allocations, strict=True):
+            consumer.available_bitrate = bitrate
+        self._downlink.forget_streams(set(self._consumers_by_ssrc))
+        if info is not None:
+            info["desiredBitrate"] += audio_bitrate
+            info["effectiveDesiredBitrate"] += audio_bitrate
+            info["availableBitrate"] = available
+            self.emit(
+                "trace",
+                {
+                    "type": "bwe",
+                    "timestamp": int(now * 1000),
+                    "direction": "out",
+                    "info": {
+                        "type": "remb",
+                        **info,
+                        "minBitrate": self._downlink.min_bitrate,
+                        "maxBitrate": self._downlink.max_bitrate,
+                        "startBitrate": self._downlink.initial_bitrate,
+                    },
+                },
+            )
 
     # -- link quality ---------------------------------------------------------------
 
@@ -853,6 +1098,12 @@ class WebRtcTransport(EventEmitter):
                 "iceConsentGap": self.consent_gap(self._loop.time()),
                 # The latest link_sample() taken (None until the first).
                 "linkSample": last.to_json() if last is not None else None,
+                # mediasoup's names; the incoming one is what our REMB says.
+                "availableOutgoingBitrate": self.available_outgoing_bitrate,
+                "availableIncomingBitrate": self.available_incoming_bitrate,
+                "maxIncomingBitrate": self.max_incoming_bitrate or None,
+                "rembsSent": self.rembs_sent,
+                "rembsReceived": self.rembs_received,
             }
         ]
 
@@ -914,6 +1165,7 @@ class WebRtcTransport(EventEmitter):
         self.data_producers.clear()
         self.data_consumers.clear()
         self._rtp_table.clear()
+        self._recv_streams.clear()
         self._consumers_by_ssrc.clear()
         self._link_monitor = None  # it refers back to us: no cycle left behind
         # close_notify goes out before the socket closes (RFC 6347 section 4.2.7).
@@ -929,6 +1181,11 @@ class WebRtcTransport(EventEmitter):
 
 def _ignore_datagram(data: bytes, addr: Address) -> None:
     return None
+
+
+def _check_bitrate(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:
+        raise InvalidParametersError(f"{name} must be a non-negative integer (bits/s)")
 
 
 def _stream_parameters(params: Json, stream_id: int) -> Json:

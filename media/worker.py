@@ -45,6 +45,15 @@ class WorkerSettings:
     """After a server stall, how long a client has to send a consent check."""
     max_queued_dtls_records: int = 1024
     """Per transport, DTLS datagrams waiting to be processed; more are dropped."""
+    stream_inactivity_timeout: float = 1.0
+    """A producer encoding silent this long is inactive (simulcast consumers fall back)."""
+    initial_incoming_bitrate: int = 1_000_000
+    """The first REMB a sending client gets, before anything is measured (0: measure first)."""
+    max_incoming_bitrate: int = 0
+    """Cap on every transport's REMB (``transport.set_max_incoming_bitrate``; 0: none)."""
+    initial_outgoing_bitrate: int = 600_000
+    """mediasoup's ``initialAvailableOutgoingBitrate``: a receiving client's estimate
+    until its REMB or receiver reports arrive."""
 
     def __post_init__(self) -> None:
         if self.consent_timeout < MIN_CONSENT_TIMEOUT:
@@ -63,6 +72,10 @@ class WorkerSettings:
             "stall_tolerance": self.stall_tolerance,
             "consent_resync_window": self.consent_resync_window,
             "max_queued_dtls_records": self.max_queued_dtls_records,
+            "stream_inactivity_timeout": self.stream_inactivity_timeout,
+            "initial_incoming_bitrate": self.initial_incoming_bitrate,
+            "max_incoming_bitrate": self.max_incoming_bitrate,
+            "initial_outgoing_bitrate": self.initial_outgoing_bitrate,
         }
         values.update(overrides)
         return TransportSettings(**values)

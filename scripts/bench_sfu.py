@@ -15,7 +15,16 @@ DTLS and SRTP.  It prints, per scenario:
 * the implied forwarded packets/s of one fully used core (1e6 / us-per-packet),
 
 and finally how the 1->1 case compares with the target of 25,000 forwarded
-packets/s per core.  By default every fan-out runs flat out (the client offers
+packets/s per core.
+
+Each fan-out also runs with a simulcast producer (``--layers``, default 1,3):
+three encodings r0/r1/r2 (SSRCs signalled, VP8 L1T3 with PictureID,
+TL0PICIDX and TID, a key frame every 60 frames) sending 1/2/5 packets per
+frame, roughly Chrome's webcam layers; every consumer is a
+``SimulcastConsumer`` forwarding r2, so the server also receives, caches and
+parses the two lower layers and rewrites sequence numbers, timestamps and
+PictureIDs per consumer.  A table at the end puts the single-encoding and the
+simulcast figures side by side.  By default every fan-out runs flat out (the client offers
 more than one server core can take, so the server's core is saturated), then
 1->1 runs once more paced at the target rate (``--target-rate``) to show whether
 25,000 packets/s actually get through without loss.
@@ -38,11 +47,12 @@ payload, incrementing sequence number and timestamp) protected with the
 negotiated SRTP session and sent in bursts, either flat out (``--rate 0``, the
 default) or paced at the given packets/s.  Receivers only count datagrams.
 
-Run it from the repository root (about 30 s with the defaults)::
+Run it from the repository root (about a minute with the defaults)::
 
     .venv/bin/python scripts/bench_sfu.py
     .venv/bin/python scripts/bench_sfu.py --fanout 1 --rate 20000,30000,40000   # rate sweep
     .venv/bin/python scripts/bench_sfu.py --repeat 3      # median of 3 runs per scenario
+    .venv/bin/python scripts/bench_sfu.py --fanout 1 --layers 1 --target-rate 0 --repeat 5
     .venv/bin/python scripts/bench_sfu.py --fanout 1 --profile   # + cProfile of 1->1
 
 Caveats: everything runs on loopback, so the kernel's delivery of each datagram
@@ -101,6 +111,11 @@ CONSENT_INTERVAL = 2.0
 CALL_TIMEOUT = 15.0
 SETUP_TIMEOUT = 10.0
 
+SIMULCAST_MIX = (1, 2, 5)
+"""Packets per frame of r0, r1, r2 in the simulcast scenarios: roughly Chrome's
+150 / 500 / 1500 kbit/s webcam layers in packets of one size."""
+KEY_FRAME_EVERY = 60  # frames; where a simulcast consumer may start forwarding
+
 PRODUCER_RTP_PARAMETERS: Json = {
     "mid": "0",
     "codecs": [
@@ -119,6 +134,17 @@ PRODUCER_RTP_PARAMETERS: Json = {
     "encodings": [{"ssrc": PRODUCER_SSRC}],
     "rtcp": {"cname": "bench"},
 }
+
+
+def producer_rtp_parameters(layers: int) -> Json:
+    """One encoding, or ``layers`` simulcast encodings (SSRCs signalled, L1T3 each)."""
+    if layers == 1:
+        return PRODUCER_RTP_PARAMETERS
+    encodings = [
+        {"ssrc": PRODUCER_SSRC + i, "rid": f"r{i}", "scalabilityMode": "L1T3"}
+        for i in range(layers)
+    ]
+    return {**PRODUCER_RTP_PARAMETERS, "encodings": encodings}
 
 
 def _pin(core: int) -> int:
@@ -201,7 +227,7 @@ class _Server:
     async def _handle(self, command: Json) -> Json:
         op = command.get("op")
         if op == "setup":
-            return await self._setup(int(command["fanout"]))
+            return await self._setup(int(command["fanout"]), int(command.get("layers", 1)))
         if op == "connect":
             for transport in self._transports:
                 await transport.connect({"role": "client", "fingerprints": command["fingerprints"]})
@@ -227,7 +253,7 @@ class _Server:
             return {"ok": True}
         return {"error": f"unknown op {op!r}"}
 
-    async def _setup(self, fanout: int) -> Json:
+    async def _setup(self, fanout: int, layers: int = 1) -> Json:
         self._teardown()
         router = self._router = await self._worker.create_router()
         send = await router.create_webrtc_transport()
@@ -238,7 +264,7 @@ class _Server:
             sock = send._udp.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
         self._producer = await send.produce(
-            kind="video", rtp_parameters=PRODUCER_RTP_PARAMETERS, paused=False
+            kind="video", rtp_parameters=producer_rtp_parameters(layers), paused=False
         )
         vp8 = next(
             c for c in router.rtp_capabilities["codecs"] if c["mimeType"].lower() == "video/vp8"
@@ -256,6 +282,13 @@ class _Server:
             ],
             "headerExtensions": [],
         }
+        for transport in recvs:
+            # The receivers send no RTCP, so the downlink estimate would stay at its
+            # initial value and cap every simulcast consumer at its lowest layer:
+            # this measures forwarding, so the estimate is floored out of the way.
+            floor = getattr(transport, "set_min_outgoing_bitrate", None)
+            if floor is not None:
+                await floor(100_000_000_000)
         self._consumers = [
             await t.consume(
                 producer_id=self._producer.id, rtp_capabilities=client_caps, paused=False
@@ -279,6 +312,7 @@ class _Server:
                     **info(transport),
                     "ssrc": consumer.ssrc,
                     "pt": consumer.rtp_parameters["codecs"][0]["payloadType"],
+                    "simulcast": layers > 1,
                 }
             )
         return {"send": info(send), "recv": receivers}
@@ -373,6 +407,7 @@ class _Peer(asyncio.DatagramProtocol):
         # What a consumer's packets must look like (receivers check their first few).
         self.expected_ssrc: int | None = info.get("ssrc")
         self.expected_pt: int | None = info.get("pt")
+        self.simulcast = bool(info.get("simulcast"))
         self.to_verify = 3 if self.expected_ssrc is not None else 0
         self.verified = 0
         self.verify_error: str | None = None
@@ -430,13 +465,22 @@ class _Peer(asyncio.DatagramProtocol):
             return
         _, pt, _, _, ssrc = struct.unpack_from("!BBHII", packet)
         # The consumer gets no MID extension: the element must be padded out (zeros).
-        expected_tail = _EXPECTED_FORWARDED_EXTENSION + _PAYLOAD
+        # A simulcast consumer rewrites the VP8 descriptor (PictureID, TL0PICIDX)
+        # and may get a key frame's payload header: the rest must be intact.
+        if self.simulcast:
+            extension = packet[12 : 12 + len(_EXPECTED_FORWARDED_EXTENSION)]
+            head = len(_EXPECTED_FORWARDED_EXTENSION) + len(_SIM_DESCRIPTOR) + 1
+            intact = (
+                extension == _EXPECTED_FORWARDED_EXTENSION and packet[12 + head :] == _SIM_FILLER
+            )
+        else:
+            intact = packet[12:] == _EXPECTED_FORWARDED_EXTENSION + _PAYLOAD
         problems = []
         if ssrc != self.expected_ssrc:
             problems.append(f"SSRC {ssrc} != consumer SSRC {self.expected_ssrc}")
         if pt & 0x7F != self.expected_pt:
             problems.append(f"PT {pt & 0x7F} != consumer PT {self.expected_pt}")
-        if packet[12:] != expected_tail:
+        if not intact:
             problems.append(f"extension/payload changed: {packet[12:24].hex()}...")
         if problems:
             self.verify_error = "; ".join(problems)
@@ -516,6 +560,7 @@ class _SenderStats:
 class Result:
     fanout: int
     rate: int
+    layers: int
     seconds: float
     offered: float
     received: float
@@ -542,6 +587,11 @@ _EXTENSION = struct.pack("!HH", 0xBEDE, 1) + bytes([(MID_EXT_ID << 4) | 0]) + b"
 _EXPECTED_FORWARDED_EXTENSION = struct.pack("!HH", 0xBEDE, 1) + bytes(4)
 # VP8 payload descriptor (S bit, partition 0) followed by filler.
 _PAYLOAD = b"\x10" + bytes(PAYLOAD_SIZE - 1)
+# Simulcast: the descriptor browsers send (X, I with a 15-bit PictureID, L, T),
+# then the VP8 payload header (P bit: key frame or not) and filler.
+_SIM_DESCRIPTOR = b"\x90\xe0\x80\x00\x00\x00"
+_SIM_FILLER = bytes(PAYLOAD_SIZE - len(_SIM_DESCRIPTOR) - 1)
+_L1T3 = (0, 2, 1, 2)
 
 
 def _rtp_packet_builder() -> Callable[[int, int, bool], bytes]:
@@ -557,8 +607,66 @@ def _rtp_packet_builder() -> Callable[[int, int, bool], bytes]:
     return build
 
 
-async def _pump(peer: _Peer, rate: int, stop: asyncio.Event, stats: _SenderStats) -> None:
+def _simulcast_frames(layers: int) -> Callable[[], list[bytes]]:
+    """Each call: the next frame of every encoding (``SIMULCAST_MIX`` packets each),
+    with the numbering a VP8 encoder in L1T3 gives them."""
+    header = struct.Struct("!BBHII")
+    mix = SIMULCAST_MIX[:layers]
+    seqs = [secrets.randbelow(0x10000) for _ in mix]
+    timestamps = [secrets.randbelow(1 << 32) for _ in mix]
+    pictures = [secrets.randbelow(0x8000) for _ in mix]
+    tl0s = [0 for _ in mix]
+    frame = 0
+
+    def next_frame() -> list[bytes]:
+        nonlocal frame
+        tid = _L1T3[frame % 4]
+        key = frame % KEY_FRAME_EVERY == 0
+        packets = []
+        for layer, count in enumerate(mix):
+            if tid == 0:
+                tl0s[layer] = (tl0s[layer] + 1) & 0xFF
+            for i in range(count):
+                descriptor = bytes(
+                    (
+                        0x90 if i == 0 else 0x80,
+                        0xE0,
+                        0x80 | (pictures[layer] >> 8),
+                        pictures[layer] & 0xFF,
+                        tl0s[layer],
+                        (tid << 6) | (0x20 if tid == 0 else 0),
+                    )
+                )
+                first = b"\x00" if key and i == 0 else b"\x01"
+                seqs[layer] = (seqs[layer] + 1) & 0xFFFF
+                packets.append(
+                    header.pack(
+                        0x90,
+                        (0x80 if i == count - 1 else 0) | PRODUCER_PT,
+                        seqs[layer],
+                        timestamps[layer],
+                        PRODUCER_SSRC + layer,
+                    )
+                    + _EXTENSION
+                    + descriptor
+                    + first
+                    + _SIM_FILLER
+                )
+            timestamps[layer] = (timestamps[layer] + 3000) & 0xFFFFFFFF
+            pictures[layer] = (pictures[layer] + 1) & 0x7FFF
+        frame += 1
+        return packets
+
+    return next_frame
+
+
+async def _pump(
+    peer: _Peer, rate: int, stop: asyncio.Event, stats: _SenderStats, layers: int = 1
+) -> None:
     """Send SRTP-protected RTP to the server, flat out (rate 0) or paced, until ``stop``."""
+    if layers > 1:
+        await _pump_simulcast(peer, rate, stop, stats, layers)
+        return
     tx = peer.dtls.tx_srtp
     assert tx is not None
     protect = tx.protect
@@ -600,6 +708,45 @@ async def _pump(peer: _Peer, rate: int, stop: asyncio.Event, stats: _SenderStats
     stats.sent, stats.send_errors = sent, errors
 
 
+async def _pump_simulcast(
+    peer: _Peer, rate: int, stop: asyncio.Event, stats: _SenderStats, layers: int
+) -> None:
+    """``_pump`` for a simulcast webcam: frames of every encoding, interleaved."""
+    tx = peer.dtls.tx_srtp
+    assert tx is not None
+    protect = tx.protect
+    sendto = peer.sock.sendto
+    server = peer.server
+    next_frame = _simulcast_frames(layers)
+    queued: list[bytes] = []
+    started = time.monotonic()
+    sent = 0
+    errors = 0
+    while not stop.is_set():
+        if rate > 0:
+            count = min(int((time.monotonic() - started) * rate) - sent, 2 * BURST)
+            if count <= 0:
+                stats.sent, stats.send_errors = sent, errors
+                await asyncio.sleep(0.0005)
+                continue
+        else:
+            count = BURST
+        for _ in range(count):
+            if not queued:
+                queued = next_frame()
+                queued.reverse()
+            try:
+                protected = protect(queued.pop())
+                if protected is not None:
+                    sendto(protected, server)
+            except OSError:
+                errors += 1
+        sent += count
+        stats.sent, stats.send_errors = sent, errors
+        await asyncio.sleep(0)
+    stats.sent, stats.send_errors = sent, errors
+
+
 async def _consent(peers: list[_Peer], stop: asyncio.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -618,14 +765,16 @@ async def _wait_all(
         raise RuntimeError(f"{what} did not complete within {timeout} s") from None
 
 
-async def _connect(control: _Control, fanout: int, certificate: Any, peers: list[_Peer]) -> None:
+async def _connect(
+    control: _Control, fanout: int, certificate: Any, peers: list[_Peer], layers: int = 1
+) -> None:
     """Create the server side, then ICE + DTLS for the sender and every receiver.
 
     ``peers`` is filled as they are created, so the caller can close them on failure.
     """
     from media.aiortc_bridge import DtlsSession
 
-    setup = await control.call("setup", fanout=fanout)
+    setup = await control.call("setup", fanout=fanout, layers=layers)
     for info in [setup["send"], *setup["recv"]]:
         peers.append(_Peer(info, certificate))
     for peer in peers:
@@ -669,6 +818,7 @@ async def _run_scenario(
     rate: int,
     warmup: float,
     duration: float,
+    layers: int = 1,
     profile: bool = False,
     profile_top: int = 10,
 ) -> tuple[Result, str]:
@@ -678,9 +828,9 @@ async def _run_scenario(
     tasks: list[asyncio.Task[None]] = []
     profile_text = ""
     try:
-        await _connect(control, fanout, certificate, peers)
+        await _connect(control, fanout, certificate, peers, layers)
         sender, receivers = peers[0], peers[1:]
-        tasks.append(asyncio.create_task(_pump(sender, rate, stop, stats)))
+        tasks.append(asyncio.create_task(_pump(sender, rate, stop, stats, layers)))
         tasks.append(asyncio.create_task(_consent(peers, stop)))
         await asyncio.sleep(warmup)
         if profile:
@@ -722,6 +872,7 @@ async def _run_scenario(
     result = Result(
         fanout=fanout,
         rate=rate,
+        layers=layers,
         seconds=wall,
         offered=(c1[1] - c0[1]) / client_wall,
         received=received / wall,
@@ -750,7 +901,8 @@ async def _run_scenario(
 
 def _label(result: Result) -> str:
     rate = "max" if result.rate <= 0 else f"{result.rate:,}"
-    return f"1->{result.fanout} @{rate}"
+    layers = f" sim{result.layers}" if result.layers > 1 else ""
+    return f"1->{result.fanout}{layers} @{rate}"
 
 
 def _contended(r: Result) -> bool:
@@ -878,6 +1030,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="offered packets/s, comma-separated; 0 = flat out (default 0)",
     )
     parser.add_argument(
+        "--layers",
+        type=_int_list,
+        default=[1, 3],
+        help="encodings per producer: 1 (a plain track) and/or 3 (simulcast); default 1,3",
+    )
+    parser.add_argument(
         "--duration", type=float, default=5.0, help="measuring window per scenario, s"
     )
     parser.add_argument("--warmup", type=float, default=1.0, help="sending before measuring, s")
@@ -909,6 +1067,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--repeat must be 1..10")
     if any(f < 1 or f > 50 for f in args.fanout):
         parser.error("--fanout values must be 1..50")
+    if any(n not in (1, 2, 3) for n in args.layers):
+        parser.error("--layers values must be 1, 2 or 3")
     return args
 
 
@@ -917,26 +1077,33 @@ async def _client_main(conn: Connection, args: argparse.Namespace) -> int:
 
     control = _Control(conn)
     certificate = RTCCertificate.generateCertificate()
-    scenarios = [(fanout, rate) for fanout in args.fanout for rate in args.rate]
-    if args.target_rate > 0 and (1, args.target_rate) not in scenarios:
-        scenarios.append((1, args.target_rate))
+    scenarios = [
+        (fanout, rate, layers)
+        for layers in args.layers
+        for fanout in args.fanout
+        for rate in args.rate
+    ]
+    if args.target_rate > 0 and (1, args.target_rate, 1) not in scenarios:
+        scenarios.append((1, args.target_rate, 1))
     results: list[Result] = []
     failures = 0
     try:
         _print_header()
-        for fanout, rate in [sc for sc in scenarios for _ in range(args.repeat)]:
+        # Repeats run round-robin, so slow drifts of a shared machine hit every scenario alike.
+        for fanout, rate, layers in [sc for _ in range(args.repeat) for sc in scenarios]:
             try:
                 result, _ = await _run_scenario(
                     control,
                     certificate,
                     fanout=fanout,
                     rate=rate,
+                    layers=layers,
                     warmup=args.warmup,
                     duration=args.duration,
                 )
             except RuntimeError as exc:
                 failures += 1
-                print(f"1->{fanout} @{rate or 'max'}: FAILED: {exc}", flush=True)
+                print(f"1->{fanout} x{layers} @{rate or 'max'}: FAILED: {exc}", flush=True)
                 continue
             results.append(result)
             _print_row(result)
@@ -954,13 +1121,14 @@ async def _client_main(conn: Connection, args: argparse.Namespace) -> int:
                 f"and PT, MID padded out, payload intact): {'OK' if not bad else bad[0]}"
             )
         medians: list[Result] = []
-        for fanout, rate in scenarios:
-            runs = [r for r in results if (r.fanout, r.rate) == (fanout, rate)]
+        for fanout, rate, layers in scenarios:
+            runs = [r for r in results if (r.fanout, r.rate, r.layers) == (fanout, rate, layers)]
             if runs:
                 median = _median(runs)
                 medians.append(median)
                 print(_summary_line(median, runs))
-        print(_verdict(medians), flush=True)
+        print(_verdict([r for r in medians if r.layers == 1]), flush=True)
+        _print_simulcast_comparison(medians)
         if args.profile:
             result, text = await _run_scenario(
                 control,
@@ -982,6 +1150,36 @@ async def _client_main(conn: Connection, args: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):
             await control.call("quit", timeout=5.0)
     return 1 if failures else 0
+
+
+def _print_simulcast_comparison(medians: list[Result]) -> None:
+    """Single-encoding and simulcast figures side by side, per fan-out (flat out)."""
+    flat = [r for r in medians if r.rate <= 0]
+    pairs = [
+        (one, sim)
+        for one in flat
+        if one.layers == 1
+        for sim in flat
+        if sim.layers > 1 and sim.fanout == one.fanout
+    ]
+    if not pairs:
+        return
+    mix = "/".join(str(n) for n in SIMULCAST_MIX)
+    print(
+        f"\nSimulcast (r0/r1/r2 packets per frame {mix}; every consumer forwards r2, so "
+        "the lower layers are received, cached and parsed but not forwarded):"
+    )
+    print(
+        f"{'fan-out':<9}{'1 enc fwd/s/core':>18}{'us/fwd':>8}{'us/in':>8}"
+        f"{'sim fwd/s/core':>16}{'us/fwd':>8}{'us/in':>8}"
+    )
+    for one, sim in pairs:
+        print(
+            f"{'1->' + str(one.fanout):<9}{one.per_core:>18,.0f}{one.us_per_forwarded:>8.2f}"
+            f"{one.us_per_inbound:>8.2f}{sim.per_core:>16,.0f}{sim.us_per_forwarded:>8.2f}"
+            f"{sim.us_per_inbound:>8.2f}",
+            flush=True,
+        )
 
 
 def _trim_profile(text: str) -> str:

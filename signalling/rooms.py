@@ -5,11 +5,15 @@ A ``Room`` holds one media ``Router`` and the peers of its sessions.  A
 consumers and data channels, and the tasks that create consumers for it.
 Request handlers take the peer and the request ``data`` and return the
 response data; client mistakes raise ``RequestError``.
+
+Handlers and notifications speak the canonical (2024) shapes; each peer's
+``dialect`` (``signalling.dialect``) renders what it is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 import time
@@ -21,8 +25,10 @@ import msgspec
 
 import media
 from media import Consumer, DataConsumer, DataProducer, Producer, Router, WebRtcTransport
+from media.audio_level_observer import AudioLevelObserver, Volume
 
 from .connection import Connection, RequestFailed
+from .dialect import DIALECT_2024, DOMINANT_SPEAKER, DOWNLINK_BWE, SPEAKING_PEERS, Dialect
 from .liveness import Session
 from .protocol import ErrorCode
 
@@ -99,6 +105,78 @@ def _text(data: Json, name: str, *, limit: int = 256, optional: bool = False) ->
     return value  # type: ignore[no-any-return]
 
 
+def _uint8(data: Json, name: str, *, minimum: int = 0, optional: bool = False) -> int | None:
+    """A layer or a priority: mediasoup carries them as uint8."""
+    value = _field(data, name, int, optional=optional)
+    if value is not None and not minimum <= value <= 255:
+        raise RequestError(ErrorCode.BAD_REQUEST, f"{name} must be {minimum}..255")
+    return value  # type: ignore[no-any-return]
+
+
+def consumer_score(consumer: Consumer) -> Json:
+    """mediasoup's ``ConsumerScore`` ``{score, producerScore, producerScores}``.
+
+    A consumer that keeps its score in that shape is asked; the simple
+    consumer keeps one number (0..10), as its producer does (or a list of
+    ``{encodingIdx, ssrc, rid, score}``, one per encoding).
+    """
+    score = getattr(consumer, "score", 10)
+    if isinstance(score, dict):
+        return score
+    producer = getattr(consumer, "producer", None)
+    producer_score = getattr(producer, "score", score)
+    if isinstance(producer_score, list):
+        scores = [e.get("score", 0) for e in producer_score if isinstance(e, dict)]
+    else:
+        scores = [producer_score]
+    return {
+        "score": score,
+        "producerScore": max(scores, default=0),
+        "producerScores": scores,
+    }
+
+
+def _layers_changed(consumer_id: str, layers: Any) -> Json:
+    """mediasoup-demo's ``consumerLayersChanged``: nulls when nothing is forwarded."""
+    layers = layers if isinstance(layers, dict) else {}
+    return {
+        "consumerId": consumer_id,
+        "spatialLayer": layers.get("spatialLayer"),
+        "temporalLayer": layers.get("temporalLayer"),
+    }
+
+
+def _downlink_bwe(peer: Peer, trace: Any) -> None:
+    """A transport's ``bwe`` trace towards the client becomes ``downlinkBwe`` (Room.js)."""
+    if not isinstance(trace, dict) or trace.get("type") != "bwe":
+        return
+    if trace.get("direction") != "out":
+        return
+    info = trace.get("info")
+    info = info if isinstance(info, dict) else {}
+    peer.notify(
+        DOWNLINK_BWE,
+        {
+            "desiredBitrate": info.get("desiredBitrate"),
+            "effectiveDesiredBitrate": info.get("effectiveDesiredBitrate"),
+            "availableBitrate": info.get("availableBitrate"),
+        },
+    )
+
+
+async def _enable_bwe_trace(transport: WebRtcTransport) -> None:
+    """``transport.enableTraceEvent(['bwe'])``, where the transport has it."""
+    enable = getattr(transport, "enable_trace_event", None)
+    if enable is None:
+        return
+    try:
+        result = enable(["bwe"])
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:  # an optional report: the transport works without it
+        logger.warning("bwe trace not enabled on transport %s: %r", transport.id, exc)
+
+
 class Peer:
     """The media state of one session, owned by it; ``close`` releases all of it."""
 
@@ -120,6 +198,8 @@ class Peer:
         self.reported_rtt_ms: float | None = None
         """The heartbeat RTT the client last reported (consumed by quality grading)."""
         self.quality = "good"
+        self.dialect: Dialect = DIALECT_2024
+        """How this peer's connection words what it is sent (set per connection)."""
         self.on_transport_ended: Callable[[Peer, str], None] = lambda peer, reason: None
 
     @property
@@ -139,13 +219,19 @@ class Peer:
         }
 
     def notify(self, method: str, data: Any) -> None:
-        if self.connection is not None:
-            self.connection.notify(method, data)
+        """Send a canonical notification, in this peer's dialect (if it has it)."""
+        if self.connection is None:
+            return
+        worded = self.dialect.notification(method, data)
+        if worded is not None:
+            self.connection.notify(*worded)
 
-    async def request(self, method: str, data: Any, timeout: float) -> Any:
+    async def request(self, method: str, data: Json, timeout: float) -> Any:
         if self.connection is None:
             raise RequestFailed("peer is reconnecting")
-        return await self.connection.request(method, data, timeout)
+        return await self.connection.request(
+            method, self.dialect.server_request(method, data), timeout
+        )
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """A task owned by this peer: cancelled when the peer closes."""
@@ -181,6 +267,10 @@ class Peer:
             task.cancel()
 
 
+SPEECH_INTERVAL = 0.8
+"""How often the room says who speaks (mediasoup-demo's AudioLevelObserver interval)."""
+
+
 class Room:
     """One call: a router and the peers of its sessions."""
 
@@ -194,9 +284,11 @@ class Room:
         limits: PeerLimits | None = None,
         max_peers: int | None = None,
         hold_seats: bool = False,
+        speech_interval: float | None = SPEECH_INTERVAL,
     ) -> None:
         """``hold_seats``: a seat is taken from the moment a session is admitted
-        (the waiting queue's semantics), not at ``join``."""
+        (the waiting queue's semantics), not at ``join``.  ``speech_interval``:
+        how often ``activeSpeaker`` may be sent (None: never)."""
         self.id = room_id
         self.router = router
         self.peers: dict[str, Peer] = {}
@@ -207,6 +299,11 @@ class Room:
         self.hold_seats = hold_seats
         self.close_timer: asyncio.TimerHandle | None = None
         self.closed = False
+        self.speech_interval = speech_interval
+        self.speakers: AudioLevelObserver | None = None
+        """Made with the first audio producer; it closes with the router."""
+        self._speakers_made = asyncio.Lock()
+        self._loudest: str | None = None
 
     def __repr__(self) -> str:
         return f"<Room {self.id} peers={len(self.peers)}>"
@@ -241,6 +338,7 @@ class Room:
             peer.close()
         self.peers.clear()
         self.router.close()
+        self.speakers = None
 
     # -- requests ---------------------------------------------------------------------
 
@@ -319,6 +417,8 @@ class Room:
 
         transport.on("ended", ended)
         transport.observer.on("close", lambda: peer.transports.pop(transport.id, None))
+        transport.on("trace", lambda trace: _downlink_bwe(peer, trace))
+        await _enable_bwe_trace(transport)
         return {
             "id": transport.id,
             "iceParameters": transport.ice_parameters,
@@ -349,7 +449,14 @@ class Room:
             rtp_parameters=_field(data, "rtpParameters", dict),
             app_data={**app_data, "peerId": peer.id},
         )
-        return self._adopt(peer, producer, peer.producers, self.create_consumer)
+        adopted = self._adopt(peer, producer, peer.producers, self.create_consumer)
+        producer.on(
+            "score",
+            lambda score: peer.notify("producerScore", {"producerId": producer.id, "score": score}),
+        )
+        if producer.kind == "audio":
+            await self._hear(producer)
+        return adopted
 
     def _adopt(
         self,
@@ -404,10 +511,27 @@ class Room:
         await self._consumer(peer, data).request_key_frame()
 
     async def set_consumer_preferred_layers(self, peer: Peer, data: Json) -> None:
-        self._consumer(peer, data)  # one layer is forwarded: nothing to change
+        consumer = self._consumer(peer, data)
+        spatial = _uint8(data, "spatialLayer")
+        temporal = _uint8(data, "temporalLayer", optional=True)
+        # A simple consumer forwards its one stream: there is nothing to prefer
+        # (mediasoup's SimpleConsumer ignores the request too).
+        setter = getattr(consumer, "set_preferred_layers", None)
+        if setter is not None:
+            layers: Json = {"spatialLayer": spatial}
+            if temporal is not None:
+                layers["temporalLayer"] = temporal
+            await setter(layers)
 
     async def set_consumer_priority(self, peer: Peer, data: Json) -> None:
-        self._consumer(peer, data)
+        consumer = self._consumer(peer, data)
+        priority = _uint8(data, "priority", minimum=1)
+        setter = getattr(consumer, "set_priority", None)
+        if setter is not None:
+            await setter(priority)
+
+    async def get_rtc_stats_url(self, peer: Peer, data: Json) -> Json:
+        return {}  # no rtcstats server: the 2025 app then does without
 
     async def produce_data(self, peer: Peer, data: Json) -> Json:
         transport = self._transport(peer, data)
@@ -471,9 +595,11 @@ class Room:
         "getConsumerStats": get_consumer_stats,
         "getDataProducerStats": get_data_producer_stats,
         "getDataConsumerStats": get_data_consumer_stats,
+        "getRtcStatsUrl": get_rtc_stats_url,
     }
     BEFORE_JOIN = frozenset(
         {
+            "getRtcStatsUrl",
             "getRouterRtpCapabilities",
             "join",
             "createWebRtcTransport",
@@ -515,6 +641,18 @@ class Room:
             "producerresume",
             lambda: consumer_peer.notify("consumerResumed", {"consumerId": consumer.id}),
         )
+        consumer.on(
+            "score",
+            lambda score: consumer_peer.notify(
+                "consumerScore", {"consumerId": consumer.id, "score": score}
+            ),
+        )
+        consumer.on(
+            "layerschange",
+            lambda layers: consumer_peer.notify(
+                "consumerLayersChanged", _layers_changed(consumer.id, layers)
+            ),
+        )
         try:
             await consumer_peer.request(
                 "newConsumer",
@@ -527,6 +665,8 @@ class Room:
                     "type": consumer.type,
                     "appData": producer.app_data,
                     "producerPaused": consumer.producer_paused_state,
+                    "transportId": transport.id,
+                    "consumerScore": consumer_score(consumer),
                 },
                 self.request_timeout,
             )
@@ -536,6 +676,9 @@ class Room:
             return
         if not consumer.closed:
             await consumer.resume()
+            consumer_peer.notify(
+                "consumerScore", {"consumerId": consumer.id, "score": consumer_score(consumer)}
+            )
 
     async def create_data_consumer(
         self, consumer_peer: Peer, producer_peer: Peer, data_producer: DataProducer
@@ -571,6 +714,7 @@ class Room:
                     "label": data_consumer.label,
                     "protocol": data_consumer.protocol,
                     "appData": data_producer.app_data,
+                    "transportId": transport.id,
                 },
                 self.request_timeout,
             )
@@ -589,3 +733,46 @@ class Room:
             for data_producer in other.data_producers.values():
                 if data_producer.id not in data_consumed:
                     peer.spawn(self.create_data_consumer(peer, other, data_producer))
+
+    # -- who speaks (mediasoup-demo: an AudioLevelObserver per room) ------------------
+
+    async def _hear(self, producer: Producer) -> None:
+        """Let the room's audio level observer hear an audio producer."""
+        if self.speech_interval is None:
+            return
+        async with self._speakers_made:
+            if self.speakers is None and not self.router.closed:
+                speakers = await self.router.create_audio_level_observer(
+                    max_entries=10, threshold=-80, interval=self.speech_interval
+                )
+                speakers.on("volumes", self._speaking)
+                speakers.on("silence", self._silent)
+                self.speakers = speakers
+        if self.speakers is None or producer.closed:
+            return
+        try:
+            await self.speakers.add_producer(producer.id)
+        except media.MediaError as exc:
+            logger.debug("producer %s not heard: %s", producer.id, exc)
+
+    def _speaking(self, volumes: list[Volume]) -> None:
+        """Every interval while someone speaks: the loudest first.
+
+        The 2024 ``activeSpeaker`` names the loudest each time (Room.js);
+        2025 clients get everyone's volume (``speakingPeers``) and hear of the
+        loudest only when it changes (their ``activeSpeaker``).
+        """
+        peer_volumes: list[Json] = [
+            {"peerId": v.producer.app_data.get("peerId"), "volume": v.volume} for v in volumes
+        ]
+        self.broadcast("activeSpeaker", peer_volumes[0])
+        self.broadcast(SPEAKING_PEERS, {"peerVolumes": peer_volumes})
+        loudest: str | None = peer_volumes[0]["peerId"]
+        if loudest != self._loudest:
+            self._loudest = loudest
+            self.broadcast(DOMINANT_SPEAKER, {"peerId": loudest})
+
+    def _silent(self) -> None:
+        self._loudest = None
+        self.broadcast(SPEAKING_PEERS, {"peerVolumes": []})
+        self.broadcast("activeSpeaker", {"peerId": None})

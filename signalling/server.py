@@ -30,6 +30,7 @@ from websockets.http11 import Request, Response
 
 import media
 
+from . import dialect as dialects
 from .admission_queue import AdmissionQueue, Ticket
 from .config import Config, token_verifier
 from .connection import Connection
@@ -130,6 +131,21 @@ REFUSAL_LOG_INTERVAL = 10.0
 
 class QueueTimeout(Exception):
     """A queued client waited ``queue_timeout`` without a free seat."""
+
+
+class CallFailed(Exception):
+    """A client call ended in an error: what to answer, and the metric outcome."""
+
+    def __init__(self, code: ErrorCode, reason: str, outcome: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.outcome = outcome
+
+
+def _known(method: str) -> str:
+    """The metrics label of a method: unknown names collapse into one."""
+    return method if method in Room.HANDLERS or method == "beforeDisconnect" else "unknown"
 
 
 class Server:
@@ -411,6 +427,12 @@ class Server:
             self._refuse("bad_request")
             await ws.close(CloseCode.BAD_REQUEST, "roomId and peerId are required")
             return
+        try:
+            dialect = dialects.select(query)  # docs/protocol.md, "Two dialects"
+        except ValueError:
+            self._refuse("bad_request")
+            await ws.close(CloseCode.BAD_REQUEST, "unknown dialect")
+            return
         if self.verifier is not None:
             # With keys configured, identity comes only from a verified token:
             # a userId in the URL is ignored, a missing token is refused.
@@ -505,6 +527,7 @@ class Server:
                 room.close_timer = None
             self.lobby.changed(room.id)
             log_session("session_started", session)
+        peer.dialect = dialect
         try:
             await self._serve(conn, session, peer)
         finally:
@@ -768,6 +791,8 @@ class Server:
         metrics = self.metrics
         loop_time = self.loop.time
         limiter = conn.limiter
+        for method, data in peer.dialect.greetings():
+            conn.notify(method, data)
         try:
             async for raw in conn.ws:
                 try:
@@ -814,7 +839,10 @@ class Server:
                         conn, session, peer, message.method, message.id, message.data
                     )
                 elif message.kind is Kind.NOTIFICATION:
-                    self._notification(conn, session, peer, message.method, message.data)
+                    if message.method in peer.dialect.commands:
+                        await self._command(session, peer, message.method, message.data)
+                    else:
+                        self._notification(conn, session, peer, message.method, message.data)
                 # (A response nobody waits for is dropped: late, duplicate or forged.)
         except ConnectionClosed:
             pass
@@ -838,16 +866,64 @@ class Server:
         data: dict[str, Any],
     ) -> None:
         started = time.perf_counter()
+        if method == "beforeDisconnect" and isinstance(data, dict):
+            conn.send(encode_response(request_id, {}))
+            self.end_session(session, EndReason.GRACEFUL, detected_at=self.loop.time())
+            return
+        try:
+            result = await self._call(session, peer, method, data)
+        except RoomFull as exc:
+            self.metrics.observe_request(method, "error", time.perf_counter() - started)
+            conn.send(encode_error(request_id, exc.code, exc.reason))
+            self._refuse("room_full")
+            self.end_session(session, EndReason.REJECTED, close_code=CloseCode.ROOM_FULL)
+            return
+        except CallFailed as failure:
+            outcome = failure.outcome
+            frame = encode_error(request_id, failure.code, failure.reason)
+        else:
+            outcome = "ok"
+            frame = encode_response(request_id, peer.dialect.response(method, result))
+        self.metrics.observe_request(_known(method), outcome, time.perf_counter() - started)
+        conn.send(frame)
+
+    async def _command(self, session: Session, peer: Peer, method: str, data: Any) -> None:
+        """A call the 2025 dialect makes as a notification (``pauseProducer``...).
+
+        The same handler runs as for the request; nothing is answered, so a
+        failure is only logged (mediasoup-demo ignores unknown ids there too).
+        """
+        started = time.perf_counter()
         outcome = "ok"
+        try:
+            await self._call(session, peer, method, data)
+        except CallFailed as failure:
+            outcome = failure.outcome
+            logger.debug(
+                "%s notification of %s/%s failed: %s",
+                method,
+                session.room_id,
+                session.peer_id,
+                failure.reason,
+            )
+        self.metrics.observe_request(_known(method), outcome, time.perf_counter() - started)
+
+    async def _call(self, session: Session, peer: Peer, method: str, data: Any) -> Any:
+        """Run one client call through its room, in canonical shapes.
+
+        Returns the handler's result; raises ``RoomFull``, or ``CallFailed``
+        with the error to report (exception text reaches the client only from
+        our own RequestError/MediaError messages, cut short).
+        """
         try:
             if not isinstance(data, dict):
                 raise RequestError(ErrorCode.BAD_REQUEST, "data must be an object")
-            if method == "beforeDisconnect":
-                conn.send(encode_response(request_id, {}))
-                self.end_session(session, EndReason.GRACEFUL, detected_at=self.loop.time())
-                return
             if self._shutting_down:
                 raise RequestError(ErrorCode.UNAVAILABLE, "server shutting down")
+            try:
+                data = peer.dialect.request(method, data)
+            except ValueError as exc:
+                raise RequestError(ErrorCode.BAD_REQUEST, printable(str(exc), 200)) from None
             result = await peer.room.handle(peer, method, data)
             if method == "join":
                 self.registry.joined(session, self.loop.time())
@@ -855,35 +931,24 @@ class Server:
                     self.quality.add((session.room_id, session.peer_id))
                 self.lobby.changed(session.room_id)
                 log_session("session_joined", session)
-            frame = encode_response(request_id, {} if result is None else result)
-        except RoomFull as exc:
-            self.metrics.observe_request(method, "error", time.perf_counter() - started)
-            conn.send(encode_error(request_id, exc.code, exc.reason))
-            self._refuse("room_full")
-            self.end_session(session, EndReason.REJECTED, close_code=CloseCode.ROOM_FULL)
-            return
+            return result
+        except RoomFull:
+            raise
         except RequestError as exc:
-            outcome = "error"
-            frame = encode_error(request_id, exc.code, exc.reason)
+            raise CallFailed(exc.code, exc.reason, "error") from None
         except media.NoFreePortError:
-            outcome = "error"
             self._refuse("no_free_port")
-            frame = encode_error(request_id, ErrorCode.UNAVAILABLE, "no media port available")
+            raise CallFailed(ErrorCode.UNAVAILABLE, "no media port available", "error") from None
         except media.MediaError as exc:
-            outcome = "error"
             code = (
                 ErrorCode.NOT_FOUND
                 if isinstance(exc, media.InvalidStateError)
                 else ErrorCode.BAD_REQUEST
             )
-            frame = encode_error(request_id, code, printable(str(exc), 200))
+            raise CallFailed(code, printable(str(exc), 200), "error") from None
         except Exception:
-            outcome = "failed"
             logger.exception("request %s of %s/%s failed", method, session.room_id, session.peer_id)
-            frame = encode_error(request_id, ErrorCode.INTERNAL, "internal error")
-        known = method if method in Room.HANDLERS or method == "beforeDisconnect" else "unknown"
-        self.metrics.observe_request(known, outcome, time.perf_counter() - started)
-        conn.send(frame)
+            raise CallFailed(ErrorCode.INTERNAL, "internal error", "failed") from None
 
     def _notification(
         self, conn: Connection, session: Session, peer: Peer, method: str, data: Any

@@ -18,6 +18,15 @@ const INTERACTION_THROTTLE_MS = 30000;
 const SCTP_CAPABILITIES = { numStreams: { OS: 1024, MIS: 1024 } };
 
 const QUALITIES = ['good', 'unstable', 'poor'];
+// What mediasoup-demo sends its webcam as: three simulcast encodings (rid r0,
+// r1, r2 at 1/4, 1/2 and full resolution), each with three temporal layers.
+const WEBCAM_SIMULCAST_ENCODINGS = [
+  { scaleResolutionDownBy: 4, maxBitrate: 500000, scalabilityMode: 'L1T3' },
+  { scaleResolutionDownBy: 2, maxBitrate: 1000000, scalabilityMode: 'L1T3' },
+  { scaleResolutionDownBy: 1, maxBitrate: 5000000, scalabilityMode: 'L1T3' },
+];
+// Preferred receive qualities a page may ask for: spatial layer 0, 1 or 2.
+export const LAYERS = { low: 0, medium: 1, high: 2 };
 
 function newPeerEntry(peer) {
   return { ...peer, status: 'connected', reason: null, quality: 'good', qualityReasons: [] };
@@ -50,6 +59,7 @@ export class GhostlessClient extends EventTarget {
     audio = true,
     video = true,
     chat = true,
+    simulcast = true,
     confirmLeave = false,
     reconnect = { baseMs: 500, maxMs: 8000 },
   } = {}) {
@@ -63,6 +73,8 @@ export class GhostlessClient extends EventTarget {
     this.wantAudio = audio;
     this.wantVideo = video;
     this.wantChat = chat;
+    this.simulcast = simulcast;
+    this.activeSpeaker = null; // the peerId the server says is speaking, or null
     this.confirmLeave = confirmLeave;
     this.reconnectPolicy = reconnect;
     this.state = 'idle';
@@ -259,7 +271,12 @@ export class GhostlessClient extends EventTarget {
     this._setState('joined');
     for (const track of this.localStream ? this.localStream.getTracks() : []) {
       if (device.canProduce(track.kind)) {
-        const producer = await this._sendTransport.produce({ track, stopTracks: false });
+        const options = { track, stopTracks: false };
+        if (track.kind === 'video' && this.simulcast) {
+          options.encodings = WEBCAM_SIMULCAST_ENCODINGS.map((encoding) => ({ ...encoding }));
+          options.codecOptions = { videoGoogleStartBitrate: 1000 };
+        }
+        const producer = await this._sendTransport.produce(options);
         this._producers.set(track.kind, producer);
       }
     }
@@ -332,6 +349,8 @@ export class GhostlessClient extends EventTarget {
     if (method === 'newConsumer') {
       const consumer = await this._recvTransport.consume({
         id: data.id, producerId: data.producerId, kind: data.kind, rtpParameters: data.rtpParameters,
+        // One stream per peer (as mediasoup-demo names it): its audio and video play in sync.
+        streamId: `${data.peerId}-mic-webcam`,
       });
       this._consumers.set(consumer.id, { consumer, peerId: data.peerId });
       this._emit('track', { peerId: data.peerId, consumerId: consumer.id, kind: consumer.kind,
@@ -380,6 +399,18 @@ export class GhostlessClient extends EventTarget {
       case 'consumerPaused':
       case 'consumerResumed':
         this._emit(method, { consumerId: data.consumerId });
+        break;
+      case 'consumerLayersChanged': {
+        const entry = this._consumers.get(data.consumerId);
+        if (!entry) break;
+        entry.layers = data.spatialLayer === null || data.spatialLayer === undefined
+          ? null : { spatialLayer: data.spatialLayer, temporalLayer: data.temporalLayer };
+        this._emit('layers', { consumerId: data.consumerId, peerId: entry.peerId, layers: entry.layers });
+        break;
+      }
+      case 'activeSpeaker':
+        this.activeSpeaker = data.peerId || null;
+        this._emit('speaker', { peerId: this.activeSpeaker, volume: data.volume });
         break;
       case 'pong':
         break;
@@ -431,6 +462,20 @@ export class GhostlessClient extends EventTarget {
     if (!peer) return;
     Object.assign(peer, changes);
     this._emit('peers', { peers: this.peers });
+  }
+
+  /**
+   * Ask for a lower (or higher) quality of a peer's video: ``layer`` is a
+   * spatial layer (LAYERS.low/medium/high) or null for the best that fits.
+   */
+  async setPreferredQuality(peerId, layer) {
+    const spatialLayer = layer === null || layer === undefined ? 2 : layer;
+    for (const [consumerId, entry] of this._consumers) {
+      if (entry.peerId !== peerId || entry.consumer.kind !== 'video') continue;
+      await this._protoo.request('setConsumerPreferredLayers', {
+        consumerId, spatialLayer, temporalLayer: 2,
+      });
+    }
   }
 
   _dropConsumer(consumerId) {

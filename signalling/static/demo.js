@@ -1,6 +1,6 @@
 // The ghostless demo call page: tiles, participants with live status and
 // connection quality, the waiting queue, chat.
-import { GhostlessClient } from '/ghostless.js';
+import { GhostlessClient, LAYERS } from '/ghostless.js';
 
 const $ = (selector) => document.querySelector(selector);
 const params = new URLSearchParams(location.search);
@@ -55,8 +55,24 @@ function tile(peerId, label, local = false) {
     element.className = 'tile' + (local ? ' local' : '');
     element.dataset.peerId = peerId;
     element.innerHTML = '<video autoplay playsinline></video><span class="name"></span>'
-      + '<span class="quality" role="img"><i></i><span class="quality-text"></span></span>';
-    element.querySelector('video').muted = true; // audio plays through <audio>
+      + '<span class="quality" role="img"><i></i><span class="quality-text"></span></span>'
+      + (local ? '' : '<span class="layer" title="Received resolution"></span>'
+        + '<select class="preferred" title="Preferred quality">'
+        + '<option value="">Auto</option><option value="low">Low</option>'
+        + '<option value="medium">Medium</option><option value="high">High</option></select>');
+    const video = element.querySelector('video');
+    video.muted = true; // audio plays through <audio>
+    if (!local) {
+      // What the receiver decodes: the simulcast layer the server forwards.
+      const layer = element.querySelector('.layer');
+      video.addEventListener('resize', () => {
+        layer.textContent = video.videoWidth ? `${video.videoWidth}×${video.videoHeight}` : '';
+      });
+      element.querySelector('.preferred').addEventListener('change', (event) => {
+        const choice = event.target.value;
+        client.setPreferredQuality(peerId, choice ? LAYERS[choice] : null).catch(() => {});
+      });
+    }
     $('#tiles').append(element);
     tiles.set(peerId, element);
   }
@@ -177,6 +193,13 @@ $('#join-form').addEventListener('submit', async (event) => {
   client.addEventListener('statechange', ({ detail }) => setState(detail.state, detail.reason));
   client.addEventListener('peers', renderParticipants);
   client.addEventListener('queue', ({ detail }) => showQueue(detail));
+  client.addEventListener('speaker', ({ detail }) => {
+    for (const [peerId, element] of tiles) element.classList.toggle('speaking', peerId === detail.peerId);
+  });
+  client.addEventListener('layers', ({ detail }) => {
+    const element = tiles.get(detail.peerId);
+    if (element) element.dataset.spatialLayer = detail.layers ? detail.layers.spatialLayer : '';
+  });
   client.addEventListener('localstream', ({ detail }) => {
     const element = tile(client.peerId, `${name} (you)`, true);
     element.querySelector('video').srcObject = detail.stream;

@@ -58,7 +58,6 @@ def bare_producer(transport: FakeTransport, kind: str = "video") -> Producer:
         transport=transport,  # type: ignore[arg-type]
         kind=kind,
         rtp_parameters=params,
-        forwarded_encoding=params["encodings"][0],
         mapping=ProducerMapping(
             payload_types={VP8_PT: 101},
             rtx_payload_types={RTX_PT: VP8_PT},
