@@ -744,7 +744,9 @@ class BitrateDistributor:
 
 
 __all__ = [
+    "TIMING_RESOLUTION",
     "BitrateDistributor",
+    "DelayGradientDetector",
     "Demand",
     "IncomingBitrateEstimator",
     "OutgoingBitrateEstimator",

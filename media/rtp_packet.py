@@ -16,6 +16,7 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _REPORT_BLOCK = struct.Struct("!IIIIII")
 _PROFILE_AND_LENGTH = struct.Struct("!HH")  # RFC 8285 extension block header
+_BLOCK_AND_FIRST_ELEMENT = struct.Struct("!HHI")  # ... and the first 4 bytes of it
 
 RTCP_SR = 200
 RTCP_RR = 201
@@ -132,9 +133,15 @@ def abs_send_time(data: bytes | bytearray, ext_id: int) -> int:
     """
     start = 12 + ((data[0] & 0x0F) << 2)
     size = len(data)
-    if size < start + 4:
+    if size >= start + 8:
+        # Browsers (libwebrtc) put abs-send-time first: one read decides.
+        profile, words, first = _BLOCK_AND_FIRST_ELEMENT.unpack_from(data, start)
+        if profile == 0xBEDE and first >> 24 == (ext_id << 4 | 2) and words:
+            return int(first) & 0xFFFFFF
+    elif size >= start + 4:
+        profile, words = _PROFILE_AND_LENGTH.unpack_from(data, start)
+    else:
         return -1
-    profile, words = _PROFILE_AND_LENGTH.unpack_from(data, start)
     pos = start + 4
     end = pos + (words << 2)
     if end > size:

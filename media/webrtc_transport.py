@@ -253,6 +253,7 @@ class WebRtcTransport(EventEmitter):
         # answered with REMB; the downlink from the client's REMB and reports,
         # shared among our consumers.
         self._abs_send_time_id = 0  # learned from the producers (0: none negotiated)
+        self._audio_payload_types: set[int] = set()
         self._uplink = IncomingBitrateEstimator(
             initial_bitrate=settings.initial_incoming_bitrate,
             max_bitrate=settings.max_incoming_bitrate,
@@ -968,10 +969,15 @@ class WebRtcTransport(EventEmitter):
             self._share_outgoing_bitrate(self._loop.time(), force=True)
 
     def _learn_extension_ids(self, producer: Producer) -> None:
-        # RFC 8843 (BUNDLE): one id per extension on the whole transport.
+        # RFC 8843 (BUNDLE): one id per extension, and per payload type, on the
+        # whole transport.
         for ext in producer.rtp_parameters.get("headerExtensions") or []:
             if ext.get("uri") == ABS_SEND_TIME_URI:
                 self._abs_send_time_id = int(ext["id"])
+        if producer.kind == "audio":
+            self._audio_payload_types.update(
+                codec["payloadType"] for codec in producer.rtp_parameters["codecs"]
+            )
 
     def _feed_uplink_estimate(self, packet: bytearray, ssrc: int) -> None:
         """Per packet with an extension block: what it costs is in docs/media.md."""
@@ -979,6 +985,12 @@ class WebRtcTransport(EventEmitter):
         uplink = self._uplink
         if now - uplink.timed_at < TIMING_RESOLUTION:
             return  # read in the same loop iteration: counted (bytes_received), not timed
+        if packet[1] & 0x7F in self._audio_payload_types:
+            # Counted, not timed: a packet every 20 ms would each be a group of
+            # its own (the per-group filter is the costly part), and the video
+            # carries the same delay signal.  An audio-only client gets no REMB
+            # (nothing there acts on one).
+            return
         send_time = rtp_packet.abs_send_time(packet, self._abs_send_time_id)
         if send_time >= 0:
             remb = uplink.on_packet(now, send_time, self.bytes_received, ssrc)

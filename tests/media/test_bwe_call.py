@@ -10,6 +10,7 @@ out to the consumers and traced.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from .clients import Client, RawClient, count_frames, join
 from .test_leaks import video_parameters
 
 INITIAL_INCOMING = 1_000_000  # TransportSettings.initial_incoming_bitrate
+AST_ID = 4
 INITIAL_OUTGOING = 600_000  # TransportSettings.initial_outgoing_bitrate
 
 
@@ -148,3 +150,50 @@ async def test_a_receivers_remb_is_its_downlink_estimate(router: Router) -> None
         await receiver.close()
         send_transport.close()
         recv_transport.close()
+
+
+def producer_parameters(kind: str, ssrc: int) -> dict[str, Any]:
+    codec = (
+        {"mimeType": "audio/opus", "clockRate": 48000, "channels": 2, "payloadType": 111}
+        if kind == "audio"
+        else {"mimeType": "video/VP8", "clockRate": 90000, "payloadType": 96}
+    )
+    return {
+        "mid": "0" if kind == "audio" else "1",
+        "codecs": [{**codec, "parameters": {}, "rtcpFeedback": []}],
+        "headerExtensions": [{"uri": ABS_SEND_TIME_URI, "id": AST_ID}],
+        "encodings": [{"ssrc": ssrc}],
+        "rtcp": {"cname": "bwe"},
+    }
+
+
+def rtp_with_send_time(pt: int, ssrc: int, seq: int, sent: float) -> bytes:
+    value = int(sent * (1 << 18)) & 0xFFFFFF
+    block = struct.pack("!HHI", 0xBEDE, 1, (AST_ID << 4 | 2) << 24 | value)
+    return struct.pack("!BBHII", 0x90, pt, seq, seq * 960, ssrc) + block + bytes(200)
+
+
+async def test_video_with_abs_send_time_is_answered_with_remb_and_audio_only_counted(
+    router: Router,
+) -> None:
+    transport = await router.create_webrtc_transport()
+    audio = await transport.produce(kind="audio", rtp_parameters=producer_parameters("audio", 0xA))
+    await transport.produce(kind="video", rtp_parameters=producer_parameters("video", 0xB))
+    sender = RawClient()
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(sender.connect(transport), 10)
+        await wait_until(lambda: transport.dtls_state == "connected", 5, "DTLS")
+
+        for seq in range(20):
+            await sender.send_srtp(rtp_with_send_time(111, 0xA, seq, loop.time()))
+            await asyncio.sleep(0.01)
+        await wait_until(lambda: audio.packet_count == 20, 2, "the audio")
+        assert transport.rembs_sent == 0 and transport.available_incoming_bitrate is None
+
+        await sender.send_srtp(rtp_with_send_time(96, 0xB, 0, loop.time()))
+        await wait_until(lambda: transport.rembs_sent == 1, 2, "a REMB for the video")
+        assert transport.available_incoming_bitrate == INITIAL_INCOMING
+    finally:
+        await sender.close()
+        transport.close()

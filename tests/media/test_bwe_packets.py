@@ -103,6 +103,15 @@ def test_abs_send_time_is_read_from_a_one_byte_block() -> None:
     assert abs_send_time(packet, 5) == -1
 
 
+def test_abs_send_time_first_as_browsers_put_it_is_read_at_once() -> None:
+    ast = bytes([4 << 4 | 2]) + b"\x12\x34\x56"
+    mid = bytes([1 << 4 | 0]) + b"0"
+
+    assert abs_send_time(rtp_with_extension(0xBEDE, ast + mid), 4) == 0x123456
+    assert abs_send_time(rtp_with_extension(0xBEDE, b"\x00" + ast), 4) == 0x123456  # padding
+    assert abs_send_time(rtp_with_extension(0xBEDE, ast + mid), 1) == -1  # MID is 1 byte
+
+
 def test_abs_send_time_is_read_from_a_two_byte_block() -> None:
     packet = rtp_with_extension(0x1000, b"\x01\x01a" + b"\x00" + b"\x20\x03\xab\xcd\xef")
 
