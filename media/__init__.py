@@ -15,7 +15,7 @@ from .link import LinkMonitor, LinkSample
 from .ports import NoFreePortError, PortRange
 from .producer import Producer
 from .router import Router
-from .webrtc_transport import EndReason, TransportSettings, WebRtcTransport
+from .webrtc_transport import TransportEndReason, TransportSettings, WebRtcTransport
 from .worker import Worker, WorkerSettings
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "Consumer",
     "DataConsumer",
     "DataProducer",
-    "EndReason",
     "EventEmitter",
     "InvalidParametersError",
     "InvalidStateError",
@@ -34,6 +33,7 @@ __all__ = [
     "PortRange",
     "Producer",
     "Router",
+    "TransportEndReason",
     "TransportSettings",
     "UnsupportedError",
     "WebRtcTransport",

@@ -301,6 +301,11 @@ class Consumer(EventEmitter):
             self._last_score = score
             self.emit("score", score)
 
+    def wants(self, stream: RecvStream) -> bool:
+        """Whether ``stream``'s packets are to be handed to ``send_rtp`` (all of them
+        here; a simulcast consumer takes one encoding at a time)."""
+        return True
+
     def producer_tick(self, now: float | None, streams_changed: bool) -> None:
         """The producer judged its streams' health (``now``: None if a stream just woke)."""
 

@@ -15,7 +15,16 @@ from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
-ERROR_KINDS: tuple[str, ...] = ("stun", "dtls", "srtp", "rtp", "rtcp", "sctp", "internal")
+ERROR_KINDS: tuple[str, ...] = (
+    "stun",
+    "dtls",
+    "srtp",
+    "rtp",
+    "rtcp",
+    "sctp",
+    "tcp",
+    "internal",
+)
 """Every key of ``Worker.datagram_errors`` and of a transport's ``datagramErrors``:
 
 - ``stun``: a STUN message that does not parse (RFC 8489 framing, attribute sizes);
@@ -28,6 +37,10 @@ ERROR_KINDS: tuple[str, ...] = ("stun", "dtls", "srtp", "rtp", "rtcp", "sctp", "
 - ``sctp``: an SCTP packet or chunk that does not parse, a data channel message
   that cannot be decoded, a DCEP message (mediasoup-client negotiates channels
   out of band), or an inbound message over ``maxMessageSize``;
+- ``tcp``: an ICE-TCP connection breaking the rules (``media.tcp_listener``): a
+  zero-length frame, anything but a STUN binding request with valid credentials
+  first, a first frame too big for one, or no such request within the timeout
+  (all close the connection, but a zero-length frame once it is validated);
 - ``internal``: an unexpected exception on a datagram path (a bug of ours),
   contained by the backstop and logged with its traceback.
 """

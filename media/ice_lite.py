@@ -1,7 +1,10 @@
 """ICE-lite responder (RFC 8445 section 2.5) with consent tracking (RFC 7675).
 
-Sans-I/O: ``handle_binding`` takes the raw STUN datagram, its source address
-and ``now``, and returns the bytes to send back and what changed.  The server
+Sans-I/O: ``handle_binding`` takes the raw STUN datagram, the path it came
+by and ``now``, and returns the bytes to send back and what changed.  A path
+is a UDP source address, or an ICE-TCP connection (RFC 6544; any object with
+a ``remote_address``, compared by identity): the agent selects either kind the
+same way, and never takes one for the other.  The server
 never sends checks of its own: as in mediasoup, the full-ICE client nominates a
 pair with USE-CANDIDATE and keeps consent alive by repeating its checks
 (RFC 7675 section 5.1: every 5 s +/- 20 %).  A consent deadline that passes
@@ -15,10 +18,22 @@ import enum
 import secrets
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 from aioice import stun
 
 Address = tuple[str, int]
+"""A UDP path: the client's (ip, port)."""
+
+
+class StreamPath(Protocol):
+    """A connection-oriented path (an ICE-TCP connection): equal only to itself."""
+
+    @property
+    def remote_address(self) -> Address: ...
+
+
+Path = Address | StreamPath
 
 
 class IceState(enum.Enum):
@@ -40,6 +55,8 @@ class BindingResult:
     change: IceChange
     error: Exception | None = None
     """Why the datagram was not a STUN message at all (the caller counts it)."""
+    authenticated: bool = False
+    """A binding request with valid credentials: the path is a proven one."""
 
 
 def _random_token(length: int) -> str:
@@ -64,7 +81,7 @@ class IceLiteServer:
     def __init__(self, consent_timeout: float) -> None:
         self.consent_timeout = consent_timeout
         self.state = IceState.NEW
-        self.selected_tuple: Address | None = None
+        self.selected_tuple: Path | None = None
         self.last_consent: float | None = None
         self.username_fragment = ""
         self.password = ""
@@ -109,8 +126,24 @@ class IceLiteServer:
     def close(self) -> None:
         self.state = IceState.CLOSED
 
-    def handle_binding(self, data: bytes, addr: Address, now: float) -> BindingResult:
-        """Answer one inbound STUN message (already known to start with 0-3)."""
+    def path_lost(self, path: Path) -> bool:
+        """A connection-oriented path went away: if it was the selected one,
+        nothing is selected any more (``disconnected``, as when consent expires:
+        the next authenticated check, on any path, selects its path).
+        Returns whether the selected path was lost."""
+        if self.selected_tuple is None or self.selected_tuple != path:
+            return False
+        self.selected_tuple = None
+        if self.state is not IceState.CLOSED:
+            self.state = IceState.DISCONNECTED
+        return True
+
+    def handle_binding(self, data: bytes, addr: Path, now: float) -> BindingResult:
+        """Answer one inbound STUN message (already known to start with 0-3).
+
+        ``addr`` is the path it came by: a UDP address, or an ICE-TCP connection
+        (whose ``remote_address`` goes in XOR-MAPPED-ADDRESS).
+        """
         if self.state is IceState.CLOSED:
             return BindingResult(None, IceChange.NONE)
         try:
@@ -151,7 +184,9 @@ class IceLiteServer:
             message_class=stun.Class.RESPONSE,
             transaction_id=message.transaction_id,
         )
-        response.attributes["XOR-MAPPED-ADDRESS"] = addr
+        response.attributes["XOR-MAPPED-ADDRESS"] = (
+            addr if isinstance(addr, tuple) else addr.remote_address
+        )
         response.add_message_integrity(key)
 
         # Every authenticated check is a consent refresh (RFC 7675 section 5.1).
@@ -166,7 +201,7 @@ class IceLiteServer:
             self.state = IceState.COMPLETED
             self.selected_tuple = addr
             change = IceChange.TUPLE_SELECTED
-        return BindingResult(bytes(response), change)
+        return BindingResult(bytes(response), change, authenticated=True)
 
     @staticmethod
     def _error(request: stun.Message, code: int, reason: str, key: bytes | None = None) -> bytes:

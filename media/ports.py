@@ -1,4 +1,10 @@
-"""Binding the UDP socket of each WebRtcTransport inside a configured range."""
+"""Binding the sockets of each WebRtcTransport inside a configured range.
+
+Every transport has a UDP socket, an ICE-TCP listener, or both.  TCP and UDP
+port numbers are separate spaces, so the listener takes the UDP socket's
+port number when it is free (one number to open in a firewall per transport),
+and any free port of the range otherwise.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import logging
 import random
 import socket
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import MediaError
@@ -38,7 +45,8 @@ class PortRange:
 
 
 class PortAllocator:
-    """Hands out bound UDP sockets; a port is free again once its socket closes.
+    """Hands out bound UDP sockets and TCP listening sockets; a port is free
+    again once its socket closes.
 
     The kernel is the registry: a port is in use exactly while a socket holds
     it, so there is nothing to release by hand and nothing to leak.
@@ -51,6 +59,7 @@ class PortAllocator:
         self._family = socket.AF_INET6 if ":" in listen_ip else socket.AF_INET
         # Only for counting: a socket still counts while it is open.
         self._bound: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._bound_tcp: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
     @property
     def pool_size(self) -> int:
@@ -60,25 +69,58 @@ class PortAllocator:
         return self.port_range.max_port - self.port_range.min_port + 1
 
     def in_use(self) -> int:
-        """Sockets this allocator bound that are still open (other processes not counted)."""
+        """Ports of the fuller space (UDP or TCP) held by sockets this allocator
+        bound that are still open (other processes not counted)."""
+        return max(self.udp_in_use(), self.tcp_in_use())
+
+    def udp_in_use(self) -> int:
         return sum(1 for sock in list(self._bound) if sock.fileno() >= 0)
 
+    def tcp_in_use(self) -> int:
+        """ICE-TCP listening sockets still open (accepted connections share their port)."""
+        return sum(1 for sock in list(self._bound_tcp) if sock.fileno() >= 0)
+
     def bind(self) -> socket.socket:
-        sock = self._bind()
+        sock = self._bind(self._try_bind, "UDP")
         self._bound.add(sock)
         return sock
 
-    def _bind(self) -> socket.socket:
+    def bind_tcp(self, preferred_port: int | None = None) -> socket.socket:
+        """A TCP socket bound for listening (not yet listening), on
+        ``preferred_port`` when it is free, else on any free port of the range."""
+        sock = None
+        if preferred_port:
+            sock = self._try_bind_tcp(preferred_port)
+        if sock is None:
+            sock = self._bind(self._try_bind_tcp, "TCP")
+        self._bound_tcp.add(sock)
+        return sock
+
+    def _bind(self, try_bind: Callable[[int], socket.socket | None], what: str) -> socket.socket:
         low, high = self.port_range.min_port, self.port_range.max_port
         if low == 0:
-            return self._try_bind(0) or self._fail()
+            return try_bind(0) or self._fail(what)
         span = high - low + 1
         start = random.randrange(span)
         for i in range(span):
-            sock = self._try_bind(low + (start + i) % span)
+            sock = try_bind(low + (start + i) % span)
             if sock is not None:
                 return sock
-        return self._fail()
+        return self._fail(what)
+
+    def _try_bind_tcp(self, port: int) -> socket.socket | None:
+        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            # Connections this server closed linger in TIME_WAIT for a minute;
+            # without this, a new listener could not take their port meanwhile.
+            # (On Linux it never lets two listeners share a port.)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.listen_ip, port))
+        except OSError:
+            sock.close()
+            return None
+        return sock
 
     def _try_bind(self, port: int) -> socket.socket | None:
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
@@ -95,13 +137,14 @@ class PortAllocator:
             return None
         return sock
 
-    def _fail(self) -> socket.socket:
+    def _fail(self, what: str = "UDP") -> socket.socket:
         logger.warning(
-            "no free UDP port on %s in %d-%d (%d held by this worker)",
+            "no free %s port on %s in %d-%d (%d held by this worker)",
+            what,
             self.listen_ip,
             self.port_range.min_port,
             self.port_range.max_port,
-            self.in_use(),
+            self.tcp_in_use() if what == "TCP" else self.udp_in_use(),
         )
         raise NoFreePortError("no free media port")
 

@@ -352,8 +352,19 @@ class Producer(EventEmitter):
 
     def _set_sinks(self) -> None:
         self._sinks = tuple(self._consumers.values())
+        self.sinks_changed()
+
+    def sinks_changed(self) -> None:
+        """Hand each stream's packets to the consumers that want them (``Consumer.wants``).
+
+        A simulcast consumer calls this when it switches or aims at another
+        encoding, so a packet of an encoding nobody forwards or waits for
+        costs no call per consumer.
+        """
+        if self.closed:
+            return
         for stream in self.streams:
-            stream.sinks = self._sinks
+            stream.sinks = tuple(c for c in self._sinks if c.wants(stream))
 
     @property
     def consumer_count(self) -> int:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .audio_level_observer import AudioLevelObserver
 from .data_producer import DataProducer
-from .errors import InvalidStateError
+from .errors import InvalidParametersError, InvalidStateError
 from .events import EventEmitter
 from .producer import Producer
 from .rtp_parameters import Json, can_consume, generate_router_rtp_capabilities
@@ -54,22 +54,49 @@ class Router(EventEmitter):
         consent_timeout: float | None = None,
         initial_available_outgoing_bitrate: int | None = None,
         app_data: dict[str, Any] | None = None,
+        enable_udp: bool = True,
+        enable_tcp: bool | None = None,
+        prefer_udp: bool | None = None,
+        prefer_tcp: bool | None = None,
     ) -> WebRtcTransport:
         """A transport bound to the worker's listen IP and port range.
 
         Unset options take the worker's settings (``WorkerSettings``).
         ``initial_available_outgoing_bitrate`` is mediasoup's option of that
         name: the downlink estimate before the client's feedback (bits/s).
+
+        ``enable_udp``, ``enable_tcp``, ``prefer_udp`` and ``prefer_tcp`` (the
+        last three default to the worker's settings) are mediasoup's: a UDP
+        host candidate, a passive ICE-TCP one, or both, UDP's the higher
+        priority unless TCP is preferred and UDP is not.  At least one protocol
+        must be enabled.
         """
         if self.closed:
             raise InvalidStateError("router closed")
+        defaults = self._worker.settings
+        if enable_tcp is None:
+            enable_tcp = defaults.enable_tcp
+        if prefer_udp is None:
+            prefer_udp = defaults.prefer_udp
+        if prefer_tcp is None:
+            prefer_tcp = defaults.prefer_tcp
+        for name, flag in (
+            ("enable_udp", enable_udp),
+            ("enable_tcp", enable_tcp),
+            ("prefer_udp", prefer_udp),
+            ("prefer_tcp", prefer_tcp),
+        ):
+            if not isinstance(flag, bool):
+                raise InvalidParametersError(f"{name} must be a boolean")
+        if not enable_udp and not enable_tcp:
+            raise InvalidParametersError("at least one of enable_udp and enable_tcp must be true")
         worker = self._worker
         overrides: dict[str, Any] = {
             "enable_sctp": enable_sctp,
             "num_sctp_streams": num_sctp_streams,
             "max_sctp_message_size": max_sctp_message_size,
         }
-        if consent_timeout:
+        if consent_timeout is not None:
             overrides["consent_timeout"] = consent_timeout
         if sctp_send_buffer_size is not None:
             overrides["sctp_send_buffer_size"] = sctp_send_buffer_size
@@ -84,6 +111,10 @@ class Router(EventEmitter):
             settings=settings,
             app_data=app_data,
             worker_errors=worker.datagram_errors,
+            enable_udp=enable_udp,
+            enable_tcp=enable_tcp,
+            prefer_udp=prefer_udp,
+            prefer_tcp=prefer_tcp,
         )
         if self.closed:  # closed while the socket was being bound
             transport.router_closed()

@@ -132,16 +132,42 @@ def abs_send_time(data: bytes | bytearray, ext_id: int) -> int:
     malformed block gives -1 here and is refused later by the producer.
     """
     start = 12 + ((data[0] & 0x0F) << 2)
-    size = len(data)
-    if size >= start + 8:
+    if len(data) >= start + 8:
         # Browsers (libwebrtc) put abs-send-time first: one read decides.
         profile, words, first = _BLOCK_AND_FIRST_ELEMENT.unpack_from(data, start)
         if profile == 0xBEDE and first >> 24 == (ext_id << 4 | 2) and words:
             return int(first) & 0xFFFFFF
-    elif size >= start + 4:
-        profile, words = _PROFILE_AND_LENGTH.unpack_from(data, start)
-    else:
+    pos = _element_value_at(data, ext_id, 3)
+    if pos < 0:
         return -1
+    return (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
+
+
+def transport_wide_sequence_number(data: bytes | bytearray, ext_id: int) -> int:
+    """The 16-bit transport-wide sequence number of one packet, or -1.
+
+    draft-holmer-rmcat-transport-wide-cc-extensions-01 section 2: a 2-byte
+    element.  Per packet, like :func:`abs_send_time`: reads in place, never
+    raises, -1 for a missing or malformed element.
+    """
+    pos = _element_value_at(data, ext_id, 2)
+    if pos < 0:
+        return -1
+    return (data[pos] << 8) | data[pos + 1]
+
+
+def _element_value_at(data: bytes | bytearray, ext_id: int, length: int) -> int:
+    """Where the value of element ``ext_id`` starts, if it is ``length`` bytes long; else -1.
+
+    Walks the RFC 8285 extension block in place (both header forms) without
+    allocating; a block that overruns the packet, or an element of another
+    length, gives -1.
+    """
+    start = 12 + ((data[0] & 0x0F) << 2)
+    size = len(data)
+    if size < start + 4:
+        return -1
+    profile, words = _PROFILE_AND_LENGTH.unpack_from(data, start)
     pos = start + 4
     end = pos + (words << 2)
     if end > size:
@@ -150,9 +176,9 @@ def abs_send_time(data: bytes | bytearray, ext_id: int) -> int:
         while pos < end:
             head = data[pos]
             if head >> 4 == ext_id:
-                if head & 0x0F != 2 or pos + 4 > end:
+                if (head & 0x0F) + 1 != length or pos + 1 + length > end:
                     return -1
-                return int(_U32.unpack_from(data, pos)[0]) & 0xFFFFFF
+                return pos + 1
             if head == 0:  # padding
                 pos += 1
             elif head >= 0xF0:  # id 15: stop reading (section 4.2)
@@ -165,9 +191,9 @@ def abs_send_time(data: bytes | bytearray, ext_id: int) -> int:
                 pos += 1
                 continue
             if data[pos] == ext_id:
-                if data[pos + 1] != 3 or pos + 5 > end:
+                if data[pos + 1] != length or pos + 2 + length > end:
                     return -1
-                return (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
+                return pos + 2
             pos += data[pos + 1] + 2
     return -1
 

@@ -28,6 +28,7 @@ ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 VIDEO_ORIENTATION_URI = "urn:3gpp:video-orientation"
 TOFFSET_URI = "urn:ietf:params:rtp-hdrext:toffset"
+TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 ROUTER_HEADER_EXTENSIONS: list[Json] = [
     {"kind": "audio", "uri": MID_URI, "preferredId": 1},
@@ -36,6 +37,9 @@ ROUTER_HEADER_EXTENSIONS: list[Json] = [
     {"kind": "video", "uri": RRID_URI, "preferredId": 3},
     {"kind": "audio", "uri": ABS_SEND_TIME_URI, "preferredId": 4},
     {"kind": "video", "uri": ABS_SEND_TIME_URI, "preferredId": 4},
+    # mediasoup's direction: the router receives transport-wide numbers only.
+    {"kind": "audio", "uri": TRANSPORT_CC_URI, "preferredId": 5, "direction": "recvonly"},
+    {"kind": "video", "uri": TRANSPORT_CC_URI, "preferredId": 5, "direction": "recvonly"},
     {"kind": "audio", "uri": AUDIO_LEVEL_URI, "preferredId": 10},
     {"kind": "video", "uri": VIDEO_ORIENTATION_URI, "preferredId": 11},
     {"kind": "video", "uri": TOFFSET_URI, "preferredId": 12},
@@ -50,15 +54,19 @@ ROUTER_HEADER_EXTENSIONS: list[Json] = [
 # REMB comes from its RTP-timestamp estimator instead.
 CONSUMER_HEADER_EXTENSION_URIS = frozenset({AUDIO_LEVEL_URI, VIDEO_ORIENTATION_URI, TOFFSET_URI})
 
-# goog-remb, as in mediasoup's supportedRtpCapabilities: without it a browser
-# ignores our REMB as a sender and sends none as a receiver.  (mediasoup also
-# offers transport-cc; this SFU sends no transport-wide feedback, so offering
-# it would make Chrome stop using REMB and wait for feedback that never comes.)
+# goog-remb and transport-cc, as in mediasoup's supportedRtpCapabilities.  A
+# sending browser keeps one of them (mediasoup-client drops goog-remb when the
+# transport-wide extension is negotiated): transport-cc gets per-packet arrival
+# reports (media.transport_cc), which Chrome's send-side estimator ramps up on
+# within seconds; a client without it (aiortc) gets REMB from our receive-side
+# estimator (media.bwe).  Consumers get no transport-cc: we do not number what
+# we send, so receivers report with REMB and receiver reports.
 VIDEO_FEEDBACK: list[Json] = [
     {"type": "nack", "parameter": ""},
     {"type": "nack", "parameter": "pli"},
     {"type": "ccm", "parameter": "fir"},
     {"type": "goog-remb", "parameter": ""},
+    {"type": "transport-cc", "parameter": ""},
 ]
 
 DEFAULT_MEDIA_CODECS: list[Json] = [
@@ -170,7 +178,8 @@ def generate_router_rtp_capabilities(media_codecs: list[Json]) -> Json:
             )
             payload_type += 1
     header_extensions = [
-        dict(ext, preferredEncrypt=False, direction="sendrecv") for ext in ROUTER_HEADER_EXTENSIONS
+        {"preferredEncrypt": False, "direction": "sendrecv", **ext}
+        for ext in ROUTER_HEADER_EXTENSIONS
     ]
     return {"codecs": codecs, "headerExtensions": header_extensions}
 
@@ -332,7 +341,9 @@ def get_consumable_rtp_parameters(
                     if _is_rtx(router_codec)
                     else dict(codec.get("parameters") or {})
                 ),
-                "rtcpFeedback": copy.deepcopy(router_codec["rtcpFeedback"]),
+                "rtcpFeedback": [
+                    dict(fb) for fb in router_codec["rtcpFeedback"] if fb["type"] != "transport-cc"
+                ],
             }
         )
     header_extensions = [

@@ -6,12 +6,17 @@ RTX SSRC, retransmission cache, RFC 3550 reception counters, sender report
 NTP/RTP pair, score and bitrate, as mediasoup's ``RtpStreamRecv``.
 
 ``receive_rtp`` runs once per inbound packet and is the SFU's hot path: it
-maps the payload type and header extension ids to the router's in place,
-tracks the sequence number and jitter, caches the packet and hands the same
-buffer to every consumer.  Nothing else runs per packet, except for a
-simulcast producer's VP8 streams, which read the payload descriptor once for
-all consumers (PictureID/TL0PICIDX rewriting and temporal layer dropping
-need it for every packet).
+maps the payload type and header extension ids to the router's in place
+(one-byte extension heads through a precomputed table), tracks the sequence
+number and jitter, caches the packet and hands the same buffer to every
+consumer that wants this stream (``sinks``: a simulcast consumer only takes
+the encoding it forwards or waits for).  Nothing else runs per packet,
+except for a simulcast producer's VP8 streams, which read the payload
+descriptor once for all consumers (PictureID/TL0PICIDX rewriting and
+temporal layer dropping need it for every packet, the bitrate per temporal
+layer its TID).  Simulcast consumers write their own header fields into the
+buffer before their transport encrypts a copy of it, so the cache checks
+sequence numbers kept aside, not the bytes.
 
 Health is judged off the hot path, by ``sample(now)`` (the producer calls it
 a few times a second): a stream with no packet for ``inactivity_timeout`` is
@@ -24,6 +29,7 @@ updated on each sender report, as mediasoup's ``RtpStreamRecv::UpdateScore``.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +53,8 @@ PEAK_SAMPLES = 8
 """Bitrate measurements a stream's peak is taken over (two seconds at the default
 four a second): what a consumer asks a bandwidth estimator for."""
 MAX_TEMPORAL_LAYERS = 4  # VP8's TID is two bits
+
+_SEQ_AND_TIMESTAMP = struct.Struct("!HI")
 
 # mediasoup's score history: the latest 24 samples, the newest weighing most.
 _SCORE_HISTORY = 24
@@ -124,16 +132,29 @@ def loss_score(expected: int, received: int, repaired: int, retransmitted: int, 
     return max(0, min(10, round(delivered**4 * 10)))
 
 
+def _one_byte_heads(id_map: dict[int, int]) -> bytes:
+    """For every first byte of an RFC 8285 one-byte element (id 1-14 and length), the
+    byte with the router's id; 0 where the id is not mapped (the element is padded out)."""
+    heads = bytearray(256)
+    for head in range(0x10, 0xF0):
+        new_id = id_map.get(head >> 4)
+        if new_id is not None and 0 < new_id < 15:
+            heads[head] = (new_id << 4) | (head & 0x0F)
+    return bytes(heads)
+
+
 class RecvStream:
     """One received encoding (mediasoup ``RtpStreamRecv``)."""
 
     __slots__ = (
         "_base_seq",
         "_cache",
+        "_cache_seq",
         "_clock",
         "_clock_rate",
         "_cycles",
         "_expected_prior",
+        "_extension_heads",
         "_extension_ids",
         "_fir_seq",
         "_fraction_lost",
@@ -144,7 +165,7 @@ class RecvStream:
         "_last_sr_arrival",
         "_last_sr_ntp_middle",
         "_max_seq",
-        "_payload_types",
+        "_payload_type_map",
         "_peaks",
         "_pending_key_frame",
         "_received_prior",
@@ -158,6 +179,7 @@ class RecvStream:
         "audio_level_sink",
         "bitrate",
         "byte_count",
+        "frame",
         "index",
         "jitter",
         "kind",
@@ -178,6 +200,7 @@ class RecvStream:
         "sr_rtp",
         "ssrc",
         "temporal_layers",
+        "timestamp",
         "vp8",
     )
 
@@ -211,9 +234,11 @@ class RecvStream:
         self.rid: str | None = encoding.get("rid")
         self.temporal_layers = max(1, temporal_layers)
         self.nack_supported = nack_supported
-        self._payload_types = payload_types
+        # The router's payload type for each of ours (-1: not ours), by number.
+        self._payload_type_map = [payload_types.get(pt, -1) for pt in range(128)]
         self._rtx_payload_types = rtx_payload_types
         self._extension_ids = extension_ids
+        self._extension_heads = _one_byte_heads(extension_ids)
         self._clock_rate = clock_rate
         self._clock = clock
         self._use_fir = use_fir
@@ -223,6 +248,7 @@ class RecvStream:
         self._pending_key_frame: asyncio.TimerHandle | None = None
         self._fir_seq = 0
         self._cache: list[bytearray | None] = [None] * RTX_CACHE_SIZE
+        self._cache_seq = [-1] * RTX_CACHE_SIZE  # which packet each entry is
         self.sinks: tuple[Sink, ...] = ()
         self.paused = False
         self.audio_level_sink: Callable[[bytearray], None] | None = None
@@ -253,6 +279,12 @@ class RecvStream:
         self._transit = float("inf")
         # Health, judged off the hot path.
         self.last_packet_at: float | None = None
+        self.timestamp = 0
+        """The RTP timestamp of the latest packet (consumers rewrite it from here)."""
+        self.frame: tuple[int, int, int, int] | None = None
+        """A VP8 simulcast stream's latest packet's (timestamp, PictureID, descriptor
+        layout, PictureID offset), None if it has padding: a consumer compares it
+        with the previous packet's (``SimulcastConsumer.send_rtp``)."""
         self.active = False
         self.scores = ScoreHistory(0)
         self._score_prior = (0, 0, 0, 0)  # expected, received, repaired, retransmitted
@@ -276,40 +308,70 @@ class RecvStream:
 
     def receive_rtp(self, buf: bytearray) -> None:
         """One decrypted RTP packet of this encoding (ours to keep)."""
-        pt = self._payload_types.get(buf[1] & 0x7F)
-        if pt is None:
+        second = buf[1]
+        pt = self._payload_type_map[second & 0x7F]
+        if pt < 0:
             return
         first = buf[0]
+        start = 12 + ((first & 0x0F) << 2)  # where the payload starts (so far)
         if first & 0x30:  # X or P: parts libsrtp does not validate for us
-            if first & 0x20 and rtp_packet.payload_end(buf) < rtp_packet.header_length(buf):
-                raise ValueError("RTP padding overruns the payload")
-            # Raises ValueError when the extension block overruns the packet.
-            rtp_packet.rewrite_extension_ids(buf, self._extension_ids)
-        buf[1] = (buf[1] & 0x80) | pt
-        seq = (buf[2] << 8) | buf[3]
+            # Raises ValueError when the padding or the extension block overruns.
+            start = self._map_extensions(buf, first, start)
+        if pt != second & 0x7F:
+            buf[1] = (second & 0x80) | pt
+        seq, timestamp = _SEQ_AND_TIMESTAMP.unpack_from(buf, 2)
+        self.timestamp = timestamp
         # Interarrival jitter, RFC 3550 section 6.4.1 and appendix A.8, in
         # timestamp units: arrival is when the transport read the datagram
         # (no clock call of our own).  The first packet (transit starts at
         # infinity) and a timestamp wrap give an absurd difference: skipped.
         arrival = self._transport.last_activity
-        transit = arrival * self._clock_rate - (
-            (buf[4] << 24) | (buf[5] << 16) | (buf[6] << 8) | buf[7]
-        )
+        transit = arrival * self._clock_rate - timestamp
         d = transit - self._transit
         self._transit = transit
         if d < 0:
             d = -d
         if d < 2147483648.0:
             self.jitter += (d - self.jitter) * 0.0625
-        self._track(seq)
+        # RFC 3550 appendix A.1: the highest sequence number and its cycles.
+        max_seq = self._max_seq
+        if (seq - max_seq) & 0xFFFF < 0x8000 and max_seq >= 0:
+            if seq < max_seq:
+                self._cycles += 0x10000
+            self._max_seq = seq
+        elif max_seq < 0:
+            self._base_seq = self._max_seq = seq
+        size = len(buf)
         self.packet_count += 1
-        self.byte_count += len(buf)
+        self.byte_count += size
         self.last_packet_at = arrival
-        self._cache[seq & _RTX_CACHE_MASK] = buf
+        index = seq & _RTX_CACHE_MASK
+        self._cache[index] = buf
+        self._cache_seq[index] = seq
         if not self.active:
             self._activate()
-        if self.vp8 is not None:
-            self._read_descriptor(buf)
+        descriptor = self.vp8
+        if descriptor is not None:
+            # Parsed once here for every consumer; bytes counted per temporal layer.
+            if start > size:
+                vp8.parse_descriptor(descriptor, buf, 0, 0)  # CSRCs beyond the packet
+            else:
+                end = size - buf[-1] if first & 0x20 else size
+                vp8.parse_descriptor(descriptor, buf, start, end)
+            self.layer_bytes[descriptor.tid] += size
+            # Equal for the packets of one picture whose descriptors have the same
+            # fields at the same place (a consumer treats them alike); None for a
+            # packet with padding.
+            self.frame = (
+                None
+                if first & 0x20
+                else (
+                    timestamp,
+                    descriptor.picture_id,
+                    descriptor.layout,
+                    descriptor.picture_id_pos,
+                )
+            )
         if self.paused:
             return
         if self.audio_level_sink is not None:
@@ -317,16 +379,56 @@ class RecvStream:
         for consumer in self.sinks:
             consumer.send_rtp(buf, seq, self)
 
-    def _read_descriptor(self, buf: bytearray) -> None:
-        """Parse the VP8 descriptor once for every consumer; count bytes per layer."""
-        d = self.vp8
-        assert d is not None
-        start = rtp_packet.header_length(buf)
+    def _map_extensions(self, buf: bytearray, first: int, start: int) -> int:
+        """Check the padding and map header extension ids in place (RFC 8285);
+        return where the payload starts.
+
+        Raises ValueError when the padding or the extension block overruns the
+        packet: it is malformed and must not be forwarded (mediasoup drops it too).
+        """
+        size = len(buf)
+        block = start
+        if first & 0x10:
+            if size < block + 4:
+                start = -1
+            else:
+                start = block + 4 + (((buf[block + 2] << 8) | buf[block + 3]) << 2)
+                if start > size:
+                    start = -1
+        elif start > size:
+            start = -1
+        if first & 0x20 and size - buf[-1] < start:
+            raise ValueError("RTP padding overruns the payload")
+        if not first & 0x10:
+            return start if start >= 0 else 12 + ((first & 0x0F) << 2)
         if start < 0:
-            d.valid = d.key_frame = False  # CSRCs beyond the packet: nothing to read
-        else:
-            vp8.parse_descriptor(d, buf, start, rtp_packet.payload_end(buf))
-        self.layer_bytes[d.tid if d.valid else 0] += len(buf)
+            raise ValueError("RTP header extension block overruns the packet")
+        if buf[block] != 0xBE or buf[block + 1] != 0xDE:
+            rtp_packet.rewrite_extension_ids(buf, self._extension_ids)  # two-byte elements
+            return start
+        # One-byte elements, as browsers send: the new head of each id/length
+        # byte comes from a table (0: not ours to forward, padded out).
+        heads = self._extension_heads
+        pos = block + 4
+        while pos < start:
+            head = buf[pos]
+            if head < 0x10:  # id 0: padding
+                pos += 1
+                continue
+            if head >= 0xF0:  # id 15: stop reading (section 4.2)
+                break
+            length = (head & 0x0F) + 2
+            if pos + length > start:  # the element overruns the block
+                buf[pos:start] = bytes(start - pos)
+                break
+            new = heads[head]
+            if new != head:
+                if new:
+                    buf[pos] = new
+                else:
+                    buf[pos : pos + length] = bytes(length)
+            pos += length
+        return start
 
     def is_key_frame(self, buf: bytearray) -> bool:
         """Whether ``buf`` (the packet just received) starts a key frame.
@@ -362,8 +464,7 @@ class RecvStream:
             return  # padding only: nothing to repair
         self.packets_retransmitted += 1
         osn = (packet[start] << 8) | packet[start + 1]
-        cached = self._cache[osn & _RTX_CACHE_MASK]
-        if cached is not None and rtp_packet.rtp_seq(cached) == osn:
+        if self._cache_seq[osn & _RTX_CACHE_MASK] == osn:
             return  # already have it: a retransmission we did not need
         original = bytearray(packet[:start])
         original[0] &= 0xDF  # the padding, if any, belonged to the RTX packet
@@ -379,20 +480,18 @@ class RecvStream:
         self.receive_rtp(original)
         self._transit, self.jitter = transit, jitter
 
-    def _track(self, seq: int) -> None:
-        if self._max_seq < 0:
-            self._base_seq = self._max_seq = seq
-            return
-        if (seq - self._max_seq) & 0xFFFF < 0x8000:
-            if seq < self._max_seq:
-                self._cycles += 0x10000
-            self._max_seq = seq
-
     def cached_packet(self, seq: int) -> bytearray | None:
-        packet = self._cache[seq & _RTX_CACHE_MASK]
-        if packet is None or rtp_packet.rtp_seq(packet) != seq:
+        """The packet ``seq`` if it is still cached.
+
+        A simulcast stream's consumers write their own sequence number,
+        timestamp, SSRC (and VP8 PictureID/TL0PICIDX) into the packet before
+        encrypting it, so only its payload type, marker and payload are
+        certainly the producer's (``timestamp`` and ``vp8`` had the rest).
+        """
+        index = seq & _RTX_CACHE_MASK
+        if self._cache_seq[index] != seq:
             return None
-        return packet
+        return self._cache[index]
 
     # -- statistics ---------------------------------------------------------------
 
@@ -574,6 +673,7 @@ class RecvStream:
         self.sinks = ()
         self.producer = None
         self._cache = []
+        self._cache_seq = []
 
     def stats(self, mime_type: str) -> dict[str, Any]:
         """``get_stats`` entry (mediasoup's ``inbound-rtp``)."""

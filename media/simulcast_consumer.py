@@ -35,10 +35,26 @@ How continuity is kept
     (``media.codecs.vp8.Vp8Rewriter``).  Our sender reports carry the
     current encoding's NTP/RTP pair in the same shifted timeline.
 
-Each forwarded packet is a copy (its timestamp and payload differ from the
-producer's), kept in a 512-packet ring by output sequence number: a NACK is
-answered from it with RTX, and a number that is not there is mapped back
-through the ``SeqManager`` to the current encoding and NACKed upstream.
+What it costs per packet
+    The producer's streams hand a consumer only the packets of the encoding
+    it forwards and of the one it waits for (``wants``), with the VP8
+    descriptor parsed once for all consumers.  The first packet of each
+    picture goes through the managers (``_send_first``); the rest of the
+    picture, in order and with the same descriptor fields (the stream's
+    ``frame``), shares its decision, timestamp and PictureID/TL0PICIDX and
+    takes the next sequence number (the *run*; the ``SeqManager`` is told
+    where the run got to before it is asked anything else).  Nothing is
+    copied: the consumer writes its sequence number, timestamp, SSRC and
+    descriptor fields into the producer's buffer, which its transport
+    copies into the encryption buffer at once; the next consumer overwrites
+    the same fields with its own (a 7-bit PictureID, which grows by a
+    byte, gets a copy of its own).
+
+Each forwarded packet is kept in a 512-entry ring by output sequence number,
+as the producer's packet with the timestamp and VP8 numbers it went out
+with: a NACK is answered from it with RTX (rebuilt as it was sent), and a
+number that is not there is mapped back through the ``SeqManager`` to the
+current encoding and NACKed upstream.
 """
 
 from __future__ import annotations
@@ -48,7 +64,7 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from . import rtp_packet
-from .codecs.vp8 import Vp8Rewriter, write_descriptor
+from .codecs.vp8 import Vp8Descriptor, Vp8Rewriter, parse_descriptor, write_descriptor
 from .consumer import Consumer, parse_layers
 from .rtp_parameters import Json, parse_scalability_mode
 from .rtp_stream import RTX_CACHE_SIZE, RecvStream
@@ -59,6 +75,9 @@ if TYPE_CHECKING:
     from .webrtc_transport import WebRtcTransport
 
 _HEADER_TAIL = struct.Struct("!HII")  # sequence number, timestamp, SSRC
+_PICTURE = struct.Struct("!H")  # a 15-bit VP8 PictureID field (M bit set)
+_PICTURE_TL0 = struct.Struct("!HB")  # ... and the TL0PICIDX that follows it
+_Sent = tuple[int, bytearray, tuple[int, tuple[int, int] | None]]
 _MASK32 = 0xFFFFFFFF
 _HALF32 = 0x80000000
 _RING_MASK = RTX_CACHE_SIZE - 1
@@ -111,19 +130,30 @@ class SimulcastConsumer(Consumer):
         self._target_spatial = -1
         self._target_temporal = -1
         self._current = -1
+        self._forwarded: RecvStream | None = None  # the stream of ``_current``
         self._reported_layers: Json | None = None
         self._reported_temporal = -1
         # mediasoup starts between 1000 and 32768 (a libsrtp rollover issue).
         self._seq = SeqManager(16, initial_output=random.randint(1000, 0x7FFF))
-        self._last_marker = True
-        self._max_seq = self._seq.max_output
         self._ts_offset = 0
         self._ts_stream: RecvStream | None = None
-        self._max_ts: int | None = None
+        self._max_ts = -1  # the highest timestamp sent (-1: none yet)
         self._max_ts_arrival = 0.0
         mime = str(rtp_parameters["codecs"][0]["mimeType"]).lower()
         self._vp8 = Vp8Rewriter(temporal_layers) if mime == "video/vp8" else None
-        self._sent: list[bytearray | None] = [None] * RTX_CACHE_SIZE
+        # What was sent, by output sequence number (for NACKs): the number, the
+        # producer's packet and the (timestamp, VP8 rewrite) it went out with.
+        self._sent: list[_Sent | None] = [None] * RTX_CACHE_SIZE
+        # The run: the packets after the first of a picture, in order, take a
+        # short path with what the first one worked out (see ``send_rtp``).
+        self._run_next = -1  # the input number that continues it (-1: no run)
+        self._run_frame: tuple[int, int, int, int] | None = None  # the stream's ``frame``
+        self._run_position = 0  # of the PictureID
+        self._run_seq_delta = 0
+        self._run_timestamp = 0
+        self._run_picture = 0  # the PictureID field (M bit set)
+        self._run_tl0 = -1
+        self._run_sent_as: tuple[int, tuple[int, int] | None] = (0, None)
         self._waiting_ticks = 0
         self._uncapped = (-1, -1)
         self._update_targets()
@@ -227,8 +257,12 @@ class SimulcastConsumer(Consumer):
         self._target_spatial, self._target_temporal = spatial, temporal
         if spatial < 0:
             self._current = -1  # nothing is forwarded until a target's key frame
+            self._forwarded = None
+            self._producer.sinks_changed()
             self._emit_layers()
             return
+        if spatial != previous:
+            self._producer.sinks_changed()  # the new target's packets, for its key frame
         if self._vp8 is not None and spatial == self._current:
             self._vp8.target_temporal = temporal
         if spatial != self._current and spatial != previous:
@@ -262,22 +296,61 @@ class SimulcastConsumer(Consumer):
     def _current_producer_score(self) -> int:
         return self._streams[self._current].score if self._current >= 0 else 0
 
+    def wants(self, stream: RecvStream) -> bool:
+        """The encoding forwarded now and the one waited for: no other encoding's
+        packets are handed to ``send_rtp``."""
+        return stream.index == self._current or stream.index == self._target_spatial
+
     # -- forwarding (hot path) -------------------------------------------------------------
 
     def send_rtp(self, packet: bytearray, seq: int, stream: RecvStream | None = None) -> None:
-        if stream is None:
-            return
-        if stream.index != self._current:
-            if stream.index != self._target_spatial or not stream.is_key_frame(packet):
+        if stream is not self._forwarded or stream is None:
+            if (
+                stream is None
+                or stream.index != self._target_spatial
+                or not stream.is_key_frame(packet)
+            ):
                 return  # another layer, or the target before its key frame
-            self._switch_to(stream, seq, packet)
+            self._switch_to(stream, seq)
+        if seq != self._run_next or stream.frame != self._run_frame:
+            self._send_first(packet, seq, stream)
+            return
+        # The run: the next packet of the picture the previous one began or
+        # continued, with the same descriptor fields and no padding.  It shares
+        # that packet's fate and numbers (as ``_send_first`` would find) and
+        # takes the next sequence number, without asking the managers.
+        out_seq = (seq + self._run_seq_delta) & 0xFFFF
+        self._run_next = (seq + 1) & 0xFFFF
+        # In place: the producer's buffer gets our header fields and PictureID
+        # (and TL0PICIDX) just before the transport copies it to encrypt it.
+        _HEADER_TAIL.pack_into(packet, 2, out_seq, self._run_timestamp, self.ssrc)
+        tl0 = self._run_tl0
+        if tl0 >= 0:
+            _PICTURE_TL0.pack_into(packet, self._run_position, self._run_picture, tl0)
+        else:
+            _PICTURE.pack_into(packet, self._run_position, self._run_picture)
+        self._sent[out_seq & _RING_MASK] = (out_seq, packet, self._run_sent_as)
+        self.packet_count += 1
+        self.byte_count += len(packet)
+        self._transport.send_rtp(packet)
+
+    def _send_first(self, packet: bytearray, seq: int, stream: RecvStream) -> None:
+        """A packet the run does not take: a new picture, a gap, padding, a late packet."""
         numbers = self._seq
+        run_next = self._run_next
+        if run_next >= 0:
+            self._run_next = -1
+            if seq != run_next:
+                # A gap, a late or a repeated packet: the manager must know where
+                # the run got to.  Right after it, the manager takes the jump as
+                # the run's packets (consecutive, none dropped).
+                numbers.input((run_next - 1) & 0xFFFF)
         if packet[0] & 0x20 and rtp_packet.payload_end(packet) <= rtp_packet.header_length(packet):
             numbers.drop(seq)  # padding only: not forwarded, and no gap left
             return
-        rewrite = None
         vp8 = self._vp8
         descriptor = stream.vp8
+        rewrite = None
         if vp8 is not None and descriptor is not None:
             rewrite = vp8.process(descriptor)
             if rewrite is None:
@@ -288,47 +361,107 @@ class SimulcastConsumer(Consumer):
         out_seq = numbers.input(seq)
         if out_seq < 0:
             return  # dropped before, or from before the switch
-        timestamp = (
-            ((packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) | packet[7]) - self._ts_offset
-        ) & _MASK32
-        out = bytearray(packet)
-        _HEADER_TAIL.pack_into(out, 2, out_seq, timestamp, self.ssrc)
-        if rewrite is not None and descriptor is not None:
-            write_descriptor(out, descriptor, rewrite[0], rewrite[1])
+        timestamp = (stream.timestamp - self._ts_offset) & _MASK32
         max_ts = self._max_ts
-        if max_ts is None or 0 < (timestamp - max_ts) & _MASK32 < _HALF32:
+        if timestamp != max_ts and (max_ts < 0 or 0 < (timestamp - max_ts) & _MASK32 < _HALF32):
             self._max_ts = timestamp
             self._max_ts_arrival = stream.last_packet_at or 0.0
-        if (out_seq - self._max_seq) & 0xFFFF < 0x8000:  # the newest number sent
-            self._max_seq = out_seq
-            self._last_marker = bool(packet[1] & 0x80)
-        self._sent[out_seq & _RING_MASK] = out
+        sent_as = (timestamp, rewrite)
+        self._sent[out_seq & _RING_MASK] = (out_seq, packet, sent_as)
         self.packet_count += 1
-        self.byte_count += len(out)
-        self._transport.send_rtp(out)
+        picture = tl0 = -1
+        if rewrite is not None and descriptor is not None:
+            picture_out, tl0_out = rewrite
+            if picture_out >= 0 and descriptor.picture_id >= 0:
+                if not descriptor.picture_id_wide:
+                    # A 7-bit PictureID goes out as a 15-bit one: a longer copy of our own.
+                    out = self._rewritten(packet, out_seq, sent_as)
+                    self.byte_count += len(out)
+                    self._transport.send_rtp(out)
+                    return
+                picture = 0x8000 | picture_out
+                if tl0_out >= 0 and descriptor.tl0 >= 0:  # TL0PICIDX follows the PictureID
+                    tl0 = tl0_out
+                    _PICTURE_TL0.pack_into(packet, descriptor.picture_id_pos, picture, tl0)
+                else:
+                    _PICTURE.pack_into(packet, descriptor.picture_id_pos, picture)
+            elif tl0_out >= 0 and descriptor.tl0 >= 0:
+                packet[descriptor.tl0_pos] = tl0_out
+        _HEADER_TAIL.pack_into(packet, 2, out_seq, timestamp, self.ssrc)
+        self.byte_count += len(packet)
+        self._transport.send_rtp(packet)
+        if picture >= 0 and stream.frame is not None and descriptor is not None:
+            # The rest of this picture can take the run while it comes in order.
+            self._run_next = (seq + 1) & 0xFFFF
+            self._run_frame = stream.frame
+            self._run_position = descriptor.picture_id_pos
+            self._run_seq_delta = out_seq - seq
+            self._run_timestamp = timestamp
+            self._run_picture = picture
+            self._run_tl0 = tl0
+            self._run_sent_as = sent_as
 
-    def _switch_to(self, stream: RecvStream, seq: int, packet: bytearray) -> None:
-        """Start forwarding ``stream`` at this key frame packet."""
-        timestamp = (packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) | packet[7]
-        self._ts_offset = self._timestamp_offset(stream, timestamp)
+    def _numbers(self) -> SeqManager:
+        """The sequence numbers, told of the packets the run numbered (and the run ended)."""
+        numbers = self._seq
+        if self._run_next >= 0:
+            # The run's packets were consecutive and none was dropped: telling
+            # the manager the last one is the same as telling it each of them.
+            numbers.input((self._run_next - 1) & 0xFFFF)
+            self._run_next = -1
+        return numbers
+
+    def _rewritten(
+        self, packet: bytearray, out_seq: int, sent_as: tuple[int, tuple[int, int] | None]
+    ) -> bytearray:
+        """A copy of the producer's ``packet`` as we sent it (retransmissions, 7-bit PictureIDs).
+
+        Consumers rewrite the producer's buffer in place, but only fields that
+        are all rewritten here: the descriptor is parsed again for its layout.
+        """
+        timestamp, rewrite = sent_as
+        out = bytearray(packet)
+        _HEADER_TAIL.pack_into(out, 2, out_seq, timestamp, self.ssrc)
+        if rewrite is not None:
+            start = rtp_packet.header_length(out)
+            if start >= 0:
+                descriptor = Vp8Descriptor()
+                parse_descriptor(descriptor, out, start, rtp_packet.payload_end(out))
+                if descriptor.valid:
+                    write_descriptor(out, descriptor, rewrite[0], rewrite[1])
+        return out
+
+    def _switch_to(self, stream: RecvStream, seq: int) -> None:
+        """Start forwarding ``stream`` at this key frame packet (the one it just received)."""
+        self._ts_offset = self._timestamp_offset(stream, stream.timestamp)
         self._ts_stream = stream
         # The key frame continues right after the last number sent; after an
         # incomplete frame (no marker), one number is skipped so the receiver
         # discards that frame instead of waiting for its end (mediasoup #408).
-        self._seq.sync(seq - (1 if self._last_marker else 2))
+        complete = self._last_sent_was_complete()
+        self._seq.sync(seq - (1 if complete else 2))
         if self._vp8 is not None:
             self._vp8.sync()
             self._vp8.target_temporal = self._target_temporal
         self._current = stream.index
-        self._stream = stream
+        self._forwarded = self._stream = stream
+        self._producer.sinks_changed()
         self._emit_layers()
         self._emit_score()
+
+    def _last_sent_was_complete(self) -> bool:
+        """Whether the newest packet sent (if any) has the marker bit: ended its frame."""
+        newest = self._numbers().max_output
+        sent = self._sent[newest & _RING_MASK]
+        if sent is None or sent[0] != newest:
+            return True  # nothing sent yet
+        return bool(sent[1][1] & 0x80)
 
     def _timestamp_offset(self, stream: RecvStream, timestamp: int) -> int:
         """What to subtract from ``stream``'s timestamps to continue our timeline."""
         reference = self._ts_stream
         max_ts = self._max_ts
-        if reference is None or max_ts is None:
+        if reference is None or max_ts < 0:
             return 0  # the first encoding keeps its own timestamps
         if reference is stream:
             return self._ts_offset
@@ -369,10 +502,10 @@ class SimulcastConsumer(Consumer):
         missing: list[int] = []
         for seq in seqs:
             sent = self._sent[seq & _RING_MASK]
-            if sent is not None and rtp_packet.rtp_seq(sent) == seq:
-                self._retransmit(sent, seq)
+            if sent is not None and sent[0] == seq:
+                self._retransmit(self._rewritten(sent[1], seq, sent[2]), seq)
                 continue
-            source = self._seq.input_for(seq)
+            source = self._numbers().input_for(seq)
             if source is not None:
                 missing.append(source)
         if missing and self._current >= 0:
@@ -423,6 +556,7 @@ class SimulcastConsumer(Consumer):
     def _close(self) -> None:
         super()._close()
         self._target_spatial = self._current = -1
+        self._forwarded = None
         self._sent = []
 
 

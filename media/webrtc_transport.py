@@ -1,9 +1,17 @@
-"""WebRtcTransport: one ICE-lite UDP socket, DTLS-SRTP, SCTP, and what rides on it.
+"""WebRtcTransport: ICE-lite on UDP and TCP, DTLS-SRTP, SCTP, and what rides on it.
 
 One UDP socket per transport, demultiplexed by the first byte (RFC 7983):
 0-3 STUN (answered by the ICE-lite agent), 20-63 DTLS (handed to aiortc's DTLS
 and SCTP stack), 128-191 SRTP/SRTCP (decrypted and forwarded right inside
 ``datagram_received``, with no task switch or queue per packet).
+
+And, for clients whose network drops UDP, a passive ICE-TCP candidate
+(RFC 6544): a TCP listener per transport whose connections carry the same
+packets framed (``media.ice_tcp``, ``media.tcp_listener``).  Each frame goes
+through the same demultiplexer, with the connection in place of the source
+address; the client nominates a TCP path as it would a UDP one, and sends go
+to whichever path is selected.  Candidates and their priorities follow
+mediasoup's ``enableUdp``/``enableTcp``/``preferUdp``/``preferTcp``.
 
 The transport closes itself, and says why in ``end_reason``, when the client
 is gone: ``dtls_closed`` (close_notify, or RTCP BYE for everything it sent),
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import struct
 import time
@@ -51,6 +60,7 @@ from .ports import PortAllocator, open_endpoint
 from .producer import Producer
 from .rtp_parameters import (
     ABS_SEND_TIME_URI,
+    TRANSPORT_CC_URI,
     Json,
     can_consume,
     get_consumable_rtp_parameters,
@@ -61,6 +71,8 @@ from .rtp_parameters import (
 )
 from .rtp_stream import RecvStream
 from .simulcast_consumer import SimulcastConsumer
+from .tcp_listener import TcpConnection, TcpListener
+from .transport_cc import TransportCcFeedback
 
 if TYPE_CHECKING:
     from .router import Router
@@ -72,16 +84,53 @@ logger = logging.getLogger(__name__)
 MIN_CONSENT_TIMEOUT = 10.0
 SCTP_PORT = 5000
 
+# mediasoup's candidate priorities (RFC 8445 section 5.1.2.1): host type
+# preference 64, component 1, local preference 10000 for the first candidate
+# and 100 less for each next one; preferUdp/preferTcp decide the order.
+_TYPE_PREFERENCE = 64
+_LOCAL_PREFERENCE = 10000
+_LOCAL_PREFERENCE_STEP = 100
 
-class EndReason(enum.StrEnum):
-    """How a transport ended: the liveness signal the signalling layer reads."""
+
+def candidate_priority(index: int) -> int:
+    """The priority of the ``index``-th candidate (0: UDP's 1076302079 by default)."""
+    local = _LOCAL_PREFERENCE - _LOCAL_PREFERENCE_STEP * index
+    return (_TYPE_PREFERENCE << 24) + (local << 8) + (256 - 1)
+
+
+def candidate_protocols(
+    *, enable_udp: bool, enable_tcp: bool, prefer_udp: bool, prefer_tcp: bool
+) -> tuple[str, ...]:
+    """The protocols of a transport's candidates, best first (mediasoup's rule:
+    UDP first unless TCP is preferred and UDP is not)."""
+    if not enable_udp and not enable_tcp:
+        raise InvalidParametersError("at least one of enable_udp and enable_tcp must be true")
+    if not enable_tcp:
+        return ("udp",)
+    if not enable_udp:
+        return ("tcp",)
+    if prefer_tcp and not prefer_udp:
+        return ("tcp", "udp")
+    return ("udp", "tcp")
+
+
+class TransportEndReason(enum.StrEnum):
+    """How a transport ended: the liveness signal the signalling layer reads.
+
+    (Sessions have their own vocabulary, ``signalling.liveness.EndReason``; the
+    one mapping between the two is ``signalling.lifecycle.SESSION_END_FOR_TRANSPORT``.)
+    """
 
     DTLS_CLOSED = "dtls_closed"
     DTLS_FAILED = "dtls_failed"
-    ICE_CONSENT_EXPIRED = "ice_consent_expired"
+    CONSENT_EXPIRED = "ice_consent_expired"
     CLOSED_BY_APP = "closed_by_app"
     ROUTER_CLOSED = "router_closed"
 
+
+Path = Address | TcpConnection
+"""Where a packet came from and where answers go: a UDP address or an ICE-TCP
+connection (a tuple never equals a connection)."""
 
 # Exceptions that mean "these bytes do not parse" on the RTP/RTCP paths.
 _PARSE_ERRORS = (ValueError, IndexError, struct.error)
@@ -108,9 +157,15 @@ class TransportSettings:
     """After a stall, how long the client has to be heard from again (5 s + 20 %)."""
     max_queued_dtls_records: int = 1024
     """DTLS datagrams waiting for the DTLS task; more are dropped (0: unbounded)."""
-    stream_inactivity_timeout: float = 1.0
-    """A producer encoding with no packet for this long is inactive: simulcast
-    consumers fall back to another one (its health is checked 4 times as often)."""
+    stream_inactivity_timeout: float = 0.5
+    """A video encoding with no packet for this long is inactive: simulcast
+    consumers fall back to another one (its health is checked 4 times as often).
+    Chrome sends every active encoding at 10 frames/s or more; one it stops
+    (``active: false``, or its bandwidth estimate dropped) is left within about
+    0.6 s plus a key frame of the next one."""
+    audio_stream_inactivity_timeout: float = 2.0
+    """The same for audio, longer: with Opus DTX a silent speaker sends a packet
+    every 400 ms (RFC 7587), which is not a stream stopping."""
     initial_incoming_bitrate: int = 1_000_000
     """The uplink estimate (REMB) before anything is measured: browsers trust REMB
     in their first 2 s, so they start there (0: wait for a measurement, ~3 s)."""
@@ -123,6 +178,25 @@ class TransportSettings:
     """The downlink estimate never goes below this (mediasoup's floor)."""
     max_outgoing_bitrate: int = 0
     """Cap on the downlink estimate (mediasoup's ``setMaxOutgoingBitrate``; 0: none)."""
+    transport_cc_interval: float = 0.1
+    """How often arrivals are reported to a client that negotiated transport-cc
+    (mediasoup and libwebrtc's receivers: every 100 ms)."""
+    early_arrivals: int = 256
+    """Packet headers kept from before the first ``produce`` names the extension
+    ids, to report Chrome's start-up probes (a few dozen packets; 0: none)."""
+    early_arrival_max_age: float = 2.0
+    """Kept arrivals older than this are not reported: Google Congestion Control
+    keeps probe results for 1 s, plus a round trip."""
+    max_tcp_connections: int = 8
+    """ICE-TCP connections open at a time on one transport; more are closed on
+    arrival (a browser opens one per remote TCP candidate and network interface)."""
+    tcp_stun_timeout: float = 5.0
+    """An ICE-TCP connection must send an authenticated STUN binding request
+    within this many seconds (browsers send one at once), or it is closed."""
+    tcp_write_limit: int = 262144
+    """Bytes an ICE-TCP connection may have waiting to be sent before media to
+    it is dropped (twice this for STUN, DTLS and RTCP): the client's TCP does
+    not take more, and queueing it would only add delay."""
 
     def __post_init__(self) -> None:
         if self.consent_timeout < MIN_CONSENT_TIMEOUT:
@@ -135,14 +209,24 @@ class TransportSettings:
             raise ValueError("stall_tolerance must not be negative")
         if self.consent_resync_window <= 0:
             raise ValueError("consent_resync_window must be positive")
-        if self.stream_inactivity_timeout <= 0:
-            raise ValueError("stream_inactivity_timeout must be positive")
+        if min(self.stream_inactivity_timeout, self.audio_stream_inactivity_timeout) <= 0:
+            raise ValueError("the stream inactivity timeouts must be positive")
         if min(self.initial_incoming_bitrate, self.max_incoming_bitrate) < 0:
             raise ValueError("incoming bitrates must not be negative")
         if self.min_outgoing_bitrate <= 0 or self.initial_outgoing_bitrate <= 0:
             raise ValueError("min_outgoing_bitrate and initial_outgoing_bitrate must be positive")
         if self.max_outgoing_bitrate < 0:
             raise ValueError("max_outgoing_bitrate must not be negative")
+        if self.transport_cc_interval <= 0 or self.early_arrival_max_age <= 0:
+            raise ValueError("transport_cc_interval and early_arrival_max_age must be positive")
+        if self.early_arrivals < 0:
+            raise ValueError("early_arrivals must not be negative")
+        if self.max_tcp_connections < 1 or self.tcp_write_limit < 65536:
+            raise ValueError(
+                "max_tcp_connections must be at least 1, tcp_write_limit at least 65536"
+            )
+        if self.tcp_stun_timeout <= 0:
+            raise ValueError("tcp_stun_timeout must be positive")
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -175,8 +259,8 @@ class WebRtcTransport(EventEmitter):
         self,
         *,
         router: Router,
-        udp: asyncio.DatagramTransport,
-        endpoint: _Endpoint,
+        udp: asyncio.DatagramTransport | None,
+        endpoint: _Endpoint | None,
         port: int,
         listen_ip: str,
         announced_address: str | None,
@@ -184,13 +268,18 @@ class WebRtcTransport(EventEmitter):
         settings: TransportSettings,
         app_data: dict[str, Any] | None,
         worker_errors: dict[str, int] | None = None,
+        tcp: TcpListener | None = None,
+        protocols: tuple[str, ...] = ("udp",),
     ) -> None:
+        """``udp``/``endpoint``/``port``: the UDP socket (None, and port 0, when UDP
+        is off); ``tcp``: the ICE-TCP listener (None when TCP is off);
+        ``protocols``: the candidates' order, best first."""
         super().__init__()
         self.id = str(uuid.uuid4())
         self.app_data = app_data if app_data is not None else {}
         self.observer = EventEmitter()
         self.closed = False
-        self.end_reason: EndReason | None = None
+        self.end_reason: TransportEndReason | None = None
         self.settings = settings
         self.rtcp_ssrc = random_ssrc()
         self._cname = uuid.uuid4().hex[:16]  # until the client names one
@@ -207,7 +296,13 @@ class WebRtcTransport(EventEmitter):
             stall_tolerance=settings.stall_tolerance,
             resync_window=settings.consent_resync_window,
         )
-        self._tuple: Address | None = None
+        self._tcp = tcp
+        self._protocols = protocols
+        # The selected path (a UDP address or an ICE-TCP connection), and how
+        # to send on it: media, and everything else (which TCP drops later).
+        self._tuple: Path | None = None
+        self._send_media: Callable[[bytes], object] | None = None
+        self._send_control: Callable[[bytes], object] | None = None
         self._tuple_ready = asyncio.Event()
         self._consent_timer: asyncio.TimerHandle | None = None
         self._errors = DatagramErrors(
@@ -253,6 +348,16 @@ class WebRtcTransport(EventEmitter):
         # answered with REMB; the downlink from the client's REMB and reports,
         # shared among our consumers.
         self._abs_send_time_id = 0  # learned from the producers (0: none negotiated)
+        # With transport-cc negotiated the client estimates itself from the
+        # arrivals we report (media.transport_cc), and gets no REMB.
+        self._transport_cc_id = 0
+        self._transport_cc = TransportCcFeedback()
+        self._transport_cc_timer: asyncio.Handle | None = None
+        # Browsers send (and probe their bandwidth) as soon as DTLS is up, a
+        # round trip before ``produce`` names the extension ids: the headers of
+        # those first packets are kept (bounded), and reported once it does,
+        # so the client's start-up probes are answered (media.transport_cc).
+        self._early_arrivals: list[tuple[int, bytes]] | None = []
         self._audio_payload_types: set[int] = set()
         self._uplink = IncomingBitrateEstimator(
             initial_bitrate=settings.initial_incoming_bitrate,
@@ -270,7 +375,11 @@ class WebRtcTransport(EventEmitter):
         # ids of this client's streams become known (one per URI in a BUNDLE).
         self.observer.on("newproducer", self._learn_extension_ids)
         self._endpoint = endpoint
-        endpoint.on_datagram = self._datagram_received
+        if endpoint is not None:
+            endpoint.on_datagram = self._datagram_received
+        if tcp is not None:
+            tcp.on_frame = self._tcp_frame_received
+            tcp.set_callbacks(on_lost=self._tcp_connection_lost, on_error=self._tcp_error)
 
     def __repr__(self) -> str:
         return f"<WebRtcTransport {self.id}{' closed' if self.closed else ''}>"
@@ -287,18 +396,23 @@ class WebRtcTransport(EventEmitter):
 
     @property
     def ice_candidates(self) -> list[Json]:
+        """mediasoup's candidates: host ones, UDP and/or passive TCP, best first."""
         address = self._announced or self._listen_ip
-        return [
-            {
-                "foundation": "udpcandidate",
-                "priority": 1076302079,
+        candidates: list[Json] = []
+        for index, protocol in enumerate(self._protocols):
+            candidate: Json = {
+                "foundation": f"{protocol}candidate",
+                "priority": candidate_priority(index),
                 "ip": address,
                 "address": address,
-                "protocol": "udp",
-                "port": self._port,
+                "protocol": protocol,
+                "port": self._port if protocol == "udp" else self.tcp_port,
                 "type": "host",
             }
-        ]
+            if protocol == "tcp":
+                candidate["tcpType"] = "passive"
+            candidates.append(candidate)
+        return candidates
 
     @property
     def dtls_parameters(self) -> Json:
@@ -323,14 +437,21 @@ class WebRtcTransport(EventEmitter):
 
     @property
     def ice_selected_tuple(self) -> Json | None:
-        if self._tuple is None:
+        path = self._tuple
+        if path is None:
             return None
+        if isinstance(path, tuple):
+            (remote_ip, remote_port), protocol = path, "udp"
+            local_port: int | None = self._port
+        else:
+            (remote_ip, remote_port), protocol = path.remote_address, "tcp"
+            local_port = self.tcp_port
         return {
             "localIp": self._listen_ip,
-            "localPort": self._port,
-            "remoteIp": self._tuple[0],
-            "remotePort": self._tuple[1],
-            "protocol": "udp",
+            "localPort": local_port,
+            "remoteIp": remote_ip,
+            "remotePort": remote_port,
+            "protocol": protocol,
         }
 
     @property
@@ -343,7 +464,18 @@ class WebRtcTransport(EventEmitter):
 
     @property
     def port(self) -> int:
-        return self._port
+        """The UDP port (the TCP one when UDP is off)."""
+        return self._port or self.tcp_port or 0
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The ICE-TCP listener's port (None when TCP is off)."""
+        return self._tcp.port if self._tcp is not None else None
+
+    @property
+    def tcp_connections(self) -> int:
+        """ICE-TCP connections open now."""
+        return len(self._tcp.connections) if self._tcp is not None else 0
 
     @property
     def router(self) -> Router:
@@ -351,7 +483,7 @@ class WebRtcTransport(EventEmitter):
 
     # -- datagrams (RFC 7983 demultiplexing) ------------------------------------
 
-    def _datagram_received(self, data: bytes, addr: Address) -> None:
+    def _datagram_received(self, data: bytes, addr: Path) -> None:
         # Zero-cost try blocks (CPython 3.11): the forwarding path pays nothing
         # until something raises.  Parse errors are caught where the parsing
         # happens; the outer handler is the backstop that keeps anything else
@@ -386,8 +518,13 @@ class WebRtcTransport(EventEmitter):
                 # spoofed source address must not keep a session alive).
                 self.last_activity = self._loop.time()
                 ssrc = (packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]
-                if self._abs_send_time_id and packet[0] & 0x10:
-                    self._feed_uplink_estimate(packet, ssrc)  # before ids are rewritten
+                if packet[0] & 0x10:  # before extension ids are rewritten
+                    if self._transport_cc_id:
+                        self._record_arrival(packet, ssrc)
+                    elif self._abs_send_time_id:
+                        self._feed_uplink_estimate(packet, ssrc)
+                    elif self._early_arrivals is not None:
+                        self._keep_early_arrival(packet)
                 try:
                     try:
                         handler = self._rtp_table[ssrc]
@@ -405,24 +542,68 @@ class WebRtcTransport(EventEmitter):
         except Exception as exc:
             self._errors.record("internal", exc)
 
-    def _receive_stun(self, data: bytes, addr: Address) -> None:
+    def _receive_stun(self, data: bytes, addr: Path) -> None:
         now = self._loop.time()
         result = self._ice.handle_binding(data, addr, now)
         if result.error is not None:
             self._errors.record("stun", result.error)
             return
-        if result.response is not None:
-            self._udp.sendto(result.response, addr)
+        if isinstance(addr, tuple):
+            if result.response is not None and self._udp is not None:
+                self._udp.sendto(result.response, addr)
+        else:
+            if result.response is not None:
+                addr.send(result.response)
+            if result.authenticated:
+                addr.validate()
         if self._ice.last_consent == now:
             self.last_activity = now
         if result.change is IceChange.TUPLE_SELECTED:
-            first = self._tuple is None
-            self._tuple = addr
+            self._select_path(addr)
             self._tuple_ready.set()
-            if first:
+            if self._consent_timer is None:
                 self._arm_consent_timer(self._consent.start())
             self.emit("icestatechange", self._ice.state.value)
             self.emit("iceselectedtuplechange", self.ice_selected_tuple)
+
+    def _select_path(self, path: Path | None) -> None:
+        self._tuple = path
+        if path is None:
+            self._send_media = self._send_control = None
+        elif not isinstance(path, tuple):
+            self._send_media = path.send_media
+            self._send_control = path.send
+        elif self._udp is not None:
+            send = functools.partial(self._udp.sendto, addr=path)
+            self._send_media = self._send_control = send
+
+    # -- ICE-TCP (media.tcp_listener) ---------------------------------------------
+
+    def _tcp_frame_received(self, data: bytes, connection: TcpConnection) -> None:
+        if not connection.validated:
+            # Until it proves itself, a connection may only ask for a binding.
+            if data[0] > 3:
+                self._tcp_error(connection, "not STUN before an authenticated binding request")
+                connection.close()
+                return
+            self._datagram_received(data, connection)
+            if not connection.validated:  # garbage, or the wrong credentials
+                connection.close()
+            return
+        self._datagram_received(data, connection)
+
+    def _tcp_error(self, connection: TcpConnection, detail: str) -> None:
+        self._errors.record("tcp", detail)
+
+    def _tcp_connection_lost(self, connection: TcpConnection) -> None:
+        """A TCP connection closed; if it was the selected path, the client can
+        only come back with a check on another path (a new connection, or UDP):
+        until one arrives the agent is ``disconnected``, and if none does before
+        consent runs out, the transport ends (``ice_consent_expired``)."""
+        if self.closed or not self._ice.path_lost(connection):
+            return
+        self._select_path(None)
+        self.emit("icestatechange", self._ice.state.value)
 
     def _arm_consent_timer(self, when: float | None) -> None:
         if when is not None and not self.closed:
@@ -447,7 +628,7 @@ class WebRtcTransport(EventEmitter):
             self._arm_consent_timer(when)
         elif self._ice.state is IceState.DISCONNECTED:
             self.emit("icestatechange", self._ice.state.value)
-            self._end(EndReason.ICE_CONSENT_EXPIRED)
+            self._end(TransportEndReason.CONSENT_EXPIRED)
 
     # -- DTLS ------------------------------------------------------------------
 
@@ -458,9 +639,10 @@ class WebRtcTransport(EventEmitter):
         self._send_now(data)
 
     def _send_now(self, data: bytes) -> None:
-        if self._tuple is not None and not self._udp.is_closing():
+        send = self._send_control
+        if send is not None:
             self.bytes_sent += len(data)
-            self._udp.sendto(data, self._tuple)
+            send(data)
 
     def _dtls_state_changed(self, state: str) -> None:
         self._dtls_state = state
@@ -475,10 +657,10 @@ class WebRtcTransport(EventEmitter):
                 consumer.receive_key_frame_request()
         elif state == "closed":
             self.emit("dtlsstatechange", state)
-            self._end(EndReason.DTLS_CLOSED)
+            self._end(TransportEndReason.DTLS_CLOSED)
         elif state == "failed":
             self.emit("dtlsstatechange", state)
-            self._end(EndReason.DTLS_FAILED)
+            self._end(TransportEndReason.DTLS_FAILED)
 
     def _start_sctp(self) -> None:
         _os, _mis = self.settings.num_sctp_streams
@@ -535,25 +717,27 @@ class WebRtcTransport(EventEmitter):
     def send_rtp(self, packet: bytearray | bytes, seq: int = -1, ssrc: int = 0) -> None:
         """Encrypt and send; with ``seq``, the packet goes out with that seq and SSRC."""
         tx = self._tx_srtp
-        if tx is None or self._tuple is None:
+        send = self._send_media
+        if tx is None or send is None:
             return
         data = tx.protect(packet, seq, ssrc)
         if data is None:
             self.srtp_errors += 1
             return
         self.bytes_sent += len(data)
-        self._udp.sendto(data, self._tuple)
+        send(data)
 
     def send_rtcp(self, packet: bytes) -> None:
         tx = self._tx_srtp
-        if tx is None or self._tuple is None:
+        send = self._send_control
+        if tx is None or send is None:
             return
         data = tx.protect_rtcp(packet)
         if data is None:
             self.srtp_errors += 1
             return
         self.bytes_sent += len(data)
-        self._udp.sendto(data, self._tuple)
+        send(data)
 
     # -- RTP / RTCP in (slow paths) --------------------------------------------
 
@@ -650,7 +834,7 @@ class WebRtcTransport(EventEmitter):
         producing = {p.ssrc for p in self.producers.values() if p.ssrc is not None}
         self._byed_ssrcs.update(s for s in ssrcs if s in producing)
         if producing and producing <= self._byed_ssrcs:
-            self._end(EndReason.DTLS_CLOSED)
+            self._end(TransportEndReason.DTLS_CLOSED)
 
     # -- producers and consumers ---------------------------------------------------
 
@@ -688,6 +872,12 @@ class WebRtcTransport(EventEmitter):
             for ssrc in ssrcs:
                 if self._rtp_table.get(ssrc) is not None:
                     raise InvalidParametersError(f"ssrc {ssrc} is already in use")
+        mid = params.get("mid")
+        if mid is not None and any(
+            p.rtp_parameters.get("mid") == mid for p in self.producers.values()
+        ):
+            # mediasoup: "MID already exists" (packets are routed by MID first).
+            raise InvalidParametersError(f"mid {str(mid)[:16]!r} is already in use")
         if len(params["encodings"]) > 1:
             mimes = [str(c["mimeType"]).lower() for c in params["codecs"]]
             mime = next(m for m in mimes if not m.endswith("/rtx"))
@@ -703,7 +893,11 @@ class WebRtcTransport(EventEmitter):
             paused=paused,
             key_frame_request_interval=self.settings.key_frame_request_interval,
             app_data=app_data,
-            inactivity_timeout=self.settings.stream_inactivity_timeout,
+            inactivity_timeout=(
+                self.settings.audio_stream_inactivity_timeout
+                if kind == "audio"
+                else self.settings.stream_inactivity_timeout
+            ),
         )
         self.producers[producer.id] = producer
         # Every encoding is a stream of its own; signalled SSRCs are bound now,
@@ -974,6 +1168,10 @@ class WebRtcTransport(EventEmitter):
         for ext in producer.rtp_parameters.get("headerExtensions") or []:
             if ext.get("uri") == ABS_SEND_TIME_URI:
                 self._abs_send_time_id = int(ext["id"])
+            elif ext.get("uri") == TRANSPORT_CC_URI and not self._transport_cc_id:
+                self._transport_cc_id = int(ext["id"])
+                self._report_early_arrivals()
+        self._early_arrivals = None  # the ids are known from now on
         if producer.kind == "audio":
             self._audio_payload_types.update(
                 codec["payloadType"] for codec in producer.rtp_parameters["codecs"]
@@ -996,6 +1194,50 @@ class WebRtcTransport(EventEmitter):
             remb = uplink.on_packet(now, send_time, self.bytes_received, ssrc)
             if remb is not None:
                 self._send_remb(now, remb)
+
+    def _record_arrival(self, packet: bytearray, ssrc: int) -> None:
+        """Per packet with an extension block, when the client negotiated transport-cc."""
+        seq = rtp_packet.transport_wide_sequence_number(packet, self._transport_cc_id)
+        if seq < 0:
+            return
+        self._transport_cc.on_packet(seq, int(self.last_activity * 1_000_000), ssrc)
+        if self._transport_cc_timer is None:
+            self._transport_cc_timer = self._loop.call_later(
+                self.settings.transport_cc_interval, self._send_transport_cc
+            )
+
+    def _keep_early_arrival(self, packet: bytearray) -> None:
+        early = self._early_arrivals
+        assert early is not None
+        if len(early) >= self.settings.early_arrivals:
+            return
+        # The header up to the end of its extension block is all that is read later.
+        end = 12 + ((packet[0] & 0x0F) << 2) + 4
+        if len(packet) >= end:
+            end += ((packet[end - 2] << 8) | packet[end - 1]) << 2
+        early.append((int(self.last_activity * 1_000_000), bytes(packet[: min(end, 256)])))
+
+    def _report_early_arrivals(self) -> None:
+        early, self._early_arrivals = self._early_arrivals, None
+        if not early:
+            return
+        oldest = int((self.last_activity - self.settings.early_arrival_max_age) * 1_000_000)
+        for arrival_us, header in early:
+            if arrival_us < oldest:
+                continue
+            seq = rtp_packet.transport_wide_sequence_number(header, self._transport_cc_id)
+            if seq >= 0:
+                self._transport_cc.on_packet(seq, arrival_us, rtp_packet.rtp_ssrc(header))
+        if self._transport_cc.pending and self._transport_cc_timer is None:
+            self._transport_cc_timer = self._loop.call_soon(self._send_transport_cc)
+
+    def _send_transport_cc(self) -> None:
+        # Armed by the first packet after a feedback, so an idle client costs no timer.
+        self._transport_cc_timer = None
+        if self.closed:
+            return
+        for packet in self._transport_cc.build(self.rtcp_ssrc):
+            self.send_rtcp(packet)
 
     def _send_remb(self, now: float, bitrate: int) -> None:
         self.rembs_sent += 1
@@ -1116,8 +1358,20 @@ class WebRtcTransport(EventEmitter):
                 "maxIncomingBitrate": self.max_incoming_bitrate or None,
                 "rembsSent": self.rembs_sent,
                 "rembsReceived": self.rembs_received,
+                "iceTcp": self._tcp_stats(),
             }
         ]
+
+    def _tcp_stats(self) -> Json | None:
+        listener = self._tcp
+        if listener is None:
+            return None
+        return {
+            "port": listener.port,
+            "connections": len(listener.connections),
+            "refused": listener.refused,
+            "framesDropped": listener.frames_dropped,
+        }
 
     @property
     def datagram_errors(self) -> dict[str, int]:
@@ -1134,7 +1388,7 @@ class WebRtcTransport(EventEmitter):
         """Close it (app-initiated): everything on it closes, the port is freed."""
         if self.closed:
             return
-        self._close(EndReason.CLOSED_BY_APP)
+        self._close(TransportEndReason.CLOSED_BY_APP)
         self._router.transport_closed(self)
         self.release_listeners()
 
@@ -1142,26 +1396,29 @@ class WebRtcTransport(EventEmitter):
         """Its router closed: emit ``routerclose``."""
         if self.closed:
             return
-        self._close(EndReason.ROUTER_CLOSED)
+        self._close(TransportEndReason.ROUTER_CLOSED)
         self.emit("routerclose")
         self.release_listeners()
 
-    def _end(self, reason: EndReason) -> None:
+    def _end(self, reason: TransportEndReason) -> None:
         """The client went away: close, then tell the app why."""
         if self.closed:
             return
         logger.info("transport %s ended: %s", self.id, reason.value)
         self._close(reason)
         self._router.transport_closed(self)
-        self.emit("ended", reason.value)
+        self.emit("ended", reason)
         self.release_listeners()
 
-    def _close(self, reason: EndReason) -> None:
+    def _close(self, reason: TransportEndReason) -> None:
         self.closed = True
         self.end_reason = reason
         if self._consent_timer is not None:
             self._consent_timer.cancel()
             self._consent_timer = None
+        if self._transport_cc_timer is not None:
+            self._transport_cc_timer.cancel()
+            self._transport_cc_timer = None
         for producer in list(self.producers.values()):
             producer.transport_closed()
             self._router.remove_producer(producer)
@@ -1176,6 +1433,7 @@ class WebRtcTransport(EventEmitter):
         self.consumers.clear()
         self.data_producers.clear()
         self.data_consumers.clear()
+        self._early_arrivals = None
         self._rtp_table.clear()
         self._recv_streams.clear()
         self._consumers_by_ssrc.clear()
@@ -1184,8 +1442,13 @@ class WebRtcTransport(EventEmitter):
         self._dtls.close()
         self._rx_srtp = self._tx_srtp = None
         self._ice.close()
-        self._udp.close()
-        self._endpoint.on_datagram = _ignore_datagram
+        if self._udp is not None:
+            self._udp.close()
+        if self._endpoint is not None:
+            self._endpoint.on_datagram = _ignore_datagram
+        if self._tcp is not None:
+            self._tcp.close()  # the listener and every connection
+        self._select_path(None)
         self._errors.flush()
         self._tuple_ready.set()
         self.observer.emit("close")
@@ -1236,9 +1499,37 @@ async def create_webrtc_transport(
     settings: TransportSettings,
     app_data: dict[str, Any] | None,
     worker_errors: dict[str, int] | None = None,
+    enable_udp: bool = True,
+    enable_tcp: bool = False,
+    prefer_udp: bool = False,
+    prefer_tcp: bool = False,
 ) -> WebRtcTransport:
-    endpoint = _Endpoint()
-    udp, port = await open_endpoint(allocator, endpoint)
+    protocols = candidate_protocols(
+        enable_udp=enable_udp, enable_tcp=enable_tcp, prefer_udp=prefer_udp, prefer_tcp=prefer_tcp
+    )
+    udp: asyncio.DatagramTransport | None = None
+    endpoint: _Endpoint | None = None
+    listener: TcpListener | None = None
+    port = 0
+    try:
+        if enable_udp:
+            endpoint = _Endpoint()
+            udp, port = await open_endpoint(allocator, endpoint)
+        if enable_tcp:
+            # The UDP socket's port number when it is free in TCP's space.
+            sock = allocator.bind_tcp(preferred_port=port or None)
+            listener = TcpListener(
+                max_connections=settings.max_tcp_connections,
+                stun_timeout=settings.tcp_stun_timeout,
+                write_limit=settings.tcp_write_limit,
+            )
+            await listener.start(sock)
+    except BaseException:
+        if udp is not None:
+            udp.close()
+        if listener is not None:
+            listener.close()
+        raise
     return WebRtcTransport(
         router=router,
         udp=udp,
@@ -1250,7 +1541,15 @@ async def create_webrtc_transport(
         settings=settings,
         app_data=app_data,
         worker_errors=worker_errors,
+        tcp=listener,
+        protocols=protocols,
     )
 
 
-__all__ = ["EndReason", "TransportSettings", "WebRtcTransport"]
+__all__ = [
+    "TransportEndReason",
+    "TransportSettings",
+    "WebRtcTransport",
+    "candidate_priority",
+    "candidate_protocols",
+]

@@ -2,7 +2,8 @@
 
 mediasoup runs a C++ worker process; here the "worker" is in-process, but it
 keeps the same role: it owns the routers, the DTLS certificate every
-transport presents (one per worker, as mediasoup does), and the UDP port range.
+transport presents (one per worker, as mediasoup does), and the port range of
+the transports' UDP sockets and ICE-TCP listeners.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ class WorkerSettings:
     """After a server stall, how long a client has to send a consent check."""
     max_queued_dtls_records: int = 1024
     """Per transport, DTLS datagrams waiting to be processed; more are dropped."""
-    stream_inactivity_timeout: float = 1.0
-    """A producer encoding silent this long is inactive (simulcast consumers fall back)."""
+    stream_inactivity_timeout: float = 0.5
+    """A video encoding silent this long is inactive (simulcast consumers fall back)."""
+    audio_stream_inactivity_timeout: float = 2.0
+    """The same for audio (Opus DTX sends a packet every 400 ms in silence)."""
     initial_incoming_bitrate: int = 1_000_000
     """The first REMB a sending client gets, before anything is measured (0: measure first)."""
     max_incoming_bitrate: int = 0
@@ -54,6 +57,25 @@ class WorkerSettings:
     initial_outgoing_bitrate: int = 600_000
     """mediasoup's ``initialAvailableOutgoingBitrate``: a receiving client's estimate
     until its REMB or receiver reports arrive."""
+    enable_tcp: bool = True
+    """Whether transports also get a passive ICE-TCP candidate unless told
+    otherwise (``create_webrtc_transport(enable_tcp=...)``).  On, unlike
+    mediasoup's ``enableTcp`` default: a server people join from anywhere needs
+    it, or a network that drops UDP (corporate, hotel, some mobile) leaves them
+    with no media at all; mediasoup-demo turns it on too.  UDP keeps the higher
+    priority, so a client that can use UDP does; the cost is a listening socket
+    per transport."""
+    prefer_udp: bool = False
+    prefer_tcp: bool = False
+    """mediasoup's ``preferUdp``/``preferTcp`` defaults: the candidate order
+    (UDP first unless TCP is preferred and UDP is not)."""
+    max_tcp_connections: int = 8
+    """Per transport, ICE-TCP connections open at a time; more are closed on arrival."""
+    tcp_stun_timeout: float = 5.0
+    """An ICE-TCP connection silent (no authenticated STUN binding request) this
+    long is closed."""
+    tcp_write_limit: int = 262144
+    """Per ICE-TCP connection, bytes waiting to be sent above which media is dropped."""
 
     def __post_init__(self) -> None:
         if self.consent_timeout < MIN_CONSENT_TIMEOUT:
@@ -73,9 +95,13 @@ class WorkerSettings:
             "consent_resync_window": self.consent_resync_window,
             "max_queued_dtls_records": self.max_queued_dtls_records,
             "stream_inactivity_timeout": self.stream_inactivity_timeout,
+            "audio_stream_inactivity_timeout": self.audio_stream_inactivity_timeout,
             "initial_incoming_bitrate": self.initial_incoming_bitrate,
             "max_incoming_bitrate": self.max_incoming_bitrate,
             "initial_outgoing_bitrate": self.initial_outgoing_bitrate,
+            "max_tcp_connections": self.max_tcp_connections,
+            "tcp_stun_timeout": self.tcp_stun_timeout,
+            "tcp_write_limit": self.tcp_write_limit,
         }
         values.update(overrides)
         return TransportSettings(**values)

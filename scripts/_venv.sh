@@ -22,6 +22,11 @@ ensure_system_packages() {
   command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
   { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
+  # tests/netfault (network namespaces) runs as root only: then it needs nft, tc, ss.
+  if [ "$(id -u)" -eq 0 ]; then
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
+    { command -v ip && command -v tc && command -v ss; } >/dev/null 2>&1 || missing+=(iproute2)
+  fi
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

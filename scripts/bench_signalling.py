@@ -1190,7 +1190,7 @@ def phase_sweep(args: argparse.Namespace, results: Results) -> None:
         sessions = []
         for i in range(total):
             admission = registry.admit(
-                room_id=f"r{i // 20}", user_id=f"u{i}", peer_id=f"p{i}", connection=i,
+                room_id=f"r{i // 20}", user_id=f"u{i}", peer_id=f"p{i}", connection_id=i,
                 resume_token=None, now=start,
             )  # fmt: skip
             assert admission.session is not None

@@ -34,6 +34,16 @@ class Config:
     rtc_announced_address: str | None = None
     rtc_min_port: int = 40000
     rtc_max_port: int = 49999
+    rtc_enable_tcp: bool = True
+    """Passive ICE-TCP candidates besides UDP, so that clients whose network
+    drops UDP can still connect (mediasoup's ``enableTcp``; clients that ask
+    with ``forceTcp`` get TCP only).  TCP listeners take ports of the same range."""
+    rtc_prefer_udp: bool = False
+    rtc_prefer_tcp: bool = False
+    """mediasoup's ``preferUdp``/``preferTcp``: which candidate gets the higher
+    priority (UDP's unless TCP is preferred and UDP is not)."""
+    rtc_max_tcp_connections: int = 8
+    """ICE-TCP connections per transport; more are closed on arrival."""
     consent_timeout: float = 30.0
     liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
     quality: QualityPolicy = field(default_factory=QualityPolicy)
@@ -102,6 +112,23 @@ class Config:
     """``gc.freeze()`` on every liveness tick, so collections never rescan old objects."""
     gc_collect_interval: float | None = 3600.0
     """With gc_freeze: a full collection this often, as insurance (see docs)."""
+    tick_interval: float = 0.1
+    """The liveness clock: ten small ticks a second rather than one big one, so
+    that probing thousands of sessions never stalls the loop for long."""
+    probe_chunk: int = 32
+    """Keepalive pings sent per slice of a tick before yielding to the loop."""
+    ws_close_timeout: float = 2.0
+    """How long a closing WebSocket waits for the client's close frame."""
+    ws_max_queue: int = 16
+    """Incoming frames websockets buffers per connection before it stops reading."""
+    ws_write_high_water: int = 1 << 15
+    """websockets' write buffer high-water mark: above it, its own sends (close
+    frames, keepalive pings) wait for the client to read."""
+    speech_interval: float | None = 0.8
+    """How often a room says who speaks (mediasoup-demo's AudioLevelObserver
+    interval; None: never)."""
+    refusal_log_interval: float = 10.0
+    """How often one kind of refusal (bad token, rate limit...) may be logged."""
 
 
 @dataclass(frozen=True)
@@ -118,17 +145,30 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("port", "int", "WebSocket/HTTP port"),
     _Option("metrics_host", "str", "address of the Prometheus metrics server"),
     _Option("metrics_port", "optional_int", "Prometheus metrics port ('off' to disable)"),
-    _Option("rtc_listen_ip", "str", "IP address the media UDP sockets bind to"),
+    _Option("rtc_listen_ip", "str", "IP address the media UDP/TCP sockets bind to"),
     _Option("rtc_announced_address", "optional_str", "address announced in ICE candidates"),
     _Option("rtc_min_port", "int", "lowest media UDP port"),
     _Option("rtc_max_port", "int", "highest media UDP port"),
+    _Option("rtc_enable_tcp", "bool", "also offer passive ICE-TCP candidates (UDP-blocked users)"),
+    _Option("rtc_prefer_udp", "bool", "UDP candidates first even with --rtc-prefer-tcp"),
+    _Option("rtc_prefer_tcp", "bool", "TCP candidates first (unless --rtc-prefer-udp)"),
+    _Option("rtc_max_tcp_connections", "int", "ICE-TCP connections per media transport"),
     _Option("consent_timeout", "float", "ICE consent timeout in seconds (>= 10, RFC 7675)"),
     _Option("liveness.heartbeat_interval", "float", "app ping interval told to clients (s)"),
     _Option("liveness.grace_period", "float", "how long a lost session may resume (s)"),
     _Option(
         "liveness.silence_timeout", "optional_float", "end a session silent on every plane (s)"
     ),
-    _Option("liveness.probe_after", "float", "send a keepalive probe after this silence (s)"),
+    _Option("liveness.probe_after", "float", "without media: probe after this WS silence (s)"),
+    _Option(
+        "liveness.media_probe_after", "float", "with media: probe after this silence on all planes"
+    ),
+    _Option(
+        "liveness.media_silence_timeout",
+        "optional_float",
+        "with media: end a session silent on every plane (s)",
+    ),
+    _Option("liveness.socket_probe_after", "float", "with media: probe after this WS silence (s)"),
     _Option("liveness.stale_after", "optional_float", "sweeper: no app message for this long (s)"),
     _Option("liveness.sweep_interval", "float", "how often the sweeper runs (s)"),
     _Option("liveness.inactivity_limit", "optional_float", "end idle sessions with no media (s)"),
@@ -205,6 +245,13 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("log_level", "choice", "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),
     _Option("gc_freeze", "bool", "gc.freeze() on every tick (no full-collection pauses)"),
     _Option("gc_collect_interval", "optional_float", "full GC this often with gc_freeze (s)"),
+    _Option("tick_interval", "float", "liveness clock period (s)"),
+    _Option("probe_chunk", "int", "keepalive pings per slice of a tick"),
+    _Option("ws_close_timeout", "float", "wait for the client's close frame (s)"),
+    _Option("ws_max_queue", "int", "incoming WebSocket frames buffered per connection"),
+    _Option("ws_write_high_water", "int", "WebSocket write buffer high-water mark (bytes)"),
+    _Option("speech_interval", "optional_float", "how often rooms say who speaks (s)"),
+    _Option("refusal_log_interval", "float", "at most one log line per refusal kind per (s)"),
 )
 
 _OFF = ("off", "none", "")
@@ -331,6 +378,16 @@ def validate(config: Config) -> None:
     )
     check(config.consent_timeout >= 10, "consent_timeout must be at least 10 s (RFC 7675)")
     check(config.room_close_delay >= 0, "room_close_delay must not be negative")
+    check(0 < config.tick_interval <= 1, "tick_interval must be in (0, 1] s")
+    check(config.probe_chunk >= 1, "probe_chunk must be at least 1")
+    check(config.ws_close_timeout > 0, "ws_close_timeout must be positive")
+    check(config.ws_max_queue >= 1, "ws_max_queue must be at least 1")
+    check(config.ws_write_high_water >= 1024, "ws_write_high_water must be at least 1024")
+    check(
+        config.speech_interval is None or config.speech_interval > 0,
+        "speech_interval must be positive",
+    )
+    check(config.refusal_log_interval >= 0, "refusal_log_interval must not be negative")
     check(
         config.max_peers_per_room is None or config.max_peers_per_room >= 1,
         "max_peers_per_room must be at least 1",
@@ -348,6 +405,7 @@ def validate(config: Config) -> None:
         "max_transports_per_peer",
         "max_producers_per_peer",
         "max_data_producers_per_peer",
+        "rtc_max_tcp_connections",
     ):
         value = getattr(config, name)
         check(value is None or value >= 1, f"{name} must be at least 1")

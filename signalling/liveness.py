@@ -31,6 +31,7 @@ import dataclasses
 import enum
 import heapq
 import itertools
+import logging
 import secrets
 import uuid
 from collections.abc import Callable
@@ -39,12 +40,27 @@ from typing import Any
 
 from .buckets import TimeBuckets
 
+logger = logging.getLogger(__name__)
+
 
 class SessionState(enum.StrEnum):
     CONNECTING = "connecting"  # socket open, not joined yet
     JOINED = "joined"
     RECONNECTING = "reconnecting"  # socket lost; media kept for the grace period
     CLOSED = "closed"
+
+
+TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.CONNECTING: frozenset({SessionState.JOINED, SessionState.CLOSED}),
+    SessionState.JOINED: frozenset({SessionState.RECONNECTING, SessionState.CLOSED}),
+    SessionState.RECONNECTING: frozenset({SessionState.JOINED, SessionState.CLOSED}),
+    SessionState.CLOSED: frozenset(),
+}
+"""The only ways a session's state may change (a resume keeps the state it resumes)."""
+
+
+class InvalidTransition(RuntimeError):
+    """A state change ``TRANSITIONS`` does not allow: a bug, never a client's doing."""
 
 
 class EndReason(enum.StrEnum):
@@ -86,10 +102,24 @@ class LivenessPolicy:
     """Told to clients in the ``join`` response: how often to send ``ping``."""
     grace_period: float = 10.0
     """How long a session whose socket was lost may be resumed."""
-    silence_timeout: float | None = 20.0
-    """End a session nothing has been heard from, on any plane, for this long."""
-    probe_after: float = 15.0
-    """Send a keepalive probe after this much WebSocket silence."""
+    silence_timeout: float | None = 15.0
+    """End a session without media that nothing has been heard from for this long
+    (its keepalive probe unanswered): a frozen or blackholed WebSocket-only client."""
+    probe_after: float = 10.0
+    """Without media: send a keepalive probe after this much WebSocket silence."""
+    socket_probe_after: float = 15.0
+    """With media flowing: probe the WebSocket after this much of its own silence
+    anyway, to find a socket that died while the media lives on (``SocketDead``).
+    Longer than ``probe_after``: the media already proves the client is there."""
+    media_probe_after: float = 6.0
+    """With media transports: probe the WebSocket once nothing has been heard on
+    any plane for this long.  A live client is heard at least every 6 s: ICE
+    consent checks every 5 s +/- 20 % (RFC 7675 section 5.1), besides its
+    RTP and RTCP."""
+    media_silence_timeout: float | None = 10.0
+    """With media transports: end a session nothing has been heard from on any
+    plane (WebSocket, RTP/RTCP, consent, DTLS) for this long, its probe
+    unanswered (None: the WebSocket-only rule applies to everyone)."""
     stale_after: float | None = 120.0
     """The sweeper ends sessions with no application message for this long."""
     sweep_interval: float = 30.0
@@ -118,6 +148,11 @@ class LivenessPolicy:
                 positive(field.name, getattr(self, field.name))
         if self.silence_timeout is not None and self.probe_after >= self.silence_timeout:
             raise ValueError("probe_after must be shorter than silence_timeout")
+        if (
+            self.media_silence_timeout is not None
+            and self.media_probe_after >= self.media_silence_timeout
+        ):
+            raise ValueError("media_probe_after must be shorter than media_silence_timeout")
         if self.background_after <= self.idle_after:
             raise ValueError("background_after must be longer than idle_after")
 
@@ -129,7 +164,8 @@ class Session:
     """One participant's presence in one room, across reconnections."""
 
     __slots__ = (
-        "connection",
+        "_state",
+        "connection_id",
         "created_at",
         "data",
         "display_name",
@@ -147,12 +183,11 @@ class Session:
         "reported_dead",
         "resume_token",
         "room_id",
-        "state",
         "user_id",
     )
 
     def __init__(
-        self, *, room_id: str, user_id: str, peer_id: str, connection: int, now: float
+        self, *, room_id: str, user_id: str, peer_id: str, connection_id: int, now: float
     ) -> None:
         self.id = str(uuid.uuid4())
         self.room_id = room_id
@@ -160,8 +195,8 @@ class Session:
         self.identity: Identity = (room_id, user_id)
         self.peer_id = peer_id
         self.display_name = ""
-        self.state = SessionState.CONNECTING
-        self.connection: int | None = connection
+        self._state = SessionState.CONNECTING
+        self.connection_id: int | None = connection_id
         self.resume_token = secrets.token_urlsafe(24)
         self.leave_token = secrets.token_urlsafe(24)
         self.created_at = now
@@ -179,8 +214,24 @@ class Session:
         return f"<Session {self.room_id}/{self.peer_id} {self.state.value}>"
 
     @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @state.setter
+    def state(self, new: SessionState) -> None:
+        """The one place the state changes (as websockets' ``Protocol.state``):
+        logged ``old -> new``, and refused when ``TRANSITIONS`` does not allow it."""
+        old = self._state
+        if new is old:
+            return
+        if new not in TRANSITIONS[old]:
+            raise InvalidTransition(f"session {self.room_id}/{self.peer_id}: {old} -> {new}")
+        logger.debug("session %s/%s: %s -> %s", self.room_id, self.peer_id, old, new)
+        self._state = new
+
+    @property
     def open(self) -> bool:
-        return self.state is not SessionState.CLOSED
+        return self._state is not SessionState.CLOSED
 
 
 class AdmissionOutcome(enum.StrEnum):
@@ -203,7 +254,7 @@ class Admission:
     """The session the new connection drives (None when rejected)."""
     previous: Session | None = None
     """The session taken over (already ended as ``replaced``), when replaced."""
-    previous_connection: int | None = None
+    previous_connection_id: int | None = None
     """A connection that no longer drives its session and must be closed."""
     was_reconnecting: bool = False
     refusal: Refusal | None = None
@@ -283,7 +334,7 @@ class SessionRegistry:
         room_id: str,
         user_id: str,
         peer_id: str,
-        connection: int,
+        connection_id: int,
         resume_token: str | None,
         now: float,
     ) -> Admission:
@@ -300,36 +351,32 @@ class SessionRegistry:
                 secrets.compare_digest(resume_token, existing.resume_token)
                 and existing.peer_id == peer_id
             ):
-                return self._resume(existing, connection, now)
+                return self._resume(existing, connection_id, now)
             # A replayed, used or guessed token never displaces anybody: the
             # client is told its session expired and may join afresh.
-            return Admission(
-                AdmissionOutcome.REJECTED, None, refusal=Refusal.RESUME_TOKEN_INVALID
-            )
+            return Admission(AdmissionOutcome.REJECTED, None, refusal=Refusal.RESUME_TOKEN_INVALID)
 
         if existing is not None:
             if self.policy.takeover is TakeoverPolicy.REJECT:
-                return Admission(
-                    AdmissionOutcome.REJECTED, None, refusal=Refusal.IDENTITY_IN_USE
-                )
-            previous_connection = existing.connection
+                return Admission(AdmissionOutcome.REJECTED, None, refusal=Refusal.IDENTITY_IN_USE)
+            previous_connection_id = existing.connection_id
             self.end(existing, EndReason.REPLACED)
-            session = self._create(room_id, user_id, peer_id, connection, now)
+            session = self._create(room_id, user_id, peer_id, connection_id, now)
             return Admission(
                 AdmissionOutcome.REPLACED,
                 session,
                 previous=existing,
-                previous_connection=previous_connection,
+                previous_connection_id=previous_connection_id,
             )
         return Admission(
-            AdmissionOutcome.NEW, self._create(room_id, user_id, peer_id, connection, now)
+            AdmissionOutcome.NEW, self._create(room_id, user_id, peer_id, connection_id, now)
         )
 
     def _create(
-        self, room_id: str, user_id: str, peer_id: str, connection: int, now: float
+        self, room_id: str, user_id: str, peer_id: str, connection_id: int, now: float
     ) -> Session:
         session = Session(
-            room_id=room_id, user_id=user_id, peer_id=peer_id, connection=connection, now=now
+            room_id=room_id, user_id=user_id, peer_id=peer_id, connection_id=connection_id, now=now
         )
         self.by_identity[session.identity] = session
         self.by_peer[(room_id, peer_id)] = session
@@ -342,12 +389,13 @@ class SessionRegistry:
             self._joining.touch(session, now)
         return session
 
-    def _resume(self, session: Session, connection: int, now: float) -> Admission:
-        previous_connection = session.connection
+    def _resume(self, session: Session, connection_id: int, now: float) -> Admission:
+        previous_connection_id = session.connection_id
         was_reconnecting = session.state is SessionState.RECONNECTING
-        session.connection = connection
+        session.connection_id = connection_id
         session.grace_deadline = None
-        session.state = SessionState.JOINED
+        if was_reconnecting:
+            session.state = SessionState.JOINED  # (one that never joined stays connecting)
         # A resume token is good for one resume: a copied token cannot follow.
         session.resume_token = secrets.token_urlsafe(24)
         session.probed_at = None
@@ -355,7 +403,7 @@ class SessionRegistry:
         return Admission(
             AdmissionOutcome.RESUMED,
             session,
-            previous_connection=previous_connection,
+            previous_connection_id=previous_connection_id,
             was_reconnecting=was_reconnecting,
         )
 
@@ -406,17 +454,17 @@ class SessionRegistry:
     # -- connection loss and ending ---------------------------------------------------
 
     def connection_lost(
-        self, session: Session, connection: int, now: float, *, clean: bool
+        self, session: Session, connection_id: int, now: float, *, clean: bool
     ) -> End | None:
-        """The socket of ``connection`` closed.
+        """The socket of connection ``connection_id`` closed.
 
         A clean close (1000/1001) ends the session; a lost one keeps a joined
         session ``reconnecting`` for the grace period.  A connection that no
         longer drives the session (replaced, resumed elsewhere) changes nothing.
         """
-        if not session.open or session.connection != connection:
+        if not session.open or session.connection_id != connection_id:
             return None
-        session.connection = None
+        session.connection_id = None
         if clean:
             return End(session, EndReason.GRACEFUL)
         if session.state is not SessionState.JOINED:
@@ -433,7 +481,7 @@ class SessionRegistry:
             return False
         session.state = SessionState.CLOSED
         session.end_reason = reason
-        session.connection = None
+        session.connection_id = None
         session.grace_deadline = None
         if self.by_identity.get(session.identity) is session:
             del self.by_identity[session.identity]
@@ -477,33 +525,7 @@ class SessionRegistry:
 
         policy = self.policy
         if policy.silence_timeout is not None:
-            # Candidates: sessions whose WebSocket has been silent for probe_after.
-            pong_timeout = policy.silence_timeout - policy.probe_after
-            cutoff = now - policy.probe_after
-            for session in self._heard.candidates(cutoff):
-                if not session.open or session.state is SessionState.RECONNECTING:
-                    continue
-                if session.last_heard > cutoff:
-                    continue  # the boundary bucket: not silent long enough yet
-                # (<=: a pong can arrive within the same clock tick as its probe)
-                if session.probed_at is None or session.probed_at <= session.last_heard:
-                    session.probed_at = now
-                    decisions.append(Probe(session))
-                    continue
-                if now - session.probed_at < pong_timeout:
-                    continue  # waiting for the pong
-                if not judging:
-                    continue
-                media = self.media_activity(session)
-                last = session.last_heard if media is None else max(session.last_heard, media)
-                if now - last >= policy.silence_timeout:
-                    decisions.append(End(session, EndReason.KEEPALIVE_TIMEOUT))
-                elif media is not None and media > session.probed_at and not session.reported_dead:
-                    # Media arrived after the probe, the pong did not: the client
-                    # is alive, its WebSocket is not.  (Media that stopped before
-                    # the probe proves nothing: that client may be frozen.)
-                    session.reported_dead = True
-                    decisions.append(SocketDead(session))
+            decisions.extend(self._judge_silence(now, judging))
 
         if policy.join_timeout is not None and judging:
             cutoff = now - policy.join_timeout
@@ -522,6 +544,75 @@ class SessionRegistry:
                     self._interaction.touch(session, media)
                 else:
                     decisions.append(End(session, EndReason.INACTIVE))
+        return decisions
+
+    def _judge_silence(self, now: float, judging: bool) -> list[Decision]:
+        """Probes and keepalive timeouts for sessions silent long enough to look at.
+
+        Two rules, by what the session has (docs/liveness.md, "Silence"):
+        without media, the WebSocket alone (probe after ``probe_after``, end
+        after ``silence_timeout``); with media transports, every plane (probe
+        after ``media_probe_after`` of total silence, end after
+        ``media_silence_timeout``), and the WebSocket is also probed after
+        ``socket_probe_after`` of its own silence, which finds a socket that
+        died while media still flows (``SocketDead``).
+
+        The ``_heard`` index is keyed by when a session is next worth looking
+        at: a session whose media keeps it alive is put back for later rather
+        than looked at every tick.
+        """
+        policy = self.policy
+        assert policy.silence_timeout is not None
+        media_rule = policy.media_silence_timeout is not None
+        look_after = (
+            min(policy.probe_after, policy.media_probe_after)
+            if media_rule
+            else (policy.probe_after)
+        )
+        decisions: list[Decision] = []
+        heard_index = self._heard
+        for session in heard_index.candidates(now - look_after):
+            if not session.open or session.state is SessionState.RECONNECTING:
+                continue
+            last_heard = session.last_heard
+            waiting = session.probed_at is not None and session.probed_at > last_heard
+            # (>: a pong can arrive within the same clock tick as its probe)
+            media: float | None = None
+            if media_rule or waiting:
+                media = self.media_activity(session)  # (answered probes never ask)
+            if media is None or not media_rule:
+                timeout = policy.silence_timeout
+                pong_wait = policy.silence_timeout - policy.probe_after
+            else:
+                assert policy.media_silence_timeout is not None
+                timeout = policy.media_silence_timeout
+                pong_wait = policy.media_silence_timeout - policy.media_probe_after
+            if not waiting:
+                if media is not None and media_rule:
+                    probe_at = min(
+                        last_heard + policy.socket_probe_after,
+                        max(last_heard, media) + policy.media_probe_after,
+                    )
+                else:
+                    probe_at = last_heard + policy.probe_after
+                if now < probe_at:
+                    heard_index.touch(session, probe_at - look_after)  # not due yet
+                    continue
+                session.probed_at = now
+                decisions.append(Probe(session))
+                continue
+            assert session.probed_at is not None
+            if now - session.probed_at < pong_wait or not judging:
+                continue  # waiting for the pong
+            heard = last_heard if media is None else max(last_heard, media)
+            if now - heard >= timeout:
+                decisions.append(End(session, EndReason.KEEPALIVE_TIMEOUT))
+            elif media is not None and media > session.probed_at and not session.reported_dead:
+                # Media arrived after the probe, the pong did not: the client
+                # is alive, its WebSocket is not.  (Media that stopped before
+                # the probe proves nothing: that client may be frozen.)
+                session.reported_dead = True
+                decisions.append(SocketDead(session))
         return decisions
 
     def sweep(self, now: float) -> list[End]:

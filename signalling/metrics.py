@@ -1,13 +1,17 @@
 """Prometheus metrics, fed by observer events and read from the registries.
 
-Business code never imports prometheus-client: the media objects are counted
-through their ``observer`` emitters (as mediasoup's observer API intends), and
-the session gauges are computed at scrape time, on the event loop's thread.
+Business code never imports prometheus-client nor calls into this module: the
+media objects are counted through their ``observer`` emitters (as mediasoup's
+observer API intends), sessions through the lifecycle's, the edge's events
+(requests, refusals, stalls...) through the server's, and the gauges are
+computed at scrape time, on the event loop's thread, from what ``Observed``
+names.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,9 +28,38 @@ from prometheus_client.registry import Collector
 from .liveness import ActivityLevel, EndReason, SessionState
 
 if TYPE_CHECKING:
-    from media import Router, WebRtcTransport
+    from media.api import Router, WebRtcTransport, Worker
+    from media.events import EventEmitter
 
-    from .server import Server
+    from .admission_queue import AdmissionQueue
+    from .connection import Connection
+    from .lifecycle import SessionLifecycle
+    from .liveness import Session, SessionRegistry
+    from .lobby import Lobby
+    from .quality import QualityBoard
+    from .rooms import Room
+
+
+class Observed(Protocol):
+    """What metrics read and listen to (the server provides it)."""
+
+    loop: asyncio.AbstractEventLoop
+    registry: SessionRegistry
+    lifecycle: SessionLifecycle
+    worker: Worker
+    observer: EventEmitter
+    loop_lag: float
+    connections_by_ip: dict[str, int]
+    queue: AdmissionQueue
+    quality: QualityBoard[tuple[str, str]] | None
+    lobby: Lobby
+
+    @property
+    def rooms(self) -> dict[str, Room]: ...
+
+    @property
+    def connections(self) -> dict[int, Connection]: ...
+
 
 REFUSAL_REASONS = (
     "unauthorized",
@@ -59,7 +92,7 @@ DETECTION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 30)
 
 
 class _SessionCollector(Collector):
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Observed) -> None:
         self._server = server
 
     def collect(self) -> Any:
@@ -96,7 +129,9 @@ class _SessionCollector(Collector):
         )
         in_use, total = server.worker.port_usage()
         yield GaugeMetricFamily(
-            "ghostless_rtc_ports_in_use", "Media UDP ports of the pool in use", value=in_use
+            "ghostless_rtc_ports_in_use",
+            "Media ports of the pool in use (the fuller of UDP and TCP)",
+            value=in_use,
         )
         yield GaugeMetricFamily(
             "ghostless_rtc_ports", "Media UDP ports in the pool (0: any port)", value=total
@@ -143,50 +178,51 @@ class _SessionCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, server: Server) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        registry = self.registry
+    def __init__(self, server: Observed) -> None:
+        # Prometheus's "registry": here ``collectors``, as ``registry`` is the sessions'.
+        self.collectors = CollectorRegistry(auto_describe=True)
+        collectors = self.collectors
         self._loop = server.loop
-        registry.register(_SessionCollector(server))
+        collectors.register(_SessionCollector(server))
         # process_open_fds, process_max_fds, process_resident_memory_bytes...
-        ProcessCollector(registry=registry)
+        ProcessCollector(registry=collectors)
         self.media = Gauge(
-            "ghostless_media_objects", "Open media objects", ["kind"], registry=registry
+            "ghostless_media_objects", "Open media objects", ["kind"], registry=collectors
         )
         self._media = {kind: self.media.labels(kind) for kind in MEDIA_KINDS}
         self.ended = Counter(
-            "ghostless_sessions_ended", "Sessions ended, by reason", ["reason"], registry=registry
+            "ghostless_sessions_ended", "Sessions ended, by reason", ["reason"], registry=collectors
         )
         self._ended = {reason: self.ended.labels(reason.value) for reason in EndReason}
         self.resumed = Counter(
             "ghostless_sessions_resumed",
             "Sessions resumed within the grace period",
-            registry=registry,
+            registry=collectors,
         )
         self.requests = Counter(
             "ghostless_requests",
             "protoo requests, by method and outcome",
             ["method", "outcome"],
-            registry=registry,
+            registry=collectors,
         )
         self.request_duration = Histogram(
             "ghostless_request_duration_seconds",
             "protoo request handling time",
             ["method"],
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=collectors,
         )
         self.protocol_violations = Counter(
             "ghostless_protocol_violations",
             "Connections closed for protocol violations",
-            registry=registry,
+            registry=collectors,
         )
         self.ping_rtt = Histogram(
             "ghostless_ping_rtt_seconds",
             "Ping round-trip time",
             ["source"],
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=collectors,
         )
         self.ping_rtt_client = self.ping_rtt.labels("client")
         self.ping_rtt_probe = self.ping_rtt.labels("probe")
@@ -194,27 +230,27 @@ class Metrics:
             "ghostless_sweep_duration_seconds",
             "Duration of one stale-session sweep",
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=collectors,
         )
         self.detection_to_cleanup = Histogram(
             "ghostless_detection_to_cleanup_seconds",
             "From detecting that a participant is gone to its media being released",
             ["reason"],
             buckets=DETECTION_BUCKETS,
-            registry=registry,
+            registry=collectors,
         )
         self.refusals = Counter(
             "ghostless_refusals",
             "Connections and requests refused by a limit or a check, by reason",
             ["reason"],
-            registry=registry,
+            registry=collectors,
         )
         self._refusals: dict[str, Any] = {}
         self.rate_limited_messages = Counter(
             "ghostless_rate_limited_messages",
             "Messages refused by a per-connection rate limit, by kind",
             ["kind"],
-            registry=registry,
+            registry=collectors,
         )
         self._rate_limited: dict[str, Any] = {}
         self.queue_wait = Histogram(
@@ -222,19 +258,37 @@ class Metrics:
             "Time spent in the waiting queue, by how it ended",
             ["outcome"],
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
-            registry=registry,
+            registry=collectors,
         )
         for outcome in ("admitted", "timeout", "left"):
             self.queue_wait.labels(outcome)
         self.stalls = Counter(
             "ghostless_event_loop_stalls",
             "Times the event loop stalled past stall_tolerance (deadlines were resynchronised)",
-            registry=registry,
+            registry=collectors,
         )
         self._request_children: dict[tuple[str, str], Any] = {}
         self._duration_children: dict[str, Any] = {}
         server.worker.observer.on("newrouter", self._new_router)
+        self._listen(server)
         self._create_series()
+
+    def _listen(self, server: Observed) -> None:
+        lifecycle = server.lifecycle.observer
+        lifecycle.on("sessionresumed", lambda _: self.resumed.inc())
+        lifecycle.on("sessionended", self._session_ended)
+        edge = server.observer
+        edge.on("refused", self.refused)
+        edge.on(
+            "queuewait", lambda outcome, seconds: self.queue_wait.labels(outcome).observe(seconds)
+        )
+        edge.on("protocolviolation", self.protocol_violations.inc)
+        edge.on("ratelimited", self.rate_limited)
+        edge.on("request", self.observe_request)
+        edge.on("clientrtt", self.ping_rtt_client.observe)
+        edge.on("proberrtt", self.ping_rtt_probe.observe)
+        edge.on("stall", self.stalls.inc)
+        edge.on("sweep", self.sweep_duration.observe)
 
     def _create_series(self) -> None:
         """Create every labelled series at start, at zero.
@@ -290,7 +344,9 @@ class Metrics:
 
     # -- sessions and requests --------------------------------------------------------------
 
-    def session_ended(self, reason: EndReason, detected_at: float | None = None) -> None:
+    def _session_ended(
+        self, session: Session, reason: EndReason, detected_at: float | None = None
+    ) -> None:
         self._ended[reason].inc()
         if detected_at is not None:
             self.detection_to_cleanup.labels(reason.value).observe(
@@ -316,4 +372,4 @@ class Metrics:
         timer.observe(duration)
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.collectors), CONTENT_TYPE_LATEST

@@ -3,8 +3,9 @@
 A ``Room`` holds one media ``Router`` and the peers of its sessions.  A
 ``Peer`` is the media side of one session: its transports, producers,
 consumers and data channels, and the tasks that create consumers for it.
-Request handlers take the peer and the request ``data`` and return the
-response data; client mistakes raise ``RequestError``.
+Request handlers take the peer and the request's data, decoded once by
+``Room.handle`` into the struct of its method (``signalling.payloads``), and
+return the response data; client mistakes raise ``RequestError``.
 
 Handlers and notifications speak the canonical (2024) shapes; each peer's
 ``dialect`` (``signalling.dialect``) renders what it is sent.
@@ -18,32 +19,48 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
 import media
-from media import Consumer, DataConsumer, DataProducer, Producer, Router, WebRtcTransport
-from media.audio_level_observer import AudioLevelObserver, Volume
+from media.api import (
+    AudioLevelObserver,
+    Consumer,
+    DataConsumer,
+    DataProducer,
+    Producer,
+    Router,
+    WebRtcTransport,
+)
+from media.audio_level_observer import Volume
+from media.events import EventEmitter
 
 from .connection import Connection, RequestFailed
 from .dialect import DIALECT_2024, DOMINANT_SPEAKER, DOWNLINK_BWE, SPEAKING_PEERS, Dialect
 from .liveness import Session
+from .payloads import (
+    ChangeDisplayNameRequest,
+    ConnectWebRtcTransportRequest,
+    ConsumerRequest,
+    CreateWebRtcTransportRequest,
+    DataConsumerRequest,
+    DataProducerRequest,
+    EmptyRequest,
+    JoinRequest,
+    ProduceDataRequest,
+    ProduceRequest,
+    ProducerRequest,
+    SetConsumerPreferredLayersRequest,
+    SetConsumerPriorityRequest,
+    TransportRequest,
+    decode_request,
+)
+from .payloads import PeerLimits as PeerLimits
+from .payloads import RequestError as RequestError
 from .protocol import ErrorCode
 
 logger = logging.getLogger(__name__)
 
 Json = dict[str, Any]
-
-
-class RequestError(Exception):
-    """A client mistake: becomes a protoo error response with this code and reason."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 class RoomFull(RequestError):
@@ -53,23 +70,6 @@ class RoomFull(RequestError):
         super().__init__(ErrorCode.FORBIDDEN, "room is full")
 
 
-@dataclass(frozen=True, slots=True)
-class PeerLimits:
-    """What one peer may hold and send (configuration; docs/security.md).
-
-    Everything a peer sends that the server repeats to others (its device,
-    display name, appData) is bounded, so one peer cannot make every other
-    peer's join response or newConsumer request megabytes long.
-    """
-
-    display_name_length: int = 128
-    device_bytes: int = 1024
-    app_data_bytes: int = 4096
-    transports: int = 4
-    producers: int = 8
-    data_producers: int = 8
-
-
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
@@ -77,40 +77,6 @@ def printable(text: str, limit: int = 32) -> str:
     """A short, printable prefix of client-supplied text, safe to echo back or log."""
     cut = _UNPRINTABLE.sub("?", text[:limit])
     return cut + "..." if len(text) > limit else cut
-
-
-_json_encoder = msgspec.json.Encoder()
-
-
-def _bounded_object(data: Json, name: str, limit: int) -> Json | None:
-    value = _field(data, name, dict, optional=True)
-    if value is not None and len(_json_encoder.encode(value)) > limit:
-        raise RequestError(ErrorCode.BAD_REQUEST, f"{name} is larger than {limit} bytes")
-    return value  # type: ignore[no-any-return]
-
-
-def _field(data: Json, name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
-    value = data.get(name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise RequestError(ErrorCode.BAD_REQUEST, f"{name} is missing or has the wrong type")
-    return value
-
-
-def _text(data: Json, name: str, *, limit: int = 256, optional: bool = False) -> str | None:
-    value = _field(data, name, str, optional=optional)
-    if value is not None and len(value) > limit:
-        raise RequestError(ErrorCode.BAD_REQUEST, f"{name} is too long")
-    return value  # type: ignore[no-any-return]
-
-
-def _uint8(data: Json, name: str, *, minimum: int = 0, optional: bool = False) -> int | None:
-    """A layer or a priority: mediasoup carries them as uint8."""
-    value = _field(data, name, int, optional=optional)
-    if value is not None and not minimum <= value <= 255:
-        raise RequestError(ErrorCode.BAD_REQUEST, f"{name} must be {minimum}..255")
-    return value  # type: ignore[no-any-return]
 
 
 def consumer_score(consumer: Consumer) -> Json:
@@ -178,7 +144,11 @@ async def _enable_bwe_trace(transport: WebRtcTransport) -> None:
 
 
 class Peer:
-    """The media state of one session, owned by it; ``close`` releases all of it."""
+    """The media state of one session, owned by it; ``close`` releases all of it.
+
+    It owns its transports; producers, consumers and data channels are owned
+    by those (mediasoup's tree) and read through them, never copied.
+    """
 
     def __init__(self, session: Session, room: Room) -> None:
         self.session = session
@@ -190,21 +160,32 @@ class Peer:
         self.rtp_capabilities: Json | None = None
         self.sctp_capabilities: Json | None = None
         self.transports: dict[str, WebRtcTransport] = {}
-        self.producers: dict[str, Producer] = {}
-        self.consumers: dict[str, Consumer] = {}
-        self.data_producers: dict[str, DataProducer] = {}
-        self.data_consumers: dict[str, DataConsumer] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.reported_rtt_ms: float | None = None
         """The heartbeat RTT the client last reported (consumed by quality grading)."""
         self.quality = "good"
         self.dialect: Dialect = DIALECT_2024
         """How this peer's connection words what it is sent (set per connection)."""
-        self.on_transport_ended: Callable[[Peer, str], None] = lambda peer, reason: None
 
     @property
     def id(self) -> str:
         return self.session.peer_id
+
+    @property
+    def producers(self) -> dict[str, Producer]:
+        return {k: v for t in self.transports.values() for k, v in t.producers.items()}
+
+    @property
+    def consumers(self) -> dict[str, Consumer]:
+        return {k: v for t in self.transports.values() for k, v in t.consumers.items()}
+
+    @property
+    def data_producers(self) -> dict[str, DataProducer]:
+        return {k: v for t in self.transports.values() for k, v in t.data_producers.items()}
+
+    @property
+    def data_consumers(self) -> dict[str, DataConsumer]:
+        return {k: v for t in self.transports.values() for k, v in t.data_consumers.items()}
 
     @property
     def display_name(self) -> str:
@@ -251,20 +232,19 @@ class Peer:
     def consuming_transport(self) -> WebRtcTransport | None:
         return next((t for t in self.transports.values() if t.app_data.get("consuming")), None)
 
-    def close(self) -> None:
-        """Close every transport (cascading to producers/consumers) and task."""
+    def close(self) -> list[asyncio.Task[Any]]:
+        """Close every transport (cascading to producers/consumers) and cancel
+        every task; returns the tasks, for the owner to await."""
         if self.closed:
-            return
+            return []
         self.closed = True
         for transport in list(self.transports.values()):
             transport.close()
         self.transports.clear()
-        self.producers.clear()
-        self.consumers.clear()
-        self.data_producers.clear()
-        self.data_consumers.clear()
-        for task in list(self.tasks):
+        tasks = list(self.tasks)
+        for task in tasks:
             task.cancel()
+        return tasks
 
 
 SPEECH_INTERVAL = 0.8
@@ -291,6 +271,9 @@ class Room:
         how often ``activeSpeaker`` may be sent (None: never)."""
         self.id = room_id
         self.router = router
+        self.observer = EventEmitter()
+        """``transportended`` (peer, media ``TransportEndReason``): a transport
+        of one of its peers ended by itself (its client went away)."""
         self.peers: dict[str, Peer] = {}
         self.request_timeout = request_timeout
         self.heartbeat_interval = heartbeat_interval
@@ -327,50 +310,66 @@ class Room:
         for peer in self.joined_peers(exclude):
             peer.notify(method, data)
 
-    def close(self) -> None:
+    def remove(self, peer: Peer) -> list[asyncio.Task[Any]]:
+        """``peer``'s session ended: close its media and give up its seat."""
+        tasks = peer.close()
+        if self.peers.get(peer.id) is peer:
+            del self.peers[peer.id]
+        return tasks
+
+    def close(self) -> list[asyncio.Task[Any]]:
+        """Close the router and whatever peers are left; returns their cancelled tasks."""
         if self.closed:
-            return
+            return []
         self.closed = True
         if self.close_timer is not None:
             self.close_timer.cancel()
             self.close_timer = None
-        for peer in list(self.peers.values()):
-            peer.close()
+        tasks = [task for peer in list(self.peers.values()) for task in peer.close()]
         self.peers.clear()
         self.router.close()
         self.speakers = None
+        self.observer.release_listeners()
+        return tasks
 
     # -- requests ---------------------------------------------------------------------
 
-    async def handle(self, peer: Peer, method: str, data: Json) -> Any:
+    async def handle(self, peer: Peer, method: str, data: Any) -> Any:
+        """Run one request: its method, whether the peer may call it, then its data.
+
+        The data is decoded here, once, into the struct of its method
+        (``signalling.payloads``); malformed data is a 400 before any handler
+        runs.  What refuses the call whatever its data (an unknown method, no
+        join yet, a second join, a full room) is checked first.
+        """
         handler = self.HANDLERS.get(method)
         if handler is None:
             raise RequestError(ErrorCode.UNKNOWN_METHOD, f"unknown method {printable(method)!r}")
         needs_join = method not in self.BEFORE_JOIN
         if needs_join and not peer.joined:
             raise RequestError(ErrorCode.NOT_JOINED, f"{method} needs join first")
-        return await handler(self, peer, data)
+        if method == "join":
+            self._admit(peer)
+        request = decode_request(method, data, self.limits)
+        return await handler(self, peer, request)
 
-    async def get_router_rtp_capabilities(self, peer: Peer, data: Json) -> Any:
-        return self.router.rtp_capabilities
-
-    async def join(self, peer: Peer, data: Json) -> Json:
+    def _admit(self, peer: Peer) -> None:
+        """Whether ``peer`` may join (checked before its ``join`` data is read)."""
         if peer.joined:
             raise RequestError(ErrorCode.CONFLICT, "already joined")
         if not self.hold_seats and self.full():
             raise RoomFull()
-        limits = self.limits
-        display_name = _text(
-            data, "displayName", limit=limits.display_name_length, optional=True
-        )
-        device = _bounded_object(data, "device", limits.device_bytes)
-        rtp_capabilities = _field(data, "rtpCapabilities", dict, optional=True)
-        sctp_capabilities = _field(data, "sctpCapabilities", dict, optional=True)
-        if display_name is not None:
-            peer.session.display_name = display_name
-        peer.device = device
-        peer.rtp_capabilities = rtp_capabilities
-        peer.sctp_capabilities = sctp_capabilities
+
+    async def get_router_rtp_capabilities(self, peer: Peer, request: EmptyRequest) -> Any:
+        return self.router.rtp_capabilities
+
+    async def join(self, peer: Peer, request: JoinRequest) -> Json:
+        """(``handle`` has admitted the peer: not joined yet, and a seat is free.)"""
+        if request.display_name is not None:
+            peer.session.display_name = request.display_name
+        peer.device = request.device
+        peer.rtp_capabilities = request.rtp_capabilities
+        peer.sctp_capabilities = request.sctp_capabilities
         others = self.joined_peers(exclude=peer)
         peer.joined = True
         for other in others:
@@ -388,32 +387,28 @@ class Room:
             "serverTime": time.time() * 1000,
         }
 
-    async def create_webrtc_transport(self, peer: Peer, data: Json) -> Json:
-        producing = bool(data.get("producing", False))
-        consuming = bool(data.get("consuming", False))
-        if data.get("forceTcp"):
-            raise RequestError(ErrorCode.BAD_REQUEST, "TCP transports are not supported")
-        sctp_capabilities = _field(data, "sctpCapabilities", dict, optional=True)
-        num_streams = (sctp_capabilities or {}).get("numStreams") or {}
-        os_streams = num_streams.get("OS", 1024) if isinstance(num_streams, dict) else 1024
-        mis_streams = num_streams.get("MIS", 1024) if isinstance(num_streams, dict) else 1024
-        if not all(isinstance(n, int) and 1 <= n <= 65535 for n in (os_streams, mis_streams)):
-            raise RequestError(ErrorCode.BAD_REQUEST, "sctpCapabilities.numStreams is invalid")
+    async def create_webrtc_transport(
+        self, peer: Peer, request: CreateWebRtcTransportRequest
+    ) -> Json:
         if len(peer.transports) >= self.limits.transports:
             raise RequestError(ErrorCode.FORBIDDEN, "too many transports for one peer")
+        # mediasoup-demo's Room.js: forceTcp means TCP candidates only; otherwise
+        # the worker's defaults (UDP, and passive TCP unless switched off).
         transport = await self.router.create_webrtc_transport(
-            enable_sctp=sctp_capabilities is not None,
-            num_sctp_streams=(os_streams, mis_streams),
-            app_data={"producing": producing, "consuming": consuming},
+            enable_sctp=request.sctp_capabilities is not None,
+            num_sctp_streams=request.num_sctp_streams,
+            app_data={"producing": request.producing, "consuming": request.consuming},
+            enable_udp=not request.force_tcp,
+            enable_tcp=True if request.force_tcp else None,
         )
         if peer.closed:  # the session ended while the socket was being bound
             transport.close()
             raise RequestError(ErrorCode.NOT_FOUND, "session closed")
         peer.transports[transport.id] = transport
 
-        def ended(reason: str) -> None:
+        def ended(reason: media.TransportEndReason) -> None:
             peer.transports.pop(transport.id, None)
-            peer.on_transport_ended(peer, reason)
+            self.observer.emit("transportended", peer, reason)
 
         transport.on("ended", ended)
         transport.observer.on("close", lambda: peer.transports.pop(transport.id, None))
@@ -427,29 +422,44 @@ class Room:
             "sctpParameters": transport.sctp_parameters,
         }
 
-    def _transport(self, peer: Peer, data: Json) -> WebRtcTransport:
-        transport: WebRtcTransport = self._owned(peer.transports, data, "transportId")
+    @staticmethod
+    def _owned(registry: dict[str, Any], owned_id: str, what: str) -> Any:
+        """This peer's ``what`` named ``owned_id``; another peer's is "not found" too."""
+        owned = registry.get(owned_id)
+        if owned is None:
+            raise RequestError(ErrorCode.NOT_FOUND, f"{what} not found")
+        return owned
+
+    def _transport(self, peer: Peer, request: TransportRequest) -> WebRtcTransport:
+        transport: WebRtcTransport = self._owned(peer.transports, request.transport_id, "transport")
         return transport
 
-    async def connect_webrtc_transport(self, peer: Peer, data: Json) -> None:
-        transport = self._transport(peer, data)
-        await transport.connect(_field(data, "dtlsParameters", dict))
+    def _producer(self, peer: Peer, request: ProducerRequest) -> Producer:
+        producer: Producer = self._owned(peer.producers, request.producer_id, "producer")
+        return producer
 
-    async def restart_ice(self, peer: Peer, data: Json) -> Json:
-        return await self._transport(peer, data).restart_ice()
+    def _consumer(self, peer: Peer, request: ConsumerRequest) -> Consumer:
+        consumer: Consumer = self._owned(peer.consumers, request.consumer_id, "consumer")
+        return consumer
 
-    async def produce(self, peer: Peer, data: Json) -> Json:
-        transport = self._transport(peer, data)
+    async def connect_webrtc_transport(
+        self, peer: Peer, request: ConnectWebRtcTransportRequest
+    ) -> None:
+        await self._transport(peer, request).connect(request.dtls_parameters)
+
+    async def restart_ice(self, peer: Peer, request: TransportRequest) -> Json:
+        return await self._transport(peer, request).restart_ice()
+
+    async def produce(self, peer: Peer, request: ProduceRequest) -> Json:
+        transport = self._transport(peer, request)
         if len(peer.producers) >= self.limits.producers:
             raise RequestError(ErrorCode.FORBIDDEN, "too many producers for one peer")
-        kind = _text(data, "kind")
-        app_data = _bounded_object(data, "appData", self.limits.app_data_bytes) or {}
         producer = await transport.produce(
-            kind=kind or "",
-            rtp_parameters=_field(data, "rtpParameters", dict),
-            app_data={**app_data, "peerId": peer.id},
+            kind=request.kind,
+            rtp_parameters=request.rtp_parameters,
+            app_data={**(request.app_data or {}), "peerId": peer.id},
         )
-        adopted = self._adopt(peer, producer, peer.producers, self.create_consumer)
+        adopted = self._adopt(peer, producer, self.create_consumer)
         producer.on(
             "score",
             lambda score: peer.notify("producerScore", {"producerId": producer.id, "score": score}),
@@ -462,118 +472,96 @@ class Room:
         self,
         peer: Peer,
         owned: Producer | DataProducer,
-        registry: dict[str, Any],
         offer: Callable[[Peer, Peer, Any], Coroutine[Any, Any, None]],
     ) -> Json:
-        """A new (data) producer of ``peer``: kept in its registry until it
-        closes, and offered to every other joined peer."""
+        """A new (data) producer of ``peer`` (its transport owns it): offered
+        to every other joined peer."""
         if peer.closed:  # the session ended while the media layer was busy
             owned.close()
             raise RequestError(ErrorCode.NOT_FOUND, "session closed")
-        registry[owned.id] = owned
-        owned.observer.on("close", lambda: registry.pop(owned.id, None))
         for other in self.joined_peers(exclude=peer):
             other.spawn(offer(other, peer, owned))
         return {"id": owned.id}
 
-    @staticmethod
-    def _owned(registry: dict[str, Any], data: Json, key: str) -> Any:
-        """This peer's object named by ``data[key]``; another peer's is "not found" too."""
-        owned = registry.get(_text(data, key) or "")
-        if owned is None:
-            raise RequestError(ErrorCode.NOT_FOUND, f"{key.removesuffix('Id')} not found")
-        return owned
+    async def close_producer(self, peer: Peer, request: ProducerRequest) -> None:
+        self._producer(peer, request).close()
 
-    def _producer(self, peer: Peer, data: Json) -> Producer:
-        producer: Producer = self._owned(peer.producers, data, "producerId")
-        return producer
+    async def pause_producer(self, peer: Peer, request: ProducerRequest) -> None:
+        await self._producer(peer, request).pause()
 
-    def _consumer(self, peer: Peer, data: Json) -> Consumer:
-        consumer: Consumer = self._owned(peer.consumers, data, "consumerId")
-        return consumer
+    async def resume_producer(self, peer: Peer, request: ProducerRequest) -> None:
+        await self._producer(peer, request).resume()
 
-    async def close_producer(self, peer: Peer, data: Json) -> None:
-        self._producer(peer, data).close()
+    async def pause_consumer(self, peer: Peer, request: ConsumerRequest) -> None:
+        await self._consumer(peer, request).pause()
 
-    async def pause_producer(self, peer: Peer, data: Json) -> None:
-        await self._producer(peer, data).pause()
+    async def resume_consumer(self, peer: Peer, request: ConsumerRequest) -> None:
+        await self._consumer(peer, request).resume()
 
-    async def resume_producer(self, peer: Peer, data: Json) -> None:
-        await self._producer(peer, data).resume()
+    async def request_consumer_key_frame(self, peer: Peer, request: ConsumerRequest) -> None:
+        await self._consumer(peer, request).request_key_frame()
 
-    async def pause_consumer(self, peer: Peer, data: Json) -> None:
-        await self._consumer(peer, data).pause()
-
-    async def resume_consumer(self, peer: Peer, data: Json) -> None:
-        await self._consumer(peer, data).resume()
-
-    async def request_consumer_key_frame(self, peer: Peer, data: Json) -> None:
-        await self._consumer(peer, data).request_key_frame()
-
-    async def set_consumer_preferred_layers(self, peer: Peer, data: Json) -> None:
-        consumer = self._consumer(peer, data)
-        spatial = _uint8(data, "spatialLayer")
-        temporal = _uint8(data, "temporalLayer", optional=True)
+    async def set_consumer_preferred_layers(
+        self, peer: Peer, request: SetConsumerPreferredLayersRequest
+    ) -> None:
+        consumer = self._consumer(peer, request)
         # A simple consumer forwards its one stream: there is nothing to prefer
         # (mediasoup's SimpleConsumer ignores the request too).
         setter = getattr(consumer, "set_preferred_layers", None)
         if setter is not None:
-            layers: Json = {"spatialLayer": spatial}
-            if temporal is not None:
-                layers["temporalLayer"] = temporal
+            layers: Json = {"spatialLayer": request.spatial_layer}
+            if request.temporal_layer is not None:
+                layers["temporalLayer"] = request.temporal_layer
             await setter(layers)
 
-    async def set_consumer_priority(self, peer: Peer, data: Json) -> None:
-        consumer = self._consumer(peer, data)
-        priority = _uint8(data, "priority", minimum=1)
+    async def set_consumer_priority(self, peer: Peer, request: SetConsumerPriorityRequest) -> None:
+        consumer = self._consumer(peer, request)
         setter = getattr(consumer, "set_priority", None)
         if setter is not None:
-            await setter(priority)
+            await setter(request.priority)
 
-    async def get_rtc_stats_url(self, peer: Peer, data: Json) -> Json:
+    async def get_rtc_stats_url(self, peer: Peer, request: EmptyRequest) -> Json:
         return {}  # no rtcstats server: the 2025 app then does without
 
-    async def produce_data(self, peer: Peer, data: Json) -> Json:
-        transport = self._transport(peer, data)
+    async def produce_data(self, peer: Peer, request: ProduceDataRequest) -> Json:
+        transport = self._transport(peer, request)
         if len(peer.data_producers) >= self.limits.data_producers:
             raise RequestError(ErrorCode.FORBIDDEN, "too many data producers for one peer")
-        label = _text(data, "label", optional=True) or ""
-        protocol = _text(data, "protocol", optional=True) or ""
-        app_data = _bounded_object(data, "appData", self.limits.app_data_bytes) or {}
         data_producer = await transport.produce_data(
-            sctp_stream_parameters=_field(data, "sctpStreamParameters", dict),
-            label=label,
-            protocol=protocol,
-            app_data={**app_data, "peerId": peer.id},
+            sctp_stream_parameters=request.sctp_stream_parameters,
+            label=request.label or "",
+            protocol=request.protocol or "",
+            app_data={**(request.app_data or {}), "peerId": peer.id},
         )
-        return self._adopt(peer, data_producer, peer.data_producers, self.create_data_consumer)
+        return self._adopt(peer, data_producer, self.create_data_consumer)
 
-    async def change_display_name(self, peer: Peer, data: Json) -> None:
-        display_name = _text(data, "displayName", limit=self.limits.display_name_length) or ""
+    async def change_display_name(self, peer: Peer, request: ChangeDisplayNameRequest) -> None:
         old = peer.session.display_name
-        peer.session.display_name = display_name
+        peer.session.display_name = request.display_name
         self.broadcast(
             "peerDisplayNameChanged",
-            {"peerId": peer.id, "displayName": display_name, "oldDisplayName": old},
+            {"peerId": peer.id, "displayName": request.display_name, "oldDisplayName": old},
             exclude=peer,
         )
 
-    async def get_transport_stats(self, peer: Peer, data: Json) -> Any:
-        return await self._transport(peer, data).get_stats()
+    async def get_transport_stats(self, peer: Peer, request: TransportRequest) -> Any:
+        return await self._transport(peer, request).get_stats()
 
-    async def get_producer_stats(self, peer: Peer, data: Json) -> Any:
-        return await self._producer(peer, data).get_stats()
+    async def get_producer_stats(self, peer: Peer, request: ProducerRequest) -> Any:
+        return await self._producer(peer, request).get_stats()
 
-    async def get_consumer_stats(self, peer: Peer, data: Json) -> Any:
-        return await self._consumer(peer, data).get_stats()
+    async def get_consumer_stats(self, peer: Peer, request: ConsumerRequest) -> Any:
+        return await self._consumer(peer, request).get_stats()
 
-    async def get_data_producer_stats(self, peer: Peer, data: Json) -> Any:
-        return await self._owned(peer.data_producers, data, "dataProducerId").get_stats()
+    async def get_data_producer_stats(self, peer: Peer, request: DataProducerRequest) -> Any:
+        owned = self._owned(peer.data_producers, request.data_producer_id, "dataProducer")
+        return await owned.get_stats()
 
-    async def get_data_consumer_stats(self, peer: Peer, data: Json) -> Any:
-        return await self._owned(peer.data_consumers, data, "dataConsumerId").get_stats()
+    async def get_data_consumer_stats(self, peer: Peer, request: DataConsumerRequest) -> Any:
+        owned = self._owned(peer.data_consumers, request.data_consumer_id, "dataConsumer")
+        return await owned.get_stats()
 
-    HANDLERS: dict[str, Callable[[Room, Peer, Json], Awaitable[Any]]] = {
+    HANDLERS: dict[str, Callable[[Room, Peer, Any], Awaitable[Any]]] = {
         "getRouterRtpCapabilities": get_router_rtp_capabilities,
         "join": join,
         "createWebRtcTransport": create_webrtc_transport,
@@ -627,8 +615,6 @@ class Room:
         except media.MediaError as exc:
             logger.debug("consume failed for %s: %s", consumer_peer.id, exc)
             return
-        consumer_peer.consumers[consumer.id] = consumer
-        consumer.observer.on("close", lambda: consumer_peer.consumers.pop(consumer.id, None))
         consumer.on(
             "producerclose",
             lambda: consumer_peer.notify("consumerClosed", {"consumerId": consumer.id}),
@@ -693,10 +679,6 @@ class Room:
         except media.MediaError as exc:
             logger.debug("consumeData failed for %s: %s", consumer_peer.id, exc)
             return
-        consumer_peer.data_consumers[data_consumer.id] = data_consumer
-        data_consumer.observer.on(
-            "close", lambda: consumer_peer.data_consumers.pop(data_consumer.id, None)
-        )
         data_consumer.on(
             "dataproducerclose",
             lambda: consumer_peer.notify(

@@ -1,9 +1,10 @@
-"""The ghostless signalling server: protoo over WebSocket, liveness, teardown.
+"""The ghostless signalling server: the edge in front of the session lifecycle.
 
-Every session ends through ``end_session``: the one teardown path that tells
-the peers once (``peerClosed`` with the reason), closes the media (transports
-cascade to producers and consumers), drops every registry entry and task, and
-closes the socket with a code that says why.
+``Server`` is what uvicorn's is to an ASGI app: configuration, the listeners
+(WebSocket, HTTP, metrics), accepting a connection and dispatching its
+messages, the liveness clock and a staged shutdown.  Who is where, and the one
+teardown path every session ends through, are ``signalling.lifecycle``'s; the
+media come from the ``media.api.Worker`` it is given.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server as WsServer
@@ -29,12 +30,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 import media
+from media.events import EventEmitter
 
 from . import dialect as dialects
 from .admission_queue import AdmissionQueue, Ticket
 from .config import Config, token_verifier
 from .connection import Connection
 from .http_edge import BodyTolerantConnection
+from .lifecycle import SessionLifecycle
 from .liveness import (
     AdmissionOutcome,
     End,
@@ -43,7 +46,6 @@ from .liveness import (
     Refusal,
     Session,
     SessionRegistry,
-    SessionState,
     SocketDead,
 )
 from .lobby import Lobby
@@ -61,19 +63,14 @@ from .protocol import (
 from .quality import QualityBoard, QualitySample
 from .rate_limit import KeyedRateLimiter, MessageLimiter, RatePolicy, Verdict
 from .rooms import Peer, PeerLimits, RequestError, Room, RoomFull, printable
+
+if TYPE_CHECKING:
+    from media.api import Worker
 from .tokens import InvalidToken
 
 logger = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,128}$")
-
-# The liveness clock: ten small ticks a second rather than one big one, so that
-# probing thousands of sessions never stalls the loop for long.
-TICK_INTERVAL = 0.1
-
-# websockets' write buffer high-water mark: above it, its own sends (close
-# frames, keepalive pings) wait for the client to read.
-WS_WRITE_HIGH_WATER = 2**15
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {
@@ -84,23 +81,6 @@ STATIC_FILES = {
     "/demo.css": ("demo.css", "text/css; charset=utf-8"),
     "/lobby": ("lobby.html", "text/html; charset=utf-8"),
     "/lobby.js": ("lobby.js", "text/javascript; charset=utf-8"),
-}
-
-CLOSE_CODES: dict[EndReason, CloseCode] = {
-    EndReason.GRACEFUL: CloseCode.NORMAL,
-    EndReason.BEACON: CloseCode.SESSION_CLOSED,
-    EndReason.SOCKET_LOST: CloseCode.SESSION_CLOSED,
-    EndReason.KEEPALIVE_TIMEOUT: CloseCode.SESSION_TIMEOUT,
-    EndReason.CONSENT_EXPIRED: CloseCode.SESSION_CLOSED,
-    EndReason.STALE_SWEEP: CloseCode.SESSION_TIMEOUT,
-    EndReason.INACTIVE: CloseCode.SESSION_TIMEOUT,
-    EndReason.REPLACED: CloseCode.SESSION_REPLACED,
-    EndReason.REJECTED: CloseCode.IDENTITY_IN_USE,
-    EndReason.SHUTDOWN: CloseCode.GOING_AWAY,
-    EndReason.ERROR: CloseCode.INTERNAL_ERROR,
-    EndReason.JOIN_TIMEOUT: CloseCode.SESSION_TIMEOUT,
-    EndReason.DTLS_FAILED: CloseCode.MEDIA_FAILED,
-    EndReason.RATE_LIMITED: CloseCode.RATE_LIMITED,
 }
 
 REFUSAL_CLOSE: dict[Refusal, tuple[CloseCode, str]] = {
@@ -118,15 +98,6 @@ PROTOCOL_ERROR_CODES = frozenset(
     }
 )
 
-# What the media layer reports when a transport ends by itself.
-TRANSPORT_END_REASONS = {
-    "dtls_closed": EndReason.GRACEFUL,
-    "ice_consent_expired": EndReason.CONSENT_EXPIRED,
-    "dtls_failed": EndReason.DTLS_FAILED,
-}
-
-# How often one kind of refusal (bad token, rate limit, ...) may be logged.
-REFUSAL_LOG_INTERVAL = 10.0
 
 
 class QueueTimeout(Exception):
@@ -148,25 +119,36 @@ def _known(method: str) -> str:
     return method if method in Room.HANDLERS or method == "beforeDisconnect" else "unknown"
 
 
+def embedded_worker(config: Config) -> media.Worker:
+    """The embedded SFU, set up from the configuration (the default ``Worker``)."""
+    return media.Worker(
+        media.WorkerSettings(
+            listen_ip=config.rtc_listen_ip,
+            announced_address=config.rtc_announced_address,
+            port_range=media.PortRange(config.rtc_min_port, config.rtc_max_port),
+            consent_timeout=config.consent_timeout,
+            sctp_send_buffer_size=config.sctp_send_buffer_size,
+            max_queued_dtls_records=config.max_queued_dtls_records,
+            error_log_interval=config.media_error_log_interval,
+            stall_tolerance=config.liveness.stall_tolerance,
+            consent_resync_window=config.consent_resync_window,
+            enable_tcp=config.rtc_enable_tcp,
+            prefer_udp=config.rtc_prefer_udp,
+            prefer_tcp=config.rtc_prefer_tcp,
+            max_tcp_connections=config.rtc_max_tcp_connections,
+        )
+    )
+
+
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, worker: Worker | None = None) -> None:
+        """``worker``: the media to use (``media.api.Worker``); by default the
+        embedded SFU, set up from ``config``.  The server closes it on shutdown."""
         self.config = config
         self.loop = asyncio.get_running_loop()
-        self.worker = media.Worker(
-            media.WorkerSettings(
-                listen_ip=config.rtc_listen_ip,
-                announced_address=config.rtc_announced_address,
-                port_range=media.PortRange(config.rtc_min_port, config.rtc_max_port),
-                consent_timeout=config.consent_timeout,
-                sctp_send_buffer_size=config.sctp_send_buffer_size,
-                max_queued_dtls_records=config.max_queued_dtls_records,
-                error_log_interval=config.media_error_log_interval,
-                stall_tolerance=config.liveness.stall_tolerance,
-                consent_resync_window=config.consent_resync_window,
-            )
-        )
+        self.worker: Worker = worker if worker is not None else embedded_worker(config)
         self.registry = SessionRegistry(
-            config.liveness, media_activity=_media_activity, tick_interval=TICK_INTERVAL
+            config.liveness, media_activity=_media_activity, tick_interval=config.tick_interval
         )
         self.verifier = token_verifier(config)
         self.rate_policy = RatePolicy(
@@ -188,15 +170,14 @@ class Server:
         )
         self._ip_connection_rate = KeyedRateLimiter(config.ip_connection_rate)
         self.connections_by_ip: dict[str, int] = {}
-        self._refusal_log = LogThrottle(REFUSAL_LOG_INTERVAL)
-        self.rooms: dict[str, Room] = {}
-        self._room_creations: dict[str, asyncio.Future[Room]] = {}
-        self.connections: dict[int, Connection] = {}
+        self._refusal_log = LogThrottle(config.refusal_log_interval)
+        self.lifecycle = SessionLifecycle(
+            config, worker=self.worker, registry=self.registry, peer_limits=self.peer_limits
+        )
         self.queue = AdmissionQueue(
             max_length=config.max_queue_length, timeout=config.queue_timeout
         )
         self._queued: dict[Ticket, tuple[asyncio.Future[None], Connection]] = {}
-        self._admitting_by_room: dict[str, int] = {}
         self._queue_wakeup = False
         self.lobby = Lobby(config.listed_rooms, self.room_summary)
         self.quality: QualityBoard[tuple[str, str]] | None = (
@@ -215,7 +196,29 @@ class Server:
             for route, (name, content_type) in STATIC_FILES.items()
             if (STATIC_DIR / name).exists()
         }
+        self.observer = EventEmitter()
+        """What happens at the edge, for metrics to count: ``refused`` (kind),
+        ``queuewait`` (outcome, seconds), ``protocolviolation``, ``ratelimited``
+        (message kind), ``request`` (method, outcome, seconds), ``clientrtt`` and
+        ``proberrtt`` (seconds), ``stall``, ``sweep`` (seconds).  Sessions and
+        rooms announce theirs on ``lifecycle.observer``."""
         self.metrics = Metrics(self)
+        observer = self.lifecycle.observer
+        observer.on("roomchanged", self.lobby.changed)
+        observer.on("seatfreed", self._wake_queue)
+        if self.quality is not None:
+            board = self.quality
+            observer.on("sessionjoined", lambda s: board.add((s.room_id, s.peer_id)))
+            observer.on("sessionended", lambda s, *_: board.remove((s.room_id, s.peer_id)))
+
+    @property
+    def rooms(self) -> dict[str, Room]:
+        return self.lifecycle.rooms
+
+    @property
+    def connections(self) -> dict[int, Connection]:
+        """Connections that drive a session."""
+        return self.lifecycle.connections
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -229,11 +232,11 @@ class Server:
             process_request=self._http,
             compression=None,  # small JSON: permessage-deflate would triple memory
             max_size=config.max_message_size,
-            max_queue=16,
-            write_limit=WS_WRITE_HIGH_WATER,
+            max_queue=config.ws_max_queue,
+            write_limit=config.ws_write_high_water,
             ping_interval=None,  # keepalive probes are sent only to silent sessions
             ping_timeout=None,
-            close_timeout=2,
+            close_timeout=config.ws_close_timeout,
             server_header="ghostless",
             create_connection=BodyTolerantConnection,
         )
@@ -287,7 +290,7 @@ class Server:
         for viewer in list(self.lobby.viewers.values()):
             viewer.close(CloseCode.GOING_AWAY, "server shutting down")
         for index, session in enumerate(list(self.registry.by_id.values())):
-            self.end_session(session, EndReason.SHUTDOWN)
+            self.lifecycle.end(session, EndReason.SHUTDOWN)
             if index % 500 == 499:
                 await asyncio.sleep(0)  # let the goodbyes go out while we work
         remaining = self.config.shutdown_timeout - (time.monotonic() - started)
@@ -302,10 +305,9 @@ class Server:
                 await self._ticker
         for task in list(self._probe_tasks):
             task.cancel()
-        for room in list(self.rooms.values()):
-            self._close_room(room)
-        for future in self._room_creations.values():
-            future.cancel()
+        if self._probe_tasks:
+            await asyncio.gather(*self._probe_tasks, return_exceptions=True)
+        await self.lifecycle.close()
         self.worker.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
@@ -313,59 +315,11 @@ class Server:
         logger.info("shut down in %.2f s", time.monotonic() - started)
         self._stopped.set()
 
-    # -- rooms ------------------------------------------------------------------------
-
-    async def _get_room(self, room_id: str) -> Room:
-        room = self.rooms.get(room_id)
-        if room is not None:
-            return room
-        creation = self._room_creations.get(room_id)
-        if creation is None:
-            creation = asyncio.ensure_future(self._create_room(room_id))
-            self._room_creations[room_id] = creation
-            creation.add_done_callback(lambda _: self._room_creations.pop(room_id, None))
-        return await asyncio.shield(creation)
-
-    async def _create_room(self, room_id: str) -> Room:
-        router = await self.worker.create_router(app_data={"roomId": room_id})
-        room = Room(
-            room_id,
-            router,
-            request_timeout=self.config.request_timeout,
-            heartbeat_interval=self.config.liveness.heartbeat_interval,
-            limits=self.peer_limits,
-            max_peers=self.config.max_peers_per_room,
-            hold_seats=self.config.when_full == "queue",
-        )
-        self.rooms[room_id] = room
-        self.lobby.changed(room_id)
-        logger.info("room %s created", room_id)
-        return room
-
-    def _schedule_room_close(self, room: Room) -> None:
-        if room.peers or room.closed or room.close_timer is not None:
-            return
-        room.close_timer = self.loop.call_later(
-            self.config.room_close_delay, self._close_room_if_empty, room
-        )
-
-    def _close_room_if_empty(self, room: Room) -> None:
-        room.close_timer = None
-        if not room.peers:
-            self._close_room(room)
-
-    def _close_room(self, room: Room) -> None:
-        room.close()
-        if self.rooms.get(room.id) is room:
-            del self.rooms[room.id]
-            self.lobby.changed(room.id)
-            logger.info("room %s closed", room.id)
-
     # -- connections ------------------------------------------------------------------
 
     def _refuse(self, kind: str, detail: str = "") -> None:
         """Count a refused connection and log it, once per interval per kind."""
-        self.metrics.refused(kind)
+        self.observer.emit("refused", kind)
         suppressed = self._refusal_log.allow(kind, self.loop.time())
         if suppressed is not None:
             logger.info(
@@ -459,13 +413,10 @@ class Server:
             return
         conn = self._connection(ws, address)
         # A takeover or resume keeps the seat its identity already holds.
-        seated = (room_id, user_id) in self.registry.by_identity or (
-            room_id,
-            peer_id,
-        ) in self.registry.by_peer
+        seated = self.lifecycle.seated(room_id, user_id, peer_id)
         from_queue = False
         if not seated:
-            full = self._full(room_id)
+            full = self.lifecycle.full(room_id)
             if self.config.when_full == "queue" and (full is not None or len(self.queue)):
                 if not await self._wait_in_queue(conn, room_id):
                     await conn.wait_closed()
@@ -478,17 +429,17 @@ class Server:
                 await conn.wait_closed()
                 return
         try:
-            room = await self._get_room(room_id)
+            room = await self.lifecycle.room(room_id)
         finally:
             if from_queue:
-                self._seat_taken(room_id)
+                self.lifecycle.seat_taken(room_id)
         now = self.loop.time()
         resume_token = param("resumeToken")
         admission = self.registry.admit(
             room_id=room_id,
             user_id=user_id,
             peer_id=peer_id,
-            connection=conn.id,
+            connection_id=conn.id,
             resume_token=resume_token,
             now=now,
         )
@@ -503,35 +454,23 @@ class Server:
             await conn.wait_closed()
             return
         session = admission.session
-        self.connections[conn.id] = conn
         if admission.outcome is AdmissionOutcome.REPLACED and admission.previous is not None:
-            self.end_session(admission.previous, EndReason.REPLACED, detected_at=now)
+            self.lifecycle.end(admission.previous, EndReason.REPLACED, detected_at=now)
         if resume_token is not None and admission.outcome is not AdmissionOutcome.RESUMED:
             # The grace period is over: the client must join as a fresh session.
             conn.notify("sessionExpired", {})
         if admission.outcome is AdmissionOutcome.RESUMED:
-            peer = self._resume(
-                session, conn, admission.previous_connection, admission.was_reconnecting
+            peer = self.lifecycle.resume(
+                session, conn, admission.previous_connection_id, admission.was_reconnecting
             )
         else:
-            peer = Peer(session, room)
-            display_name = verified_name or param("displayName")
-            if display_name is not None:
-                session.display_name = display_name[: self.config.max_display_name_length]
-            peer.connection = conn
-            peer.on_transport_ended = self._transport_ended
-            session.data = peer
-            room.peers[peer.id] = peer
-            if room.close_timer is not None:
-                room.close_timer.cancel()
-                room.close_timer = None
-            self.lobby.changed(room.id)
-            log_session("session_started", session)
+            peer = self.lifecycle.attach(
+                session, room, conn, display_name=verified_name or param("displayName")
+            )
         peer.dialect = dialect
         try:
             await self._serve(conn, session, peer)
         finally:
-            self.connections.pop(conn.id, None)
             self._connection_lost(session, conn)
             # Let our own close frame (with its code) go out before websockets'
             # default 1000 when the handler returns.
@@ -580,38 +519,6 @@ class Server:
 
     # -- capacity and the waiting queue ---------------------------------------------
 
-    def _free_seats(self, room_id: str) -> int:
-        """Seats a newcomer may take in ``room_id`` now (admissions in flight count)."""
-        limit = self.config.max_peers_per_room
-        if limit is None:
-            return 1 << 30
-        room = self.rooms.get(room_id)
-        taken = room.occupancy() if room is not None else 0
-        return limit - taken - self._admitting_by_room.get(room_id, 0)
-
-    def _free_sessions(self) -> int | None:
-        limit = self.config.max_sessions
-        if limit is None:
-            return None
-        return limit - len(self.registry) - sum(self._admitting_by_room.values())
-
-    def _full(self, room_id: str) -> str | None:
-        """Why a newcomer to ``room_id`` cannot be admitted now ("server_full", "room_full")."""
-        free = self._free_sessions()
-        if free is not None and free <= 0:
-            return "server_full"
-        if self._free_seats(room_id) <= 0:
-            return "room_full"
-        return None
-
-    def _seat_taken(self, room_id: str) -> None:
-        """An admission from the queue has reached the registry (or given up)."""
-        count = self._admitting_by_room.get(room_id, 0)
-        if count > 1:
-            self._admitting_by_room[room_id] = count - 1
-        elif count == 1:
-            del self._admitting_by_room[room_id]
-
     async def _wait_in_queue(self, conn: Connection, room_id: str) -> bool:
         """Hold ``conn`` in the queue until a seat is free: True when admitted.
 
@@ -657,7 +564,7 @@ class Server:
             if not ticket.admitted:
                 self.queue.remove(ticket)
                 self._wake_queue()  # positions moved
-            self.metrics.queue_wait.labels(outcome).observe(self.loop.time() - now)
+            self.observer.emit("queuewait", outcome, self.loop.time() - now)
             self.lobby.changed(room_id)
 
     def _answer_while_queued(self, conn: Connection, raw: str | bytes) -> bool:
@@ -690,18 +597,17 @@ class Server:
 
     def _drain_queue(self) -> None:
         self._queue_wakeup = False
+        lifecycle = self.lifecycle
         for ticket in self.queue.admit(
-            room_seats=self._free_seats, free_sessions=self._free_sessions()
+            room_seats=lifecycle.free_seats, free_sessions=lifecycle.free_sessions()
         ):
             admitted, _ = self._queued[ticket]
-            self._admitting_by_room[ticket.room_id] = (
-                self._admitting_by_room.get(ticket.room_id, 0) + 1
-            )
+            lifecycle.hold_seat(ticket.room_id)
             admitted.set_result(None)
         self._tell_positions()
 
     def _tell_positions(self) -> None:
-        server_full = (free := self._free_sessions()) is not None and free <= 0
+        server_full = (free := self.lifecycle.free_sessions()) is not None and free <= 0
         length = len(self.queue)
         for ticket, position in self.queue.moved(server_full=server_full):
             _, conn = self._queued[ticket]
@@ -741,54 +647,23 @@ class Server:
         self._refuse("slow_reader", conn.remote)
         conn.close(CloseCode.SLOW_READER, "outbound buffer full: the client is not reading")
 
-    def _resume(
-        self, session: Session, conn: Connection, previous: int | None, was_reconnecting: bool
-    ) -> Peer:
-        peer: Peer = session.data
-        old = self.connections.pop(previous, None) if previous is not None else None
-        if old is not None:
-            old.close(CloseCode.SESSION_REPLACED, "resumed on another connection")
-        peer.connection = conn
-        conn.notify(
-            "sessionResumed",
-            {
-                "resumeToken": session.resume_token,
-                "heartbeatInterval": self.config.liveness.heartbeat_interval,
-                "joined": peer.joined,
-            },
-        )
-        if was_reconnecting and peer.joined:
-            peer.room.broadcast("peerResumed", {"peerId": peer.id}, exclude=peer)
-        peer.room.sync_consumers(peer)
-        self.metrics.resumed.inc()
-        log_session("session_resumed", session)
-        return peer
-
     def _connection_lost(self, session: Session, conn: Connection) -> None:
         ws = conn.ws
-        now = self.loop.time()
         close_sent = ws.protocol.close_sent
         if close_sent is not None and close_sent.code in PROTOCOL_ERROR_CODES and session.open:
             # websockets itself closed it (e.g. 1009 for an oversized message).
-            if session.connection == conn.id:
-                self.metrics.protocol_violations.inc()
-                self.end_session(session, EndReason.ERROR, detected_at=now)
+            self.lifecycle.connections.pop(conn.id, None)
+            if session.connection_id == conn.id:
+                self.observer.emit("protocolviolation")
+                self.lifecycle.end(session, EndReason.ERROR, detected_at=self.loop.time())
             return
         close_rcvd = ws.protocol.close_rcvd
         clean = close_rcvd is not None and close_rcvd.code in (1000, 1001)
-        end = self.registry.connection_lost(session, conn.id, now, clean=clean)
-        if end is not None:
-            self.end_session(end.session, end.reason, detected_at=now)
-        elif session.state is SessionState.RECONNECTING and session.connection is None:
-            peer: Peer = session.data
-            if peer.connection is conn:
-                peer.connection = None
-                peer.room.broadcast("peerReconnecting", {"peerId": peer.id}, exclude=peer)
-                log_session("session_reconnecting", session)
+        self.lifecycle.connection_lost(session, conn, clean=clean)
 
     async def _serve(self, conn: Connection, session: Session, peer: Peer) -> None:
         registry = self.registry
-        metrics = self.metrics
+        observer = self.observer
         loop_time = self.loop.time
         limiter = conn.limiter
         for method, data in peer.dialect.greetings():
@@ -798,14 +673,14 @@ class Server:
                 try:
                     message = decode(raw)
                 except ProtocolViolation as violation:
-                    metrics.protocol_violations.inc()
+                    observer.emit("protocolviolation")
                     logger.info(
                         "protocol violation by %s/%s: %s",
                         session.room_id,
                         session.peer_id,
                         violation.reason,
                     )
-                    self.end_session(session, EndReason.ERROR, close_code=violation.code)
+                    self.lifecycle.end(session, EndReason.ERROR, close_code=violation.code)
                     return
                 if not session.open or conn.closing:
                     return
@@ -820,10 +695,10 @@ class Server:
                     continue
                 verdict = limiter.check(message.method, now)
                 if verdict is not Verdict.ALLOW:
-                    metrics.rate_limited(message.kind.value)
+                    observer.emit("ratelimited", message.kind.value)
                     if verdict is Verdict.CLOSE:
                         self._refuse("rate_limited", f"{session.room_id}/{session.peer_id}")
-                        self.end_session(session, EndReason.RATE_LIMITED, detected_at=now)
+                        self.lifecycle.end(session, EndReason.RATE_LIMITED, detected_at=now)
                         return
                     if message.kind is Kind.REQUEST:
                         conn.send(
@@ -833,7 +708,7 @@ class Server:
                 if message.kind is Kind.REQUEST:
                     if message.method == "ping":
                         conn.send(encode_response(message.id, self._pong(message.data, peer)))
-                        metrics.observe_request("ping", "ok", 0.0)
+                        observer.emit("request", "ping", "ok", 0.0)
                         continue
                     await self._request(
                         conn, session, peer, message.method, message.id, message.data
@@ -851,7 +726,7 @@ class Server:
         """Answer a heartbeat; the RTT the client reports feeds metrics and quality."""
         rtt = data.get("rtt") if isinstance(data, dict) else None
         if isinstance(rtt, (int, float)) and not isinstance(rtt, bool) and 0 <= rtt < 60_000:
-            self.metrics.ping_rtt_client.observe(rtt / 1000)
+            self.observer.emit("clientrtt", rtt / 1000)
             if peer is not None:
                 peer.reported_rtt_ms = float(rtt)
         return {"serverTime": time.time() * 1000}
@@ -868,15 +743,15 @@ class Server:
         started = time.perf_counter()
         if method == "beforeDisconnect" and isinstance(data, dict):
             conn.send(encode_response(request_id, {}))
-            self.end_session(session, EndReason.GRACEFUL, detected_at=self.loop.time())
+            self.lifecycle.end(session, EndReason.GRACEFUL, detected_at=self.loop.time())
             return
         try:
             result = await self._call(session, peer, method, data)
         except RoomFull as exc:
-            self.metrics.observe_request(method, "error", time.perf_counter() - started)
+            self.observer.emit("request", method, "error", time.perf_counter() - started)
             conn.send(encode_error(request_id, exc.code, exc.reason))
             self._refuse("room_full")
-            self.end_session(session, EndReason.REJECTED, close_code=CloseCode.ROOM_FULL)
+            self.lifecycle.end(session, EndReason.REJECTED, close_code=CloseCode.ROOM_FULL)
             return
         except CallFailed as failure:
             outcome = failure.outcome
@@ -884,7 +759,7 @@ class Server:
         else:
             outcome = "ok"
             frame = encode_response(request_id, peer.dialect.response(method, result))
-        self.metrics.observe_request(_known(method), outcome, time.perf_counter() - started)
+        self.observer.emit("request", _known(method), outcome, time.perf_counter() - started)
         conn.send(frame)
 
     async def _command(self, session: Session, peer: Peer, method: str, data: Any) -> None:
@@ -906,7 +781,7 @@ class Server:
                 session.peer_id,
                 failure.reason,
             )
-        self.metrics.observe_request(_known(method), outcome, time.perf_counter() - started)
+        self.observer.emit("request", _known(method), outcome, time.perf_counter() - started)
 
     async def _call(self, session: Session, peer: Peer, method: str, data: Any) -> Any:
         """Run one client call through its room, in canonical shapes.
@@ -926,11 +801,7 @@ class Server:
                 raise RequestError(ErrorCode.BAD_REQUEST, printable(str(exc), 200)) from None
             result = await peer.room.handle(peer, method, data)
             if method == "join":
-                self.registry.joined(session, self.loop.time())
-                if self.quality is not None:
-                    self.quality.add((session.room_id, session.peer_id))
-                self.lobby.changed(session.room_id)
-                log_session("session_joined", session)
+                self.lifecycle.joined(session)
             return result
         except RoomFull:
             raise
@@ -958,7 +829,7 @@ class Server:
         if method == "ping":
             conn.notify("pong", self._pong(data, peer))
         elif method == "beforeDisconnect":
-            self.end_session(session, EndReason.GRACEFUL, detected_at=self.loop.time())
+            self.lifecycle.end(session, EndReason.GRACEFUL, detected_at=self.loop.time())
         elif method == "activity":
             kind = data.get("type")
             hidden = {"hidden": True, "visible": False}.get(str(data.get("visibility")))
@@ -967,66 +838,12 @@ class Server:
         else:
             logger.debug("ignored notification %r", method[:64])
 
-    # -- ending sessions: the one teardown path ----------------------------------------
-
-    def end_session(
-        self,
-        session: Session,
-        reason: EndReason,
-        *,
-        detected_at: float | None = None,
-        close_code: int | None = None,
-    ) -> None:
-        self.registry.end(session, reason)
-        peer = session.data
-        if not isinstance(peer, Peer) or peer.closed:
-            return
-        room = peer.room
-        conn = peer.connection
-        peer.connection = None
-        if peer.joined and reason is not EndReason.SHUTDOWN:
-            # (On shutdown everyone is told serverShutdown instead.)
-            room.broadcast("peerClosed", {"peerId": peer.id, "reason": reason.value}, exclude=peer)
-        peer.close()
-        if room.peers.get(peer.id) is peer:
-            del room.peers[peer.id]
-        session.data = None  # no Session <-> Peer cycle survives (gc.freeze friendly)
-        if conn is not None:
-            if reason is EndReason.REPLACED:
-                conn.notify("sessionReplaced", {"reason": "another connection took over"})
-            elif reason is EndReason.SHUTDOWN:
-                conn.notify(
-                    "serverShutdown", {"reconnectDelay": int(self.config.reconnect_delay * 1000)}
-                )
-            self.connections.pop(conn.id, None)
-            conn.close(close_code or CLOSE_CODES[reason], reason.value)
-        self._schedule_room_close(room)
-        if self.quality is not None:
-            self.quality.remove((room.id, peer.id))
-        self.lobby.changed(room.id)
-        self._wake_queue()  # a seat is free
-        self.metrics.session_ended(reason, detected_at)
-        log_session("session_ended", session, reason=reason.value)
-
-    def _transport_ended(self, peer: Peer, transport_reason: str) -> None:
-        reason = TRANSPORT_END_REASONS.get(transport_reason)
-        if reason is not None and not peer.closed:
-            self.end_session(peer.session, reason, detected_at=self.loop.time())
-
-    def leave_with_token(self, token: str) -> bool:
-        """``POST /leave``: the beacon a page sends on ``pagehide``."""
-        session = self.registry.by_leave_token.get(token)
-        if session is None:
-            return False
-        self.end_session(session, EndReason.BEACON, detected_at=self.loop.time())
-        return True
-
     # -- timers -------------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
         """Feed the clock to the liveness machine: tick every 0.1 s, sweep on its cadence."""
         policy = self.config.liveness
-        period = min(TICK_INTERVAL, policy.sweep_interval)
+        period = min(self.config.tick_interval, policy.sweep_interval)
         next_sweep = self.loop.time() + policy.sweep_interval
         gc_interval = self.config.gc_collect_interval
         next_full_collection = self.loop.time() + (gc_interval or 0.0)
@@ -1046,7 +863,7 @@ class Server:
                 # The server lost this time, not the clients: read what they
                 # sent meanwhile before judging anyone.
                 self.registry.stalled(now)
-                self.metrics.stalls.inc()
+                self.observer.emit("stall")
                 logger.warning(
                     "event loop stalled for %.1f s: no session is ended for the next %.1f s",
                     self.loop_lag,
@@ -1068,7 +885,7 @@ class Server:
                     next_sweep = max(next_sweep + policy.sweep_interval, now)
                     started = time.perf_counter()
                     stale = self.registry.sweep(now)
-                    self.metrics.sweep_duration.observe(time.perf_counter() - started)
+                    self.observer.emit("sweep", time.perf_counter() - started)
                     self._apply(stale, now)
                 if self.config.gc_freeze:
                     if gc_interval is not None and now >= next_full_collection:
@@ -1112,7 +929,7 @@ class Server:
             elif isinstance(decision, SocketDead):
                 self._drop_socket(decision.session)
             else:
-                self.end_session(decision.session, decision.reason, detected_at=now)
+                self.lifecycle.end(decision.session, decision.reason, detected_at=now)
         if probes:
             task = asyncio.ensure_future(self._send_probes(probes))
             self._probe_tasks.add(task)
@@ -1120,7 +937,7 @@ class Server:
 
     def _drop_socket(self, session: Session) -> None:
         """The WebSocket is dead but media flows: lose the socket, keep the session."""
-        conn = self.connections.get(session.connection) if session.connection else None
+        conn = self.connections.get(session.connection_id) if session.connection_id else None
         if conn is not None:
             logger.info("dead WebSocket of %s/%s dropped", session.room_id, session.peer_id)
             conn.ws.transport.abort()  # the handler then sees a lost socket
@@ -1131,15 +948,15 @@ class Server:
         No task or timer per probe: the pong (or the connection's end) completes
         the future websockets returns, whose callback records what was heard.
         """
-        chunk = 32
-        pause = min(TICK_INTERVAL / 2 / (len(sessions) / chunk + 1), 0.01)
+        chunk = self.config.probe_chunk
+        pause = min(self.config.tick_interval / 2 / (len(sessions) / chunk + 1), 0.01)
         for index, session in enumerate(sessions):
             if index and index % chunk == 0:
                 await asyncio.sleep(pause)
-            conn = self.connections.get(session.connection) if session.connection else None
+            conn = self.connections.get(session.connection_id) if session.connection_id else None
             if conn is None or conn.closing or not session.open:
                 continue
-            if conn.outbound_bytes >= WS_WRITE_HIGH_WATER:
+            if conn.outbound_bytes >= self.config.ws_write_high_water:
                 # websockets would wait for the client to read before sending
                 # the ping (holding up every probe behind it); a client that
                 # is not reading is heard from, or closed as a slow reader.
@@ -1155,7 +972,7 @@ class Server:
         if pong.cancelled() or pong.exception() is not None or not session.open:
             return
         self.registry.heard(session, self.loop.time())
-        self.metrics.ping_rtt_probe.observe(pong.result())
+        self.observer.emit("proberrtt", pong.result())
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -1181,7 +998,7 @@ class Server:
                 response.headers["Allow"] = "POST"
                 return response
             token = (parse_qs(path.query).get("token") or [""])[0]
-            if token and self.leave_with_token(token):
+            if token and self.lifecycle.leave_with_token(token):
                 return connection.respond(204, "")
             return _json(connection, 404, {"error": "no such session"})
         static = self._static.get(route)
@@ -1241,7 +1058,9 @@ class Server:
             "connections": len(self.connections),
             "queued": len(self.queue),
             "queuedConnections": len(self._queued),
-            "admitting": sum(self._admitting_by_room.values()),
+            "admitting": self.lifecycle.admitting,
+            "cancelledTasks": self.lifecycle.pending_tasks,
+            "probeTasks": len(self._probe_tasks),
             "lobbyViewers": len(self.lobby.viewers),
             "connectionTasks": sum(c.task_count for c in self.connections.values()),
             "peerTasks": sum(len(p.tasks) for r in self.rooms.values() for p in r.peers.values()),

@@ -60,6 +60,10 @@ export class GhostlessClient extends EventTarget {
     video = true,
     chat = true,
     simulcast = true,
+    // mediasoup-demo's default ('hd'): Chrome sends three simulcast layers only
+    // from about 960x540 up (libwebrtc limits the layer count by resolution;
+    // 640x480 gets two).
+    videoConstraints = { width: { ideal: 1280 }, height: { ideal: 720 } },
     confirmLeave = false,
     reconnect = { baseMs: 500, maxMs: 8000 },
   } = {}) {
@@ -74,6 +78,7 @@ export class GhostlessClient extends EventTarget {
     this.wantVideo = video;
     this.wantChat = chat;
     this.simulcast = simulcast;
+    this.videoConstraints = videoConstraints;
     this.activeSpeaker = null; // the peerId the server says is speaking, or null
     this.confirmLeave = confirmLeave;
     this.reconnectPolicy = reconnect;
@@ -269,7 +274,12 @@ export class GhostlessClient extends EventTarget {
     this._attempt = 0;
     this._startHeartbeat(joined.heartbeatInterval || this.heartbeatInterval);
     this._setState('joined');
-    for (const track of this.localStream ? this.localStream.getTracks() : []) {
+    // Video first: Chrome probes its bandwidth once, when the transport comes
+    // up (on the first produce), and only a video sender can carry the probes;
+    // the server reports them (transport-cc), so the top layer comes in seconds.
+    const tracks = this.localStream ? this.localStream.getTracks() : [];
+    tracks.sort((a, b) => (a.kind === 'video' ? 0 : 1) - (b.kind === 'video' ? 0 : 1));
+    for (const track of tracks) {
       if (device.canProduce(track.kind)) {
         const options = { track, stopTracks: false };
         if (track.kind === 'video' && this.simulcast) {
@@ -645,7 +655,7 @@ export class GhostlessClient extends EventTarget {
     if (!this.wantAudio && !this.wantVideo) return;
     this.localStream = await navigator.mediaDevices.getUserMedia({
       audio: this.wantAudio,
-      video: this.wantVideo ? { width: { ideal: 640 }, height: { ideal: 480 } } : false,
+      video: this.wantVideo ? this.videoConstraints : false,
     });
     this._emit('localstream', { stream: this.localStream });
   }

@@ -48,6 +48,7 @@ class Vp8Descriptor:
     __slots__ = (
         "key_frame",
         "layer_sync",
+        "layout",
         "picture_id",
         "picture_id_pos",
         "picture_id_wide",
@@ -67,57 +68,99 @@ class Vp8Descriptor:
         self.tl0_pos = 0
         self.tid = 0
         self.layer_sync = True
+        self.layout = -1
+        """Which optional fields there are: the X byte, plus 0x100 for a 15-bit
+        PictureID (-1 when invalid).  Equal layouts put the fields at equal offsets."""
 
 
 def parse_descriptor(d: Vp8Descriptor, buf: bytes | bytearray, pos: int, end: int) -> None:
-    """Fill ``d`` from the payload at ``buf[pos:end]``; ``d.valid`` says if it parsed."""
+    """Fill ``d`` from the payload at ``buf[pos:end]``; ``d.valid`` says if it parsed.
+
+    Runs for every packet of a simulcast VP8 stream: each field is read into a
+    local and stored once (an invalid descriptor gets the defaults).
+    """
+    if pos + 6 < end and buf[pos] & 0x80 and buf[pos + 1] == 0xE0 and buf[pos + 2] & 0x80:
+        # What browsers send for simulcast: X; I with a 15-bit PictureID, L, T.
+        first = buf[pos]
+        d.picture_id = ((buf[pos + 2] & 0x7F) << 8) | buf[pos + 3]
+        d.picture_id_pos = pos + 2
+        d.picture_id_wide = True
+        d.tl0 = buf[pos + 4]
+        d.tl0_pos = pos + 4
+        byte = buf[pos + 5]
+        d.tid = byte >> 6
+        d.layer_sync = bool(byte & 0x20)
+        d.layout = 0x1E0
+        d.key_frame = first & 0x17 == 0x10 and not buf[pos + 6] & 0x01
+        d.valid = True
+        return
+    picture = tl0 = -1
+    tid = 0
+    layer_sync = True
+    layout = 0
+    if pos >= end:
+        _invalid(d)
+        return
+    first = buf[pos]
+    pos += 1
+    if first & 0x80:  # X: extension byte
+        if pos >= end:
+            _invalid(d)
+            return
+        ext = layout = buf[pos]
+        pos += 1
+        if ext & 0x80:  # I: PictureID
+            if pos >= end:
+                _invalid(d)
+                return
+            byte = buf[pos]
+            d.picture_id_pos = pos
+            if byte & 0x80:  # M: 15 bits
+                if pos + 1 >= end:
+                    _invalid(d)
+                    return
+                picture = ((byte & 0x7F) << 8) | buf[pos + 1]
+                d.picture_id_wide = True
+                layout |= 0x100
+                pos += 2
+            else:
+                picture = byte
+                d.picture_id_wide = False
+                pos += 1
+        if ext & 0x40:  # L: TL0PICIDX
+            if pos >= end:
+                _invalid(d)
+                return
+            tl0 = buf[pos]
+            d.tl0_pos = pos
+            pos += 1
+        if ext & 0x30:  # T or K: TID/Y/KEYIDX
+            if pos >= end:
+                _invalid(d)
+                return
+            if ext & 0x20:
+                byte = buf[pos]
+                tid = byte >> 6
+                layer_sync = bool(byte & 0x20)
+            pos += 1
+    d.picture_id = picture
+    d.tl0 = tl0
+    d.tid = tid
+    d.layer_sync = layer_sync
+    d.layout = layout
+    # First packet of a frame (S set, partition 0) whose payload header says key frame.
+    d.key_frame = pos < end and first & 0x17 == 0x10 and not buf[pos] & 0x01
+    d.valid = True
+
+
+def _invalid(d: Vp8Descriptor) -> None:
     d.valid = False
     d.key_frame = False
     d.picture_id = -1
     d.tl0 = -1
     d.tid = 0
     d.layer_sync = True
-    if pos >= end:
-        return
-    first = buf[pos]
-    pos += 1
-    if first & 0x80:  # X: extension byte
-        if pos >= end:
-            return
-        ext = buf[pos]
-        pos += 1
-        if ext & 0x80:  # I: PictureID
-            if pos >= end:
-                return
-            byte = buf[pos]
-            d.picture_id_pos = pos
-            if byte & 0x80:  # M: 15 bits
-                if pos + 1 >= end:
-                    return
-                d.picture_id = ((byte & 0x7F) << 8) | buf[pos + 1]
-                d.picture_id_wide = True
-                pos += 2
-            else:
-                d.picture_id = byte
-                d.picture_id_wide = False
-                pos += 1
-        if ext & 0x40:  # L: TL0PICIDX
-            if pos >= end:
-                return
-            d.tl0 = buf[pos]
-            d.tl0_pos = pos
-            pos += 1
-        if ext & 0x30:  # T or K: TID/Y/KEYIDX
-            if pos >= end:
-                return
-            if ext & 0x20:
-                byte = buf[pos]
-                d.tid = byte >> 6
-                d.layer_sync = bool(byte & 0x20)
-            pos += 1
-    # First packet of a frame (S set, partition 0) whose payload header says key frame.
-    d.key_frame = pos < end and first & 0x17 == 0x10 and not buf[pos] & 0x01
-    d.valid = True
+    d.layout = -1
 
 
 def is_key_frame(buf: bytes | bytearray, pos: int, end: int) -> bool:
@@ -159,95 +202,90 @@ class Vp8Rewriter:
         self._sync = True
         self._last_picture = -1
 
-    def _widen(self, d: Vp8Descriptor) -> int:
-        """The PictureID as a 15-bit number (a 7-bit one is unwrapped against the last)."""
-        picture = d.picture_id
-        if d.picture_id_wide or self._last_input_picture < 0 or self._sync:
-            self._last_input_picture = picture
-            return picture
-        last = self._last_input_picture
-        delta = (picture - last) & 0x7F
-        widened = (last + delta - (0x80 if delta >= 0x40 else 0)) & 0x7FFF
-        if delta < 0x40:
-            self._last_input_picture = widened
-        return widened
-
     def process(self, d: Vp8Descriptor) -> tuple[int, int] | None:
         """(output PictureID, output TL0PICIDX) for this packet, or None to drop it.
 
         Either output is -1 when the packet has no such field.  A packet that
-        does not parse as VP8 is passed on untouched ((-1, -1)).
+        does not parse as VP8 is passed on untouched ((-1, -1)).  Runs once per
+        picture for a consumer (on its first packet), so it is one function.
         """
         if not d.valid:
             return -1, -1
         raw = d.picture_id
         if raw >= 0 and raw == self._last_picture:
             return self._last_result  # the rest of the picture (most packets of video)
-        result = self._process(d)
         self._last_picture = raw
-        self._last_result = result
-        return result
-
-    def _process(self, d: Vp8Descriptor) -> tuple[int, int] | None:
-        picture = self._widen(d) if d.picture_id >= 0 else -1
+        # The PictureID as a 15-bit number (a 7-bit one is unwrapped against the last).
+        picture = raw
+        if raw >= 0:
+            last = self._last_input_picture
+            if d.picture_id_wide or last < 0 or self._sync:
+                self._last_input_picture = raw
+            else:
+                delta = (raw - last) & 0x7F
+                picture = (last + delta - (0x80 if delta >= 0x40 else 0)) & 0x7FFF
+                if delta < 0x40:
+                    self._last_input_picture = picture
+        pictures = self._pictures
+        tl0 = d.tl0
         if self._sync:
             if picture >= 0:
-                self._pictures.sync(picture - 1)
-            if d.tl0 >= 0:
-                self._tl0s.sync(d.tl0 - 1)
+                pictures.sync(picture - 1)
+            if tl0 >= 0:
+                self._tl0s.sync(tl0 - 1)
             self._sync = False
+        current = self.current_temporal
         if d.key_frame:
-            self.current_temporal = NO_TEMPORAL_LIMIT
+            current = self.current_temporal = NO_TEMPORAL_LIMIT
         tid = d.tid
         # The last declared temporal layer means "everything": a sender may use
         # more layers than its scalabilityMode said, and none of them is dropped.
-        limit = (
-            self.target_temporal if self.target_temporal < self.max_temporal else NO_TEMPORAL_LIMIT
-        )
-        pictures = self._pictures
+        target = self.target_temporal
+        limit = target if target < self.max_temporal else NO_TEMPORAL_LIMIT
         # The first packet of a new picture decides for the whole picture: above
         # the limit, or going up without a layer sync (its references are missing).
         if (
-            picture >= 0
-            and tid
-            and d.tl0 >= 0
+            tid
+            and picture >= 0
+            and tl0 >= 0
+            and (tid > limit or (tid > current and not d.layer_sync))
             and pictures.is_newer(picture)
-            and (tid > limit or (tid > self.current_temporal and not d.layer_sync))
         ):
             pictures.drop(picture)
+            self._last_result = None
             return None
-        picture_out = -1
-        if picture >= 0:
-            picture_out = pictures.input(picture)
-            if picture_out < 0:
-                return None
-        tl0_out = -1
-        if d.tl0 >= 0:
-            tl0_out = self._tl0s.input(d.tl0)
-            if tl0_out < 0:
-                return None
-        if tid > self.current_temporal:
-            self.current_temporal = tid
-        elif self.current_temporal > limit:
-            self.current_temporal = min(limit, self.max_temporal)
-        return picture_out, tl0_out
+        result: tuple[int, int] | None = None
+        picture_out = pictures.input(picture) if picture >= 0 else -1
+        if picture_out >= 0 or picture < 0:
+            tl0_out = self._tl0s.input(tl0) if tl0 >= 0 else -1
+            if tl0_out >= 0 or tl0 < 0:
+                result = picture_out, tl0_out
+                if tid > current:
+                    self.current_temporal = tid
+                elif current > limit:
+                    self.current_temporal = min(limit, self.max_temporal)
+        self._last_result = result
+        return result
 
 
 def write_descriptor(out: bytearray, d: Vp8Descriptor, picture_out: int, tl0_out: int) -> bytearray:
     """Write the rewritten fields into ``out`` (a copy of the packet ``d`` was parsed from).
 
     A 7-bit PictureID becomes a 15-bit one (the output numbering is 15-bit),
-    which makes the packet one byte longer (``out`` grows in place).
+    which makes the packet one byte longer (``out`` grows in place).  A field
+    this packet does not have is not written (a sender may vary the fields
+    within a picture, whose first packet decided the numbers).
     """
-    if picture_out >= 0:
+    shift = 0
+    if picture_out >= 0 and d.picture_id >= 0:
         pos = d.picture_id_pos
         if d.picture_id_wide:
             out[pos] = 0x80 | (picture_out >> 8)
             out[pos + 1] = picture_out & 0xFF
         else:
             out[pos : pos + 1] = bytes((0x80 | (picture_out >> 8), picture_out & 0xFF))
-    if tl0_out >= 0:
-        shift = 0 if d.picture_id < 0 or d.picture_id_wide else 1
+            shift = 1
+    if tl0_out >= 0 and d.tl0 >= 0:
         out[d.tl0_pos + shift] = tl0_out
     return out
 

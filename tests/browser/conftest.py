@@ -44,7 +44,14 @@ FLAGS = [
 
 # The signalling tests' short timings, with a little more slack for Chromium.
 BROWSER_CONFIG = replace(
-    TEST_CONFIG, grace_period=6.0, silence_timeout=6.0, probe_after=4.0, room_close_delay=1.0
+    TEST_CONFIG,
+    grace_period=6.0,
+    silence_timeout=6.0,
+    probe_after=4.0,
+    media_probe_after=4.0,
+    media_silence_timeout=6.0,
+    socket_probe_after=4.0,
+    room_close_delay=1.0,
 )
 
 

@@ -204,7 +204,11 @@ class RawClient:
         self.ice = RTCIceTransport(self.gatherer)
         self.dtls = RTCDtlsTransport(self.ice, [RTCCertificate.generateCertificate()])
 
-    async def connect(self, server: WebRtcTransport) -> None:
+    async def connect(
+        self, server: WebRtcTransport, *, fingerprints: list[dict[str, str]] | None = None
+    ) -> None:
+        """Connect as a browser would; ``fingerprints``: tell the server these
+        instead of our certificate's (a DTLS failure to provoke)."""
         await self.gatherer.gather()
         candidate = server.ice_candidates[0]
         await self.ice.addRemoteCandidate(
@@ -221,14 +225,11 @@ class RawClient:
         await self.ice.addRemoteCandidate(None)
         local = self.dtls.getLocalParameters()
         # The controlling side's DTLS is the server (aiortc's "auto"), so ours is the client.
-        await server.connect(
-            {
-                "role": "server",
-                "fingerprints": [
-                    {"algorithm": f.algorithm, "value": f.value} for f in local.fingerprints
-                ],
-            }
-        )
+        if fingerprints is None:
+            fingerprints = [
+                {"algorithm": f.algorithm, "value": f.value} for f in local.fingerprints
+            ]
+        await server.connect({"role": "server", "fingerprints": fingerprints})
         params = server.ice_parameters
         await self.ice.start(
             RTCIceParameters(

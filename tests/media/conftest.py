@@ -9,6 +9,7 @@ import pytest
 from media import Router, Worker, WorkerSettings
 
 from .clients import Client
+from .object_harness import RawClients
 
 
 @pytest.fixture
@@ -30,3 +31,11 @@ async def clients(router: Router) -> AsyncIterator[list[Client]]:
     yield made
     for client in made:
         await client.close()
+
+
+@pytest.fixture
+async def raw_clients() -> AsyncIterator[RawClients]:
+    """Raw ICE/DTLS-SRTP clients (``object_harness.RawClients``), closed at the end."""
+    made = RawClients()
+    yield made
+    await made.close()

@@ -8,8 +8,16 @@ from dataclasses import dataclass
 
 
 def _udp_inodes() -> set[str]:
+    return _inodes("/proc/net/udp", "/proc/net/udp6")
+
+
+def _tcp_inodes() -> set[str]:
+    return _inodes("/proc/net/tcp", "/proc/net/tcp6")
+
+
+def _inodes(*tables: str) -> set[str]:
     inodes: set[str] = set()
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
+    for table in tables:
         try:
             with open(table) as f:
                 next(f)
@@ -24,6 +32,8 @@ class ProcessResources:
     file_descriptors: int
     udp_sockets: int
     tasks: int
+    tcp_sockets: int = 0
+    """Listening and connected TCP sockets (ICE-TCP) of this process."""
 
     @classmethod
     def now(cls) -> ProcessResources:
@@ -34,9 +44,11 @@ class ProcessResources:
             except OSError:
                 continue
         udp = _udp_inodes()
+        tcp = _tcp_inodes()
         sockets = [link[8:-1] for link in links if link.startswith("socket:[")]
         return cls(
             file_descriptors=len(links),
             udp_sockets=sum(1 for inode in sockets if inode in udp),
             tasks=len(asyncio.all_tasks()),
+            tcp_sockets=sum(1 for inode in sockets if inode in tcp),
         )

@@ -18,8 +18,9 @@ from aiortc.mediastreams import VideoStreamTrack
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
 from media import Router
-from media.rtp_packet import build_remb
-from media.rtp_parameters import ABS_SEND_TIME_URI
+from media.rtp_packet import build_remb, iter_rtcp
+from media.rtp_parameters import ABS_SEND_TIME_URI, TRANSPORT_CC_URI
+from media.transport_cc import parse_feedback
 
 from .clients import Client, RawClient, count_frames, join
 from .test_leaks import video_parameters
@@ -194,6 +195,109 @@ async def test_video_with_abs_send_time_is_answered_with_remb_and_audio_only_cou
         await sender.send_srtp(rtp_with_send_time(96, 0xB, 0, loop.time()))
         await wait_until(lambda: transport.rembs_sent == 1, 2, "a REMB for the video")
         assert transport.available_incoming_bitrate == INITIAL_INCOMING
+    finally:
+        await sender.close()
+        transport.close()
+
+
+TCC_ID = 5  # the router's preferred id for the transport-wide extension
+
+
+def rtp_with_transport_cc(ssrc: int, seq: int, wide_seq: int, sent: float) -> bytes:
+    """A video packet as Chrome sends it with transport-cc: abs-send-time and the wide number."""
+    value = int(sent * (1 << 18)) & 0xFFFFFF
+    block = struct.pack(
+        "!HHIBHB", 0xBEDE, 2, (AST_ID << 4 | 2) << 24 | value, TCC_ID << 4 | 1, wide_seq, 0
+    )
+    return struct.pack("!BBHII", 0x90, 96, seq, seq * 3000, ssrc) + block + bytes(800)
+
+
+def spy_on_rtcp(client: RawClient) -> list[bytes]:
+    """Every decrypted RTCP packet the raw client receives, split."""
+    received: list[bytes] = []
+    handle = client.dtls._handle_rtcp_data
+
+    async def record(data: bytes) -> None:
+        received.extend(packet for _, _, packet in iter_rtcp(data))
+        await handle(data)
+
+    client.dtls._handle_rtcp_data = record
+    return received
+
+
+async def test_a_sender_with_transport_cc_gets_arrival_feedback_and_no_remb(
+    router: Router,
+) -> None:
+    transport = await router.create_webrtc_transport()
+    params = producer_parameters("video", 0xB)
+    params["headerExtensions"].append({"uri": TRANSPORT_CC_URI, "id": TCC_ID})
+    params["codecs"][0]["rtcpFeedback"] = [{"type": "transport-cc", "parameter": ""}]
+    producer = await transport.produce(kind="video", rtp_parameters=params)
+    sender = RawClient()
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(sender.connect(transport), 10)
+        await wait_until(lambda: transport.dtls_state == "connected", 5, "DTLS")
+        rtcp = spy_on_rtcp(sender)
+
+        lost = {7, 8, 30}
+        for seq in range(60):
+            if seq not in lost:  # the wide numbers a lossy path did not deliver
+                await sender.send_srtp(rtp_with_transport_cc(0xB, seq, 1000 + seq, loop.time()))
+            await asyncio.sleep(0.005)
+        await wait_until(lambda: producer.packet_count == 60 - len(lost), 2, "the video")
+
+        def feedback() -> dict[int, int | None]:
+            out: dict[int, int | None] = {}
+            for packet in rtcp:
+                if packet[1] == 205 and packet[0] & 0x1F == 15:
+                    base, arrivals = parse_feedback(packet)
+                    out.update({base + i: a for i, a in enumerate(arrivals)})
+            return out
+
+        await wait_until(lambda: 1059 in feedback(), 2, "feedback for the last packet")
+        got = feedback()
+        assert sorted(got) == list(range(1000, 1060))
+        assert {seq for seq, arrival in got.items() if arrival is None} == {1000 + s for s in lost}
+        times = [arrival for arrival in got.values() if arrival is not None]
+        assert times == sorted(times)  # sent 5 ms apart, in order
+        # The sender estimates from these itself: no REMB, although abs-send-time is there too.
+        assert transport.rembs_sent == 0
+    finally:
+        await sender.close()
+        transport.close()
+    assert transport._transport_cc_timer is None
+
+
+async def test_packets_sent_before_produce_are_reported_once_the_extension_id_is_known(
+    router: Router,
+) -> None:
+    """Chrome probes its bandwidth as soon as DTLS is up, a round trip before
+    ``produce`` tells the server which id the transport-wide number has."""
+    transport = await router.create_webrtc_transport()
+    sender = RawClient()
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(sender.connect(transport), 10)
+        await wait_until(lambda: transport.dtls_state == "connected", 5, "DTLS")
+        rtcp = spy_on_rtcp(sender)
+        for seq in range(10):  # the start-up probe: nobody knows the ids yet
+            await sender.send_srtp(rtp_with_transport_cc(0xB, seq, 500 + seq, loop.time()))
+        await wait_until(lambda: transport.bytes_received > 10 * 800, 2, "the probe")
+
+        params = producer_parameters("video", 0xB)
+        params["headerExtensions"].append({"uri": TRANSPORT_CC_URI, "id": TCC_ID})
+        await transport.produce(kind="video", rtp_parameters=params)
+
+        def reported() -> set[int]:
+            out: set[int] = set()
+            for packet in rtcp:
+                if packet[1] == 205 and packet[0] & 0x1F == 15:
+                    base, arrivals = parse_feedback(packet)
+                    out.update(base + i for i, a in enumerate(arrivals) if a is not None)
+            return out
+
+        await wait_until(lambda: reported() == set(range(500, 510)), 2, "the probe's feedback")
     finally:
         await sender.close()
         transport.close()

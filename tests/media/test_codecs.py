@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
 from media.codecs import h264
@@ -54,6 +55,126 @@ def test_a_7_bit_picture_id_is_rewritten_as_15_bits() -> None:
     again = parsed(bytes(out))
     assert (again.picture_id, again.picture_id_wide, again.tl0) == (0x4321, True, 200)
     assert len(out) == len(payload) + 1
+
+
+def reference_fields(payload: bytes) -> tuple[object, ...] | None:
+    """RFC 7741 section 4.2, read the plain way: (key frame, PictureID, its offset,
+    15 bits, TL0PICIDX, its offset, TID, Y), or None if it does not parse."""
+    if not payload:
+        return None
+    first, pos = payload[0], 1
+    picture = picture_pos = tl0 = tl0_pos = -1
+    wide = False
+    tid, sync = 0, True
+    if first & 0x80:
+        if len(payload) < 2:
+            return None
+        ext, pos = payload[1], 2
+        if ext & 0x80:
+            if len(payload) <= pos:
+                return None
+            picture_pos, wide = pos, bool(payload[pos] & 0x80)
+            if wide and len(payload) <= pos + 1:
+                return None
+            picture = ((payload[pos] & 0x7F) << 8 | payload[pos + 1]) if wide else payload[pos]
+            pos += 2 if wide else 1
+        if ext & 0x40:
+            if len(payload) <= pos:
+                return None
+            tl0, tl0_pos, pos = payload[pos], pos, pos + 1
+        if ext & 0x30:
+            if len(payload) <= pos:
+                return None
+            if ext & 0x20:
+                tid, sync = payload[pos] >> 6, bool(payload[pos] & 0x20)
+            pos += 1
+    key = len(payload) > pos and first & 0x17 == 0x10 and not payload[pos] & 1
+    return key, picture, picture_pos, wide, tl0, tl0_pos, tid, sync
+
+
+def test_every_descriptor_parses_as_rfc_7741_reads_it() -> None:
+    # The parser has a short path for what browsers send (X, I with 15 bits, L,
+    # T): it must agree with the plain reading on that and on everything else.
+    rng = random.Random(7741)
+    d = Vp8Descriptor()
+    for _ in range(5000):
+        first = rng.choice([0x10, 0x90, 0x80, 0x00, 0x91, 0xB0, rng.randrange(256)])
+        ext = rng.choice([0xE0, 0xF0, 0xC0, 0x80, 0x60, 0x20, 0x10, 0x00, rng.randrange(256)])
+        body = bytes([first, ext]) + bytes(rng.randrange(256) for _ in range(6))
+        payload = body[: rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 8])]
+        if rng.random() < 0.5 and len(payload) > 2:
+            payload = payload[:2] + bytes([payload[2] | 0x80]) + payload[3:]  # M: 15 bits
+        parse_descriptor(d, payload, 0, len(payload))
+        expected = reference_fields(payload)
+        assert d.valid == (expected is not None), payload.hex()
+        if expected is None:
+            continue
+        key, picture, picture_pos, wide, tl0, tl0_pos, tid, sync = expected
+        assert (d.key_frame, d.picture_id, d.tl0, d.tid, d.layer_sync) == (
+            key,
+            picture,
+            tl0,
+            tid,
+            sync,
+        ), payload.hex()
+        if picture >= 0:
+            assert (d.picture_id_pos, d.picture_id_wide) == (picture_pos, wide), payload.hex()
+        if tl0 >= 0:
+            assert d.tl0_pos == tl0_pos, payload.hex()
+        # Within a buffer, at an offset, and with a payload behind it.
+        packet = bytes(12) + payload + bytes(rng.randrange(3))
+        again = Vp8Descriptor()
+        parse_descriptor(again, packet, 12, 12 + len(payload))
+        assert (again.valid, again.picture_id, again.tl0, again.tid, again.layout) == (
+            d.valid,
+            d.picture_id,
+            d.tl0,
+            d.tid,
+            d.layout,
+        )
+
+
+def test_the_layout_says_which_fields_there_are_and_how_wide_the_picture_id_is() -> None:
+    full = parsed(vp8_payload(picture_id=0x1234, tl0=7, tid=1))
+    layouts = {
+        full.layout,
+        parsed(vp8_payload(picture_id=5, wide=False, tl0=7, tid=1)).layout,
+        parsed(vp8_payload(picture_id=0x1234, tid=1)).layout,
+        parsed(vp8_payload(picture_id=0x1234, tl0=7)).layout,
+        parsed(vp8_payload()).layout,
+    }
+
+    assert len(layouts) == 5
+    # The values do not matter, only which fields there are (and so where they are).
+    other = parsed(vp8_payload(picture_id=99, tl0=200, tid=2, layer_sync=True, key=True))
+    assert other.layout == full.layout and other.picture_id_pos == full.picture_id_pos
+
+
+def test_a_descriptor_reused_for_a_packet_that_does_not_parse_is_reset() -> None:
+    d = parsed(vp8_payload(picture_id=0x1234, tl0=7, tid=2, key=True))
+
+    parse_descriptor(d, bytes([0x90, 0xE0, 0x81]), 0, 3)  # 15-bit PictureID cut short
+
+    assert not d.valid and not d.key_frame
+    assert (d.picture_id, d.tl0, d.tid, d.layer_sync, d.layout) == (-1, -1, 0, True, -1)
+
+
+def test_a_field_the_packet_does_not_have_is_not_written() -> None:
+    # A picture's first packet decides its numbers; a later packet of it may
+    # lack a field (a sender's choice): nothing is written where it would be.
+    bare = vp8_payload(start=False)
+    assert write_descriptor(bytearray(bare), parsed(bare), 0x4321, 200) == bare
+
+    tl0_only = vp8_payload(tl0=9, tid=0)
+    out = write_descriptor(bytearray(tl0_only), parsed(tl0_only), 0x4321, 200)
+    again = parsed(bytes(out))
+    assert (again.picture_id, again.tl0, len(out)) == (-1, 200, len(tl0_only))
+
+    picture_only = vp8_payload(picture_id=5, wide=False, tid=1)
+    out = write_descriptor(bytearray(picture_only), parsed(picture_only), 0x4321, 200)
+    again = parsed(bytes(out))
+    assert (again.picture_id, again.tl0, again.tid) == (0x4321, -1, 1)
+    assert out[4:] == picture_only[3:]  # one byte longer, the rest intact
 
 
 # -- the per-consumer rewriter ---------------------------------------------------------------

@@ -61,7 +61,7 @@ def make_errors(clock: FakeClock, interval: float = 60.0) -> tuple[DatagramError
 
 def test_every_kind_starts_at_zero_so_metrics_export_each_one() -> None:
     assert new_error_counts() == dict.fromkeys(
-        ("stun", "dtls", "srtp", "rtp", "rtcp", "sctp", "internal"), 0
+        ("stun", "dtls", "srtp", "rtp", "rtcp", "sctp", "tcp", "internal"), 0
     )
     assert tuple(new_error_counts()) == ERROR_KINDS
 

@@ -21,6 +21,7 @@ from media.ice_lite import (
     IceChange,
     IceLiteServer,
     IceState,
+    Path,
 )
 
 TIMEOUT = 30.0
@@ -65,7 +66,7 @@ def binding_request(
 def check(
     server: IceLiteServer,
     now: float,
-    addr: Address = CLIENT,
+    addr: Path = CLIENT,
     **kwargs: Any,
 ) -> BindingResult:
     return server.handle_binding(bytes(binding_request(server, **kwargs)), addr, now)
@@ -136,6 +137,50 @@ def test_the_first_valid_check_selects_its_tuple_and_connects() -> None:
     assert result.change is IceChange.TUPLE_SELECTED
     assert server.state is IceState.CONNECTED
     assert server.selected_tuple == CLIENT
+
+
+class Connection:
+    """A stream path (ICE-TCP): equal only to itself."""
+
+    def __init__(self, remote: Address) -> None:
+        self.remote_address = remote
+
+
+def test_a_check_on_a_connection_is_answered_with_its_remote_address_and_selects_it() -> None:
+    server = make_server()
+    connection = Connection(CLIENT)
+
+    result = check(server, now=1.0, addr=connection, use_candidate=True)
+
+    assert result.authenticated and result.change is IceChange.TUPLE_SELECTED
+    assert parse_response(result).attributes["XOR-MAPPED-ADDRESS"] == CLIENT
+    assert server.selected_tuple is connection
+    # The same (ip, port) over UDP is another path: nominating it moves the selection.
+    assert (
+        check(server, now=2.0, addr=CLIENT, use_candidate=True).change is IceChange.TUPLE_SELECTED
+    )
+    assert server.selected_tuple == CLIENT and server.selected_tuple is not connection
+
+
+def test_an_unauthenticated_check_is_not_authenticated() -> None:
+    server = make_server()
+    assert not check(server, now=1.0, password="wrong-password-wrong-password").authenticated
+
+
+def test_losing_the_selected_connection_disconnects_until_the_next_check() -> None:
+    server = make_server()
+    first, second = Connection(CLIENT), Connection(OTHER_CLIENT)
+    check(server, now=1.0, addr=first, use_candidate=True)
+
+    assert not server.path_lost(second)  # not the selected one: nothing changes
+    assert server.state is IceState.COMPLETED
+    assert server.path_lost(first)
+    assert (server.state, server.selected_tuple) == (IceState.DISCONNECTED, None)
+    assert server.consent_deadline() is None
+
+    # A plain check on any path selects it again.
+    assert check(server, now=2.0, addr=second).change is IceChange.TUPLE_SELECTED
+    assert (server.state, server.selected_tuple) == (IceState.CONNECTED, second)
 
 
 def test_a_first_check_with_use_candidate_completes_at_once() -> None:

@@ -1,14 +1,16 @@
 """After any sequence of creates and closes, nothing is left behind.
 
 500 server-side cycles exercise every close path of the ownership tree; a few
-more run with real clients connected and media flowing.  Afterwards the file
-descriptors, UDP sockets, asyncio tasks, every registry and every media object
-must be back where they started.
+more run with real clients connected and media flowing, and more with ICE-TCP
+connections in every state (validated, refused, silent, lost).  Afterwards the
+file descriptors, UDP and TCP sockets, asyncio tasks, ports, every registry and
+every media object must be back where they started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import random
 from typing import Any
@@ -23,10 +25,13 @@ from media import (
     Router,
     WebRtcTransport,
     Worker,
+    WorkerSettings,
 )
+from media.tcp_listener import TcpConnection
 
 from .clients import Client, count_frames
 from .resources import ProcessResources
+from .test_ice_tcp import TcpClient
 
 MEDIA_CLASSES = (Router, WebRtcTransport, Producer, Consumer, DataProducer, DataConsumer)
 
@@ -161,3 +166,64 @@ async def test_500_create_close_cycles_return_every_resource_to_its_starting_cou
     worker.close()
     del router
     assert live_media_objects() == {cls.__name__: 0 for cls in MEDIA_CLASSES}
+
+
+async def tcp_cycle(router: Router, variant: int) -> None:
+    """A transport with ICE-TCP connections in every state, closed one way or another."""
+    transport = await router.create_webrtc_transport(enable_udp=variant % 3 != 0)
+    clients = [await TcpClient.connect(transport) for _ in range(1 + variant % 3)]
+    await clients[0].check(transport)  # validated and selected
+    if len(clients) > 1:
+        clients[1].send(b"\x16\xfe\xfd" + bytes(20))  # not STUN: the server closes it
+        assert await clients[1].closed_by_server()
+    # clients[2], if any, stays silent (open, unvalidated)
+    step = variant % 4
+    if step == 0:
+        transport.close()
+    elif step == 1:
+        clients[0].close()  # the selected path goes away first
+        for _ in range(100):
+            if transport.ice_state == "disconnected":
+                break
+            await asyncio.sleep(0.01)
+        assert transport.ice_state == "disconnected"
+        transport.close()
+    elif step == 2:
+        router.close()  # the transport with it
+    else:
+        more = await TcpClient.connect(transport)  # connecting while it closes
+        clients.append(more)
+        transport.close()
+    for client in clients:
+        client.close()
+        with contextlib.suppress(Exception):
+            await client.writer.wait_closed()
+
+
+async def test_ice_tcp_listeners_and_connections_are_all_released() -> None:
+    worker = Worker(WorkerSettings(consent_timeout=10.0, tcp_stun_timeout=0.2))
+    router = await worker.create_router()
+    await tcp_cycle(router, 0)  # warm up
+    await asyncio.sleep(0.3)
+    before = ProcessResources.now()
+    objects_before = live_media_objects()
+
+    for variant in range(80):
+        if router.closed:
+            router = await worker.create_router()
+        await tcp_cycle(router, variant)
+    await asyncio.sleep(0.5)  # past the STUN timeout of any connection still pending
+
+    assert worker.port_usage()[0] == 0
+    assert worker.port_allocator.tcp_in_use() == 0
+    assert worker.resource_counts()["transports"] == 0
+    after = ProcessResources.now()
+    assert after.tcp_sockets == before.tcp_sockets
+    assert after.udp_sockets == before.udp_sockets
+    assert after.file_descriptors == before.file_descriptors
+    assert after.tasks == before.tasks
+    objects = live_media_objects()
+    objects["Router"] = objects_before["Router"]  # routers were replaced, not leaked
+    assert objects == objects_before
+    assert sum(1 for obj in gc.get_objects() if isinstance(obj, TcpConnection)) == 0
+    worker.close()

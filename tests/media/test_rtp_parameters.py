@@ -18,6 +18,7 @@ from media.rtp_parameters import (
     RID_URI,
     RRID_URI,
     TOFFSET_URI,
+    TRANSPORT_CC_URI,
     VIDEO_FEEDBACK,
     VIDEO_ORIENTATION_URI,
     Json,
@@ -190,7 +191,7 @@ def test_an_audio_codec_without_channels_gets_one() -> None:
     assert caps["codecs"][0]["channels"] == 1
 
 
-def test_router_video_codecs_offer_nack_pli_fir_and_remb_each_in_its_own_copy() -> None:
+def test_router_video_codecs_offer_nack_pli_fir_remb_and_transport_cc_in_own_copies() -> None:
     caps = generate_router_rtp_capabilities(DEFAULT_MEDIA_CODECS)
     media = [c for c in caps["codecs"] if c["kind"] == "video" and c["mimeType"] != "video/rtx"]
 
@@ -198,13 +199,14 @@ def test_router_video_codecs_offer_nack_pli_fir_and_remb_each_in_its_own_copy() 
         assert codec["rtcpFeedback"] == VIDEO_FEEDBACK
     media[0]["rtcpFeedback"].clear()
     assert media[1]["rtcpFeedback"] == VIDEO_FEEDBACK
-    # mediasoup's shapes; goog-remb makes browsers obey our REMB and send theirs.
-    # No transport-cc: nothing here would answer it.
+    # mediasoup's shapes: a sender keeps transport-cc when it negotiates the
+    # transport-wide extension (media.transport_cc answers it), else goog-remb.
     assert VIDEO_FEEDBACK == [
         {"type": "nack", "parameter": ""},
         {"type": "nack", "parameter": "pli"},
         {"type": "ccm", "parameter": "fir"},
         {"type": "goog-remb", "parameter": ""},
+        {"type": "transport-cc", "parameter": ""},
     ]
 
 
@@ -225,13 +227,16 @@ def test_router_capabilities_offer_the_header_extensions_with_mediasoup_ids() ->
         ("video", RRID_URI): 3,
         ("audio", ABS_SEND_TIME_URI): 4,
         ("video", ABS_SEND_TIME_URI): 4,
+        ("audio", TRANSPORT_CC_URI): 5,
+        ("video", TRANSPORT_CC_URI): 5,
         ("audio", AUDIO_LEVEL_URI): 10,
         ("video", VIDEO_ORIENTATION_URI): 11,
         ("video", TOFFSET_URI): 12,
     }
-    for ext in exts.values():
+    for (_, uri), ext in exts.items():
         assert ext["preferredEncrypt"] is False
-        assert ext["direction"] == "sendrecv"
+        # Only the router receives transport-wide numbers (mediasoup's "recvonly").
+        assert ext["direction"] == ("recvonly" if uri == TRANSPORT_CC_URI else "sendrecv")
 
 
 @pytest.mark.parametrize(
@@ -569,7 +574,8 @@ def test_the_consumable_parameters_describe_the_stream_in_router_terms() -> None
                 "payloadType": vp8,
                 "clockRate": 90000,
                 "parameters": {},
-                "rtcpFeedback": VIDEO_FEEDBACK,
+                # Not transport-cc: nothing we send carries transport-wide numbers.
+                "rtcpFeedback": [fb for fb in VIDEO_FEEDBACK if fb["type"] != "transport-cc"],
             },
             {
                 "mimeType": "video/rtx",

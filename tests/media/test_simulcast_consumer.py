@@ -8,17 +8,22 @@ sent to its receiver.
 from __future__ import annotations
 
 import itertools
+import random
 import struct
 
 import pytest
 
 from media.errors import InvalidParametersError
-from media.rtp_packet import RTCP_SR, build_nack, iter_rtcp, parse_nack
+from media.rtp_packet import RTCP_SR, build_nack, header_length, iter_rtcp, parse_nack
+from media.rtp_stream import RecvStream
+from media.seq_manager import SeqManager
+from media.simulcast_consumer import SimulcastConsumer
 
 from .simulcast_harness import (
     CONSUMER_RTX_SSRC,
     CONSUMER_SSRC,
     FRAME_TICKS,
+    L1T3,
     ConsumerSide,
     Sent,
     Simulcast,
@@ -496,3 +501,162 @@ def test_a_packet_whose_header_overruns_it_breaks_nothing() -> None:
     # payload without a VP8 descriptor does (mediasoup forwards those too).
     assert len(side.take()) == 2
     assert consumer.current_layers == layers(2, 2)
+
+
+# -- what a packet costs: the run, in-place writes, who is handed what ----------------------------
+
+
+def frame(sim: Simulcast, index: int, count: int, *, key: bool = False) -> list[bytearray]:
+    """The next frame of encoding ``index`` in ``count`` packets (one picture)."""
+    tid = 0 if key else L1T3[sim.layers[index].frame % 4]
+    packets = [sim.packet(index, key=key, tid=tid, marker=count == 1, size=300)]
+    for i in range(1, count):
+        packets.append(
+            sim.packet(
+                index, tid=tid, start=False, new_frame=False, marker=i == count - 1, size=300
+            )
+        )
+    return packets
+
+
+def without_the_run(consumer: SimulcastConsumer) -> SimulcastConsumer:
+    """Every packet through the managers, as before there was a run."""
+    first = consumer._send_first
+
+    def first_only(packet: bytearray, seq: int, stream: RecvStream) -> None:
+        first(packet, seq, stream)
+        consumer._run_next = -1
+
+    consumer._send_first = first_only  # type: ignore[method-assign]
+    return consumer
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_the_run_sends_what_the_managers_would_send_packet_for_packet(seed: int) -> None:
+    # Multi-packet pictures with losses, duplicates, reordering and padding, a
+    # spatial and a temporal layer change: each consumer's packets must be
+    # exactly its twin's, whose every packet goes through the managers.  The
+    # four write into the same producer buffers in turn (a, c, b, d), with
+    # different numbers: none may read another's.
+    rng = random.Random(seed)
+    sim = Simulcast()
+    a, side_a = sim.consumer()
+    c, side_c = sim.consumer(preferred_layers=layers(2, 1))
+    b, side_b = sim.consumer()
+    d, side_d = sim.consumer(preferred_layers=layers(2, 1))
+    without_the_run(b)
+    without_the_run(d)
+    for consumer, first in ((a, 1000), (b, 1000), (c, 30000), (d, 30000)):
+        consumer._seq = SeqManager(16, initial_output=first)
+    firsts = 0
+    send_first = a._send_first
+
+    def counted(packet: bytearray, seq: int, stream: RecvStream) -> None:
+        nonlocal firsts
+        firsts += 1
+        send_first(packet, seq, stream)
+
+    a._send_first = counted  # type: ignore[method-assign]
+
+    for number in range(150):
+        if number == 50:
+            await a.set_preferred_layers(layers(1, 1))
+            await b.set_preferred_layers(layers(1, 1))
+        if number == 100:
+            await a.set_preferred_layers(layers(2, 2))
+            await b.set_preferred_layers(layers(2, 2))
+        key = number % 30 == 0
+        for index, count in ((0, 1), (1, rng.randint(1, 3)), (2, rng.randint(1, 7))):
+            packets = frame(sim, index, count, key=key)
+            out: list[bytearray] = []
+            for packet in packets:
+                roll = rng.random()
+                if roll < 0.04 and not key:
+                    continue  # lost
+                out.append(packet)
+                if roll > 0.97:
+                    out.append(bytearray(packet))  # repeated
+                elif roll > 0.94:
+                    out.append(sim.packet(index, padding=100, new_frame=False))
+            if len(out) > 2 and rng.random() < 0.2:
+                i = rng.randrange(len(out) - 1)
+                out[i], out[i + 1] = out[i + 1], out[i]
+            for packet in out:
+                sim.receive(index, packet)
+        sim.clock.now += 1 / 30
+        if number % 8 == 0:
+            sim.producer.tick(sim.clock.now)
+
+    sent_a, sent_b, sent_c, sent_d = (s.take() for s in (side_a, side_b, side_c, side_d))
+    assert len(sent_a) > 300 and len(sent_c) > 200
+    assert [s.data for s in sent_a] == [s.data for s in sent_b]
+    assert [s.data for s in sent_c] == [s.data for s in sent_d]
+    assert len(sent_a) - firsts > 100  # so many packets at least took the run
+    # Retransmissions are what was sent, run or not.
+    asked = [s.seq for s in sent_a[-40:]]
+    a.receive_nack(asked)
+    b.receive_nack(asked)
+    assert [s.data for s in side_a.take()] == [s.data for s in side_b.take()]
+
+
+def test_a_retransmission_of_a_packet_sent_in_a_run_is_what_was_sent() -> None:
+    sim = Simulcast()
+    consumer, side = sim.consumer()
+    _other, other_side = sim.consumer(preferred_layers=layers(2, 1))
+    forwarding(sim, side, 2)
+    for packet in frame(sim, 2, 5):
+        sim.receive(2, packet)
+    sent = side.take()
+    assert len(sent) == 5 and consecutive(sent)
+    other_side.take()
+
+    consumer.receive_nack([s.seq for s in sent[1:4]])
+
+    rtx = side.take()
+    assert [r.ssrc for r in rtx] == [CONSUMER_RTX_SSRC] * 3
+    for original, again in zip(sent[1:4], rtx, strict=True):
+        assert again.data[12:14] == struct.pack("!H", original.seq)
+        assert again.data[14:] == original.data[12:]
+        assert again.timestamp == original.timestamp
+
+
+def test_the_producers_buffer_keeps_its_payload_and_is_found_by_number() -> None:
+    sim = Simulcast()
+    _consumer, side = sim.consumer()
+    forwarding(sim, side, 2)
+    packets = frame(sim, 2, 3)
+    originals = [bytes(p) for p in packets]
+    for packet in packets:
+        sim.receive(2, packet)
+
+    stream = sim.producer.streams[2]
+    for original in originals:
+        cached = stream.cached_packet(struct.unpack_from("!H", original, 2)[0])
+        assert cached is not None
+        start = header_length(cached)
+        # Our numbers are written in place: the header and PictureID/TL0PICIDX
+        # are the consumer's; the rest of the payload is the producer's.
+        assert cached[start + 6 :] == original[start + 6 :]
+    assert [s.data[12:] for s in side.take()] != [o[12:] for o in originals]
+
+
+async def test_a_stream_hands_its_packets_only_to_consumers_that_forward_or_await_it() -> None:
+    sim = Simulcast()
+    consumer, _side = sim.consumer()
+    streams = sim.producer.streams
+    sim.send_all(1)
+    assert [s.sinks for s in streams] == [(), (), (consumer,)]  # waiting for r2's key frame
+    sim.send(2, key=True)
+    assert [s.sinks for s in streams] == [(), (), (consumer,)]
+
+    await consumer.set_preferred_layers(layers(0, 2))
+    assert [s.sinks for s in streams] == [(consumer,), (), (consumer,)]
+    sim.send(0, key=True)
+    assert [s.sinks for s in streams] == [(consumer,), (), ()]
+
+    await consumer.pause()
+    assert [s.sinks for s in streams] == [(), (), ()]
+    await consumer.resume()
+    assert [s.sinks for s in streams] == [(consumer,), (), ()]
+    consumer.close()
+    assert [s.sinks for s in streams] == [(), (), ()]

@@ -109,7 +109,7 @@ async def test_a_resume_token_without_a_jwt_resumes_nothing(secured: Server) -> 
 
     assert await closed_with(thief) == 4401
     session = secured.registry.by_peer[("room", "alice")]
-    assert session.state.value == "reconnecting" and session.connection is None
+    assert session.state.value == "reconnecting" and session.connection_id is None
 
 
 async def test_another_users_token_with_alices_resume_token_resumes_nothing(

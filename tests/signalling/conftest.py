@@ -24,6 +24,10 @@ TEST_CONFIG = replace(
     grace_period=1.0,
     silence_timeout=3.0,
     probe_after=2.0,
+    # The media rule with the same timings (production: 6 s / 10 s / 15 s).
+    media_probe_after=2.0,
+    media_silence_timeout=3.0,
+    socket_probe_after=2.0,
     stale_after=60.0,
     sweep_interval=30.0,
     room_close_delay=0.5,

@@ -45,6 +45,13 @@ def test_nothing_given_means_the_defaults() -> None:
     assert (config.host, config.port) == ("127.0.0.1", 8765)
     assert config.metrics_port == 9102
     assert (config.rtc_min_port, config.rtc_max_port) == (40000, 49999)
+    # ICE-TCP on, so that UDP-blocked clients can join; UDP keeps the higher priority.
+    assert (config.rtc_enable_tcp, config.rtc_prefer_udp, config.rtc_prefer_tcp) == (
+        True,
+        False,
+        False,
+    )
+    assert config.rtc_max_tcp_connections == 8
     assert config.consent_timeout == 30.0
     assert config.liveness == LivenessPolicy()
     assert config.liveness.takeover is TakeoverPolicy.TAKEOVER
@@ -96,11 +103,15 @@ OTHER_VALUES = {
     "rtc_announced_address": "203.0.113.7",
     "rtc_min_port": "41000",
     "rtc_max_port": "45000",
+    "rtc_enable_tcp": "off",
+    "rtc_prefer_udp": "on",
+    "rtc_prefer_tcp": "on",
+    "rtc_max_tcp_connections": "3",
     "consent_timeout": "31",
     "liveness.heartbeat_interval": "31",
     "liveness.grace_period": "11",
     "liveness.silence_timeout": "21",
-    "liveness.probe_after": "16",
+    "liveness.probe_after": "12",
     "liveness.stale_after": "121",
     "liveness.sweep_interval": "31",
     "liveness.inactivity_limit": "1000",
@@ -118,6 +129,16 @@ OTHER_VALUES = {
     "log_level": "DEBUG",
     "gc_freeze": "false",
     "gc_collect_interval": "600",
+    "tick_interval": "0.05",
+    "liveness.media_probe_after": "4",
+    "liveness.media_silence_timeout": "8",
+    "liveness.socket_probe_after": "12",
+    "probe_chunk": "64",
+    "ws_close_timeout": "5",
+    "ws_max_queue": "32",
+    "ws_write_high_water": "65536",
+    "speech_interval": "1.5",
+    "refusal_log_interval": "30",
     "token_jwks": str(Path(__file__).with_name("jwks_example.json")),
     "token_leeway": "31",
     "token_max_lifetime": "3600",
@@ -318,6 +339,8 @@ def test_a_bad_choice_lists_the_choices() -> None:
         (["--rtc-min-port", "0", "--rtc-max-port", "100"], "rtc_min_port"),
         (["--rtc-min-port", "100", "--rtc-max-port", "0"], "rtc_max_port"),
         (["--rtc-listen-ip", "localhost"], "rtc_listen_ip"),
+        (["--rtc-max-tcp-connections", "0"], "rtc_max_tcp_connections"),
+        (["--rtc-enable-tcp", "maybe"], "rtc_enable_tcp"),
         (["--rtc-listen-ip", "0.0.0.0"], "rtc_listen_ip"),
         (["--rtc-listen-ip", "::"], "rtc_listen_ip"),
         (["--consent-timeout", "9.9"], "consent_timeout"),
@@ -463,3 +486,14 @@ def test_replace_refuses_an_unknown_field() -> None:
 def test_config_is_immutable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().port = 1  # type: ignore[misc]
+
+
+def test_ice_tcp_can_be_switched_off_or_preferred() -> None:
+    config = parse("--rtc-enable-tcp", "off", "--rtc-max-tcp-connections", "2")
+    assert (config.rtc_enable_tcp, config.rtc_max_tcp_connections) == (False, 2)
+    config = parse(GHOSTLESS_RTC_PREFER_TCP="yes", GHOSTLESS_RTC_PREFER_UDP="0")
+    assert (config.rtc_enable_tcp, config.rtc_prefer_tcp, config.rtc_prefer_udp) == (
+        True,
+        True,
+        False,
+    )

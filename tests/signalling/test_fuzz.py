@@ -114,7 +114,13 @@ class ServerThread:
 
         self.loop.run_until_complete(start())
         self.ready.set()
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            # A loop left open leaks its self-pipe sockets: ResourceWarnings that
+            # surface (as errors) in whichever later test happens to collect them.
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
 
     def call(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)

@@ -21,6 +21,7 @@ from signalling.liveness import (
     Decision,
     End,
     EndReason,
+    InvalidTransition,
     LivenessPolicy,
     Probe,
     Refusal,
@@ -32,10 +33,13 @@ from signalling.liveness import (
 )
 
 # Small, distinct values so every row of the policy is visible in the timings.
+# The media rule (media_probe_after / media_silence_timeout) is off here, so
+# these tests read the WebSocket rule; the media rule has its own tests below.
 POLICY = LivenessPolicy(
     grace_period=10,
     silence_timeout=20,
     probe_after=15,
+    media_silence_timeout=None,
     stale_after=120,
     sweep_interval=30,
 )
@@ -73,7 +77,7 @@ def admit(
         room_id=room,
         user_id=user,
         peer_id=user if peer is None else peer,
-        connection=conn,
+        connection_id=conn,
         resume_token=token,
         now=now,
     )
@@ -138,9 +142,9 @@ def test_a_first_connection_creates_a_new_connecting_session_indexed_everywhere(
     session = admission.session
     assert admission.outcome is AdmissionOutcome.NEW
     assert session is not None
-    assert admission.previous is None and admission.previous_connection is None
+    assert admission.previous is None and admission.previous_connection_id is None
     assert session.state is SessionState.CONNECTING
-    assert session.connection == 7
+    assert session.connection_id == 7
     assert (session.room_id, session.user_id, session.peer_id) == ("room", "alice", "a1")
     assert session.created_at == session.last_heard == session.last_seen == T0
     assert session.last_interaction == T0
@@ -162,10 +166,10 @@ def test_the_same_identity_again_takes_over_and_ends_the_previous_session_as_rep
     assert admission.outcome is AdmissionOutcome.REPLACED
     assert second is not None and second is not first
     assert admission.previous is first
-    assert admission.previous_connection == 1
+    assert admission.previous_connection_id == 1
     assert first.state is SessionState.CLOSED
     assert first.end_reason is EndReason.REPLACED
-    assert second.state is SessionState.CONNECTING and second.connection == 2
+    assert second.state is SessionState.CONNECTING and second.connection_id == 2
     assert registry.by_identity[("room", "alice")] is second
     assert registry.by_peer[("room", "alice")] is second
     assert first.id not in registry.by_id
@@ -182,8 +186,8 @@ def test_with_the_reject_policy_a_second_connection_for_an_identity_is_refused()
 
     assert admission.outcome is AdmissionOutcome.REJECTED
     assert admission.session is None and admission.previous is None
-    assert admission.previous_connection is None
-    assert first.state is SessionState.JOINED and first.connection == 1
+    assert admission.previous_connection_id is None
+    assert first.state is SessionState.JOINED and first.connection_id == 1
     assert registry.by_identity[("room", "alice")] is first
     assert registry.index_sizes() == before
 
@@ -199,7 +203,7 @@ def test_another_user_reusing_a_live_peer_id_in_the_room_is_refused() -> None:
 
     assert admission.outcome is AdmissionOutcome.REJECTED and admission.session is None
     assert admission.refusal is Refusal.PEER_ID_IN_USE
-    assert holder.open and holder.connection == 1
+    assert holder.open and holder.connection_id == 1
     assert registry.by_peer[("room", "p")] is holder
     assert ("room", "mallory") not in registry.by_identity
     assert registry.index_sizes() == before
@@ -253,9 +257,9 @@ def test_a_resume_with_the_right_token_drives_the_same_session_from_the_new_conn
     assert admission.outcome is AdmissionOutcome.RESUMED
     assert admission.session is session
     assert admission.previous is None
-    assert admission.previous_connection == 1  # still open: the caller closes it
+    assert admission.previous_connection_id == 1  # still open: the caller closes it
     assert admission.was_reconnecting is False
-    assert session.state is SessionState.JOINED and session.connection == 2
+    assert session.state is SessionState.JOINED and session.connection_id == 2
     assert session.last_seen == session.last_heard == T0 + 3
     assert session.resume_token != token
     assert registry.by_identity[("room", "alice")] is session
@@ -271,9 +275,9 @@ def test_a_resume_of_a_reconnecting_session_says_it_was_reconnecting() -> None:
 
     assert admission.outcome is AdmissionOutcome.RESUMED and admission.session is session
     assert admission.was_reconnecting is True
-    assert admission.previous_connection is None
+    assert admission.previous_connection_id is None
     assert session.state is SessionState.JOINED
-    assert session.grace_deadline is None and session.connection == 2
+    assert session.grace_deadline is None and session.connection_id == 2
 
 
 def test_a_resume_token_is_good_for_one_resume_only() -> None:
@@ -286,7 +290,7 @@ def test_a_resume_token_is_good_for_one_resume_only() -> None:
 
     assert again.outcome is AdmissionOutcome.REJECTED and again.session is None
     assert again.refusal is Refusal.RESUME_TOKEN_INVALID
-    assert session.open and session.connection == 2
+    assert session.open and session.connection_id == 2
 
 
 def test_a_resume_with_a_wrong_token_displaces_nobody() -> None:
@@ -298,7 +302,7 @@ def test_a_resume_with_a_wrong_token_displaces_nobody() -> None:
 
     assert admission.outcome is AdmissionOutcome.REJECTED
     assert admission.refusal is Refusal.RESUME_TOKEN_INVALID
-    assert session.open and session.connection == 1
+    assert session.open and session.connection_id == 1
     assert registry.index_sizes() == before
 
 
@@ -323,7 +327,7 @@ def test_with_the_reject_policy_a_wrong_token_is_refused_and_the_right_one_resum
 
     assert wrong.outcome is AdmissionOutcome.REJECTED
     assert right.outcome is AdmissionOutcome.RESUMED and right.session is session
-    assert session.connection == 3
+    assert session.connection_id == 3
 
 
 def test_a_resume_token_only_resumes_for_the_same_peer_id_and_user() -> None:
@@ -339,7 +343,7 @@ def test_a_resume_token_only_resumes_for_the_same_peer_id_and_user() -> None:
     assert other_peer.refusal is Refusal.RESUME_TOKEN_INVALID
     assert other_user.outcome is AdmissionOutcome.REJECTED
     assert other_user.refusal is Refusal.PEER_ID_IN_USE
-    assert session.open and session.connection == 1
+    assert session.open and session.connection_id == 1
 
 
 def test_the_same_user_in_different_rooms_has_independent_sessions() -> None:
@@ -443,7 +447,7 @@ def test_a_clean_close_ends_the_session_gracefully(joined: bool) -> None:
     decision = registry.connection_lost(session, 4, T0 + 1, clean=True)
 
     assert decision == End(session, EndReason.GRACEFUL)
-    assert session.connection is None
+    assert session.connection_id is None
     assert registry.index_sizes()["grace_heap"] == 0
 
 
@@ -455,7 +459,7 @@ def test_a_lost_socket_keeps_a_joined_session_reconnecting_for_the_grace_period(
     assert registry.connection_lost(session, 4, lost_at, clean=False) is None
 
     assert session.state is SessionState.RECONNECTING and session.open
-    assert session.connection is None
+    assert session.connection_id is None
     assert session.grace_deadline == lost_at + 10
     assert registry.count_by_state()[SessionState.RECONNECTING] == 1
     assert registry.tick(lost_at + 5) == []
@@ -498,7 +502,7 @@ def test_the_replaced_connection_losing_its_socket_changes_nothing() -> None:
     assert registry.connection_lost(second, 1, T0 + 2, clean=True) is None
 
     assert first.state is SessionState.CLOSED and first.end_reason is EndReason.REPLACED
-    assert second.state is SessionState.JOINED and second.connection == 2
+    assert second.state is SessionState.JOINED and second.connection_id == 2
     assert registry.index_sizes() == before
 
 
@@ -510,7 +514,7 @@ def test_the_previous_connection_closing_after_a_resume_changes_nothing() -> Non
     assert registry.connection_lost(session, 1, T0 + 2, clean=False) is None
     assert registry.connection_lost(session, 1, T0 + 2, clean=True) is None
 
-    assert session.state is SessionState.JOINED and session.connection == 2
+    assert session.state is SessionState.JOINED and session.connection_id == 2
     assert tick_every_second(registry, T0 + 3, T0 + 15) == []
 
 
@@ -906,7 +910,7 @@ def test_ending_a_session_is_idempotent() -> None:
 
     assert session.state is SessionState.CLOSED and not session.open
     assert session.end_reason is EndReason.BEACON  # the first reason sticks
-    assert session.connection is None and session.grace_deadline is None
+    assert session.connection_id is None and session.grace_deadline is None
 
 
 def test_ending_every_session_empties_every_index_and_the_grace_heap_empties_lazily() -> None:
@@ -915,7 +919,7 @@ def test_ending_every_session_empties_every_index_and_the_grace_heap_empties_laz
         new_session(registry, T0, user=f"u{i}", conn=i, joined=i % 3 != 0) for i in range(30)
     ]
     for session in sessions[1::3]:  # joined ones lose their socket: reconnecting
-        registry.connection_lost(session, session.connection or 0, T0 + 1, clean=False)
+        registry.connection_lost(session, session.connection_id or 0, T0 + 1, clean=False)
     assert registry.count_by_state()[SessionState.RECONNECTING] == 10
 
     for session in sessions:
@@ -958,7 +962,7 @@ def test_two_connections_for_one_identity_admitted_back_to_back_leave_only_the_s
 
     assert first.outcome is AdmissionOutcome.NEW
     assert second.outcome is AdmissionOutcome.REPLACED
-    assert second.previous is first.session and second.previous_connection == 1
+    assert second.previous is first.session and second.previous_connection_id == 1
     assert first.session is not None and not first.session.open
     assert registry.by_identity[("room", "alice")] is second.session
     assert len(registry) == 1
@@ -1178,3 +1182,149 @@ def test_a_session_heard_after_the_stall_is_not_ended() -> None:
     decisions = registry.tick(T0 + 56)
     assert not [d for d in decisions if isinstance(d, End)]
     assert session.open
+
+
+def test_a_session_state_changes_only_along_the_allowed_transitions() -> None:
+    registry = SessionRegistry(LivenessPolicy())
+    session = registry.admit(
+        room_id="r", user_id="u", peer_id="p", connection_id=1, resume_token=None, now=0.0
+    ).session
+    assert session is not None
+
+    with pytest.raises(InvalidTransition):
+        session.state = SessionState.RECONNECTING  # a session that never joined cannot
+    registry.joined(session, 1.0)
+    registry.connection_lost(session, 1, 2.0, clean=False)
+    assert session.state is SessionState.RECONNECTING
+    registry.end(session, EndReason.SOCKET_LOST)
+    with pytest.raises(InvalidTransition):
+        session.state = SessionState.JOINED  # closed is final
+    assert session.state is SessionState.CLOSED
+
+
+def test_resuming_a_session_that_never_joined_leaves_it_connecting() -> None:
+    registry = SessionRegistry(LivenessPolicy())
+    session = registry.admit(
+        room_id="r", user_id="u", peer_id="p", connection_id=1, resume_token=None, now=0.0
+    ).session
+    assert session is not None
+
+    resumed = registry.admit(
+        room_id="r",
+        user_id="u",
+        peer_id="p",
+        connection_id=2,
+        resume_token=session.resume_token,
+        now=1.0,
+    )
+
+    assert resumed.session is session and session.connection_id == 2
+    assert session.state is SessionState.CONNECTING
+
+
+# -- the default policy: media makes a frozen client quick to find (issue 12) ---------
+
+
+def default_registry() -> tuple[SessionRegistry, MediaClock]:
+    media = MediaClock()
+    return SessionRegistry(LivenessPolicy(), media, tick_interval=0.1), media
+
+
+def run(
+    registry: SessionRegistry,
+    media: MediaClock,
+    session: Session,
+    start: float,
+    stop: float,
+    *,
+    media_until: float | None = None,
+    media_every: float = 0.02,
+    answers_until: float = float("inf"),
+) -> list[tuple[float, Decision]]:
+    """Tick every 0.1 s; media arrives every ``media_every`` until ``media_until``,
+    probes are answered 50 ms later until ``answers_until``."""
+    seen: list[tuple[float, Decision]] = []
+    pong_at: float | None = None
+    steps = round((stop - start) * 10)
+    for i in range(steps + 1):
+        now = round(start + i / 10, 3)
+        if media_until is not None and now <= media_until:
+            last = media.last.get(session, start)
+            if now - last >= media_every - 1e-9:
+                media.last[session] = now
+        if pong_at is not None and now >= pong_at:
+            registry.heard(session, pong_at)
+            pong_at = None
+        decisions = registry.tick(now)
+        for decision in decisions:
+            if isinstance(decision, Probe) and now < answers_until:
+                pong_at = now + 0.05
+            if isinstance(decision, End):
+                registry.end(decision.session, decision.reason)
+        seen.extend((now, d) for d in decisions)
+    return seen
+
+
+def test_a_frozen_client_with_media_is_released_ten_seconds_after_its_last_packet() -> None:
+    registry, media = default_registry()
+    session = new_session(registry, T0)
+    frozen = T0 + 40.0  # media flowed, pongs came; then the process froze
+
+    seen = run(registry, media, session, T0, T0 + 70, media_until=frozen, answers_until=frozen)
+
+    ends = [(now, d) for now, d in seen if isinstance(d, End)]
+    assert ends == [(ends[0][0], End(session, EndReason.KEEPALIVE_TIMEOUT))]
+    assert 10.0 <= ends[0][0] - frozen <= 10.3
+    assert not any(isinstance(d, SocketDead) for _, d in seen)
+
+
+def test_a_websocket_only_client_is_released_fifteen_seconds_after_it_was_last_heard() -> None:
+    registry, media = default_registry()
+    session = new_session(registry, T0)
+
+    seen = run(registry, media, session, T0, T0 + 30, answers_until=T0)
+
+    assert seen[0] == (T0 + 10, Probe(session))
+    assert seen[-1][1] == End(session, EndReason.KEEPALIVE_TIMEOUT)
+    assert 15.0 <= seen[-1][0] - T0 <= 15.2
+
+
+def test_a_live_client_that_sends_only_consent_checks_is_never_released() -> None:
+    # Alone in the room and muted: ICE consent every 5 s +/- 20 %, nothing else;
+    # a lost check makes a 10-12 s gap, which the answered probe bridges.
+    registry, media = default_registry()
+    session = new_session(registry, T0)
+    media.last[session] = T0
+    seen: list[Decision] = []
+    checks = iter([6.0, 4.0, 12.0, 5.5, 11.0, 4.1, 6.0] * 10)
+    next_check = T0 + next(checks)
+    for i in range(1, 3001):
+        now = T0 + i / 10
+        if now >= next_check:
+            media.last[session] = now
+            next_check = now + next(checks)
+        for decision in registry.tick(now):
+            seen.append(decision)
+            if isinstance(decision, Probe):
+                registry.heard(session, now + 0.05)
+    assert session.open
+    assert not any(isinstance(d, (End, SocketDead)) for d in seen)
+
+
+def test_flowing_media_keeps_keepalive_probes_as_rare_as_before() -> None:
+    # A joined client sending media and its 30 s app pings: probed only after
+    # 15 s of WebSocket silence, once per ping interval, as before the media rule.
+    registry, media = default_registry()
+    session = new_session(registry, T0)
+    probes = 0
+    for i in range(1, 3001):
+        now = T0 + i / 10
+        media.last[session] = now
+        if i % 300 == 0:
+            registry.seen(session, now)  # the app's ping every 30 s
+        for decision in registry.tick(now):
+            assert isinstance(decision, Probe), decision
+            probes += 1
+            registry.heard(session, now + 0.05)
+    assert probes == 10  # one per 30 s ping interval, at 15 s of silence
+    assert media.calls <= 3000 / 10  # not looked at every tick
