@@ -91,9 +91,16 @@ class SeqManager:
 
     def input(self, value: int) -> int:
         """The output number for ``value``; -1 if it must not be sent."""
+        mask = self._bits_mask
+        delta = (value - self._max) & mask
+        if 0 < delta < self._half and self._started:  # newer: the common case
+            top = self._max + delta
+            self._max = top
+            self._dropped_max = False
+            return (top + self._offset) & mask
         if not self._started:
-            self.sync((value - 1) & self._bits_mask)
-        delta = (value - self._max) & self._bits_mask
+            self.sync((value - 1) & mask)
+            delta = (value - self._max) & mask
         if delta == 0:
             return -1 if self._dropped_max else (self._max + self._offset) & self._bits_mask
         if delta < self._half:  # newer: the common case

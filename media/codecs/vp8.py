@@ -179,6 +179,8 @@ class Vp8Rewriter:
         "_last_result",
         "_pictures",
         "_sync",
+        "_tl0_in",
+        "_tl0_out",
         "_tl0s",
         "current_temporal",
         "max_temporal",
@@ -196,6 +198,9 @@ class Vp8Rewriter:
         # The packets of one picture share its fate and numbers: the first decides.
         self._last_picture = -1
         self._last_result: tuple[int, int] | None = None
+        # TL0PICIDX changes on base layer pictures only: the last one asked for.
+        self._tl0_in = -1
+        self._tl0_out = -1
 
     def sync(self) -> None:
         """The next packet processed starts a new stream (a switch, or a resume)."""
@@ -233,6 +238,7 @@ class Vp8Rewriter:
                 pictures.sync(picture - 1)
             if tl0 >= 0:
                 self._tl0s.sync(tl0 - 1)
+            self._tl0_in = -1
             self._sync = False
         current = self.current_temporal
         if d.key_frame:
@@ -257,7 +263,13 @@ class Vp8Rewriter:
         result: tuple[int, int] | None = None
         picture_out = pictures.input(picture) if picture >= 0 else -1
         if picture_out >= 0 or picture < 0:
-            tl0_out = self._tl0s.input(tl0) if tl0 >= 0 else -1
+            if tl0 < 0:
+                tl0_out = -1
+            elif tl0 == self._tl0_in:
+                tl0_out = self._tl0_out  # what the manager answers again (no drops there)
+            else:
+                tl0_out = self._tl0s.input(tl0)
+                self._tl0_in, self._tl0_out = tl0, tl0_out
             if tl0_out >= 0 or tl0 < 0:
                 result = picture_out, tl0_out
                 if tid > current:

@@ -13,8 +13,11 @@ from .object_harness import RawClients
 
 
 @pytest.fixture
-async def worker() -> AsyncIterator[Worker]:
-    worker = Worker(WorkerSettings(listen_ip="127.0.0.1", consent_timeout=10.0))
+async def worker(request: pytest.FixtureRequest) -> AsyncIterator[Worker]:
+    """A worker on loopback; ``@pytest.mark.worker_settings(...)`` overrides settings."""
+    marker = request.node.get_closest_marker("worker_settings")
+    overrides = marker.kwargs if marker is not None else {}
+    worker = Worker(WorkerSettings(listen_ip="127.0.0.1", consent_timeout=10.0, **overrides))
     yield worker
     worker.close()
 

@@ -13,6 +13,7 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from aiortc.mediastreams import MediaStreamTrack
 
 from media import Router
@@ -42,6 +43,9 @@ async def decoded_width(track: MediaStreamTrack, width: int, timeout: float) -> 
     return time.monotonic() - started
 
 
+# The webcam's Python encoders can stall for more than the production 0.5 s
+# on a loaded 2-core machine, which is a real (but here unwanted) fallback.
+@pytest.mark.worker_settings(stream_inactivity_timeout=1.5)
 async def test_a_receiver_decodes_the_encoding_it_prefers_and_falls_back_when_one_stops(
     router: Router, clients: list[Client]
 ) -> None:
@@ -76,16 +80,13 @@ async def test_a_receiver_decodes_the_encoding_it_prefers_and_falls_back_when_on
         # r2 stops, as Chrome stops its top layer when its estimate drops.
         encodings[2].sending = False
         fell_back = await decoded_width(bob_video.track, 320, timeout=5)
-        assert fell_back < 3, fell_back  # ~1 s to notice, then r1's key frame
+        assert fell_back < 4, fell_back  # the inactivity timeout, then r1's key frame
         encodings[2].sending = True
         await decoded_width(bob_video.track, 640, timeout=5)
 
         spatial = [entry["spatialLayer"] for entry in layers if entry]
-        # 2, 0 (preferred), back up to 2, down to 1 when r2 stops, 2 again.  (On a
-        # loaded machine the Python encoders can stall past the inactivity
-        # timeout, which is a real fallback: extra steps are allowed, not these
-        # missing.)
-        assert spatial[:2] == [2, 0] and spatial[-2:] == [1, 2], spatial
+        # 2, 0 (preferred), back up to 2, down to 1 when r2 stops, 2 again.
+        assert spatial == [2, 0, 2, 1, 2], spatial
         assert producer.streams[2].sr_ntp is not None  # sender reports reached r2's stream
         stats = await bob.client_recv.handler.pc.getStats()  # type: ignore[union-attr]
         inbound = next(s for s in stats.values() if s.type == "inbound-rtp")
