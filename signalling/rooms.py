@@ -18,8 +18,8 @@ import inspect
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any, TypeVar
 
 import media
 from media.api import (
@@ -143,6 +143,13 @@ async def _enable_bwe_trace(transport: WebRtcTransport) -> None:
         logger.warning("bwe trace not enabled on transport %s: %r", transport.id, exc)
 
 
+T = TypeVar("T")
+
+
+def _merged(maps: Iterable[Mapping[str, T]]) -> dict[str, T]:
+    return {key: value for mapping in maps for key, value in mapping.items()}
+
+
 class Peer:
     """The media state of one session, owned by it; ``close`` releases all of it.
 
@@ -171,21 +178,22 @@ class Peer:
     def id(self) -> str:
         return self.session.peer_id
 
+    # What its transports own, read through them (never copied).
     @property
     def producers(self) -> dict[str, Producer]:
-        return {k: v for t in self.transports.values() for k, v in t.producers.items()}
+        return _merged(t.producers for t in self.transports.values())
 
     @property
     def consumers(self) -> dict[str, Consumer]:
-        return {k: v for t in self.transports.values() for k, v in t.consumers.items()}
+        return _merged(t.consumers for t in self.transports.values())
 
     @property
     def data_producers(self) -> dict[str, DataProducer]:
-        return {k: v for t in self.transports.values() for k, v in t.data_producers.items()}
+        return _merged(t.data_producers for t in self.transports.values())
 
     @property
     def data_consumers(self) -> dict[str, DataConsumer]:
-        return {k: v for t in self.transports.values() for k, v in t.data_consumers.items()}
+        return _merged(t.data_consumers for t in self.transports.values())
 
     @property
     def display_name(self) -> str:
