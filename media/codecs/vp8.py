@@ -37,9 +37,15 @@ packet of a frame (S set, PID 0).
 
 from __future__ import annotations
 
+import struct
+
 from ..seq_manager import SeqManager
 
 NO_TEMPORAL_LIMIT = 0xFF
+
+# The descriptor browsers send with simulcast: S/PID byte, X byte (I, L, T),
+# 15-bit PictureID, TL0PICIDX, TID/Y/KEYIDX.
+_BROWSER_DESCRIPTOR = struct.Struct("!BBHBB")
 
 
 class Vp8Descriptor:
@@ -79,21 +85,21 @@ def parse_descriptor(d: Vp8Descriptor, buf: bytes | bytearray, pos: int, end: in
     Runs for every packet of a simulcast VP8 stream: each field is read into a
     local and stored once (an invalid descriptor gets the defaults).
     """
-    if pos + 6 < end and buf[pos] & 0x80 and buf[pos + 1] == 0xE0 and buf[pos + 2] & 0x80:
-        # What browsers send for simulcast: X; I with a 15-bit PictureID, L, T.
-        first = buf[pos]
-        d.picture_id = ((buf[pos + 2] & 0x7F) << 8) | buf[pos + 3]
-        d.picture_id_pos = pos + 2
-        d.picture_id_wide = True
-        d.tl0 = buf[pos + 4]
-        d.tl0_pos = pos + 4
-        byte = buf[pos + 5]
-        d.tid = byte >> 6
-        d.layer_sync = bool(byte & 0x20)
-        d.layout = 0x1E0
-        d.key_frame = first & 0x17 == 0x10 and not buf[pos + 6] & 0x01
-        d.valid = True
-        return
+    if pos + 6 < end:
+        first, ext, picture, tl0, byte = _BROWSER_DESCRIPTOR.unpack_from(buf, pos)
+        if first & 0x80 and ext == 0xE0 and picture & 0x8000:
+            # What browsers send for simulcast: X; I with a 15-bit PictureID, L, T.
+            d.picture_id = picture & 0x7FFF
+            d.picture_id_pos = pos + 2
+            d.picture_id_wide = True
+            d.tl0 = tl0
+            d.tl0_pos = pos + 4
+            d.tid = byte >> 6
+            d.layer_sync = bool(byte & 0x20)
+            d.layout = 0x1E0
+            d.key_frame = first & 0x17 == 0x10 and not buf[pos + 6] & 0x01
+            d.valid = True
+            return
     picture = tl0 = -1
     tid = 0
     layer_sync = True
