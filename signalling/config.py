@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .liveness import LivenessPolicy, TakeoverPolicy
+from .payloads import PeerLimits
 from .quality import QualityPolicy
 from .rate_limit import RateLimit, RatePolicy
 from .tokens import TokenVerifier
@@ -22,6 +23,9 @@ from .tokens import TokenVerifier
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message says which and why."""
+
+
+_PEER_LIMITS = PeerLimits()
 
 
 @dataclass(frozen=True)
@@ -84,12 +88,13 @@ class Config:
     broadcast_rate: RateLimit = field(default_factory=lambda: RatePolicy().broadcasts)
     heartbeat_rate: RateLimit = field(default_factory=lambda: RatePolicy().heartbeats)
     refusal_rate: RateLimit = field(default_factory=lambda: RatePolicy().strikes)
-    max_display_name_length: int = 128
-    max_device_bytes: int = 1024
-    max_app_data_bytes: int = 4096
-    max_transports_per_peer: int = 4
-    max_producers_per_peer: int = 8
-    max_data_producers_per_peer: int = 8
+    # The per-peer limits default to PeerLimits' (one source of the numbers).
+    max_display_name_length: int = _PEER_LIMITS.display_name_length
+    max_device_bytes: int = _PEER_LIMITS.device_bytes
+    max_app_data_bytes: int = _PEER_LIMITS.app_data_bytes
+    max_transports_per_peer: int = _PEER_LIMITS.transports
+    max_producers_per_peer: int = _PEER_LIMITS.producers
+    max_data_producers_per_peer: int = _PEER_LIMITS.data_producers
     sctp_send_buffer_size: int = 262144
     """Bytes a data channel association may hold towards a client (mediasoup's
     ``sctpSendBufferSize``); data consumer messages beyond it are dropped."""
@@ -129,6 +134,20 @@ class Config:
     interval; None: never)."""
     refusal_log_interval: float = 10.0
     """How often one kind of refusal (bad token, rate limit...) may be logged."""
+
+    @property
+    def peer_limits(self) -> PeerLimits:
+        """What one peer may hold and send: the ``max_*`` per-peer options, in
+        PeerLimits' field order (display name, device, appData, transports,
+        producers, data producers)."""
+        return PeerLimits(
+            self.max_display_name_length,
+            self.max_device_bytes,
+            self.max_app_data_bytes,
+            self.max_transports_per_peer,
+            self.max_producers_per_peer,
+            self.max_data_producers_per_peer,
+        )
 
 
 @dataclass(frozen=True)

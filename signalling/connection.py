@@ -6,18 +6,48 @@ import asyncio
 import itertools
 import logging
 import random
+import struct
 from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
+from .http_edge import BodyTolerantConnection
 from .protocol import encode_notification, encode_request
 from .rate_limit import MessageLimiter
 
 logger = logging.getLogger(__name__)
 
 _connection_ids = itertools.count(1)
+
+# A keepalive probe's payload: a tag, and the loop time it was sent at.
+_PROBE = struct.Struct("!4sd")
+_PROBE_TAG = b"gkap"
+
+
+class ProbedSocket(BodyTolerantConnection):
+    """websockets' server connection, with our keepalive probes answered cheaply.
+
+    websockets' ``ping()`` takes the send lock, draws a random payload and keeps
+    a future per ping until its pong; at tens of thousands of sessions that is
+    most of what keepalive costs.  Our probes (``Connection.probe``) carry their
+    send time instead (RFC 6455 section 5.5.3: the pong echoes the ping's
+    payload), so the pong alone says who answered and the round-trip time.
+    Other pongs go to websockets as usual.  A client could forge such a pong:
+    that proves it is alive all the same, and fakes only its own RTT sample.
+    """
+
+    on_probe_answered: Callable[[float], None] | None = None
+    """Called with the probe's send time (loop clock) when its pong arrives."""
+
+    def acknowledge_pings(self, data: bytes) -> None:
+        if len(data) == _PROBE.size and data.startswith(_PROBE_TAG):
+            answered = self.on_probe_answered
+            if answered is not None:
+                answered(_PROBE.unpack(data)[1])
+            return
+        super().acknowledge_pings(data)
 
 
 class RequestFailed(Exception):
@@ -40,6 +70,7 @@ class Connection:
         "_next_request_id",
         "_pending",
         "_tasks",
+        "close_code",
         "closing",
         "id",
         "limiter",
@@ -62,6 +93,7 @@ class Connection:
         self.ws = ws
         self.remote = remote
         self.closing = False
+        self.close_code: int | None = None
         self.max_outbound_bytes = max_outbound_bytes
         self.peak_outbound_bytes = 0
         self.limiter = limiter
@@ -94,6 +126,19 @@ class Connection:
             self.on_overflow(self)
             return False
         ws.protocol.send_text(frame)
+        ws.send_data()
+        return True
+
+    def probe(self, now: float) -> bool:
+        """Send a keepalive ping stamped with ``now``; False if it was not sent.
+
+        Written straight into the transport like any frame (control frames may
+        go between others); its pong reaches ``ProbedSocket.on_probe_answered``.
+        """
+        ws = self.ws
+        if self.closing or ws.protocol.state is not State.OPEN or ws.transport.is_closing():
+            return False
+        ws.protocol.send_ping(_PROBE.pack(_PROBE_TAG, now))
         ws.send_data()
         return True
 
@@ -141,6 +186,7 @@ class Connection:
         if self.closing:
             return
         self.closing = True
+        self.close_code = code  # what the server chose, even if the frame never leaves
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(RequestFailed("connection closed"))

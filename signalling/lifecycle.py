@@ -249,11 +249,19 @@ class SessionLifecycle:
         log_session("session_resumed", session)
         return peer
 
-    def connection_lost(self, session: Session, conn: Connection, *, clean: bool) -> None:
-        """The socket of ``conn`` closed: end the session, or hold it for a resume."""
+    def connection_lost(
+        self,
+        session: Session,
+        conn: Connection,
+        *,
+        clean: bool,
+        lost_for: EndReason = EndReason.SOCKET_LOST,
+    ) -> None:
+        """The socket of ``conn`` closed: end the session, or hold it for a resume
+        (and end it for ``lost_for`` if none comes)."""
         self.connections.pop(conn.id, None)
         now = self._loop.time()
-        end = self.registry.connection_lost(session, conn.id, now, clean=clean)
+        end = self.registry.connection_lost(session, conn.id, now, clean=clean, lost_for=lost_for)
         if end is not None:
             self.end(end.session, end.reason, detected_at=now)
         elif session.state is SessionState.RECONNECTING and session.connection_id is None:

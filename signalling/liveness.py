@@ -178,6 +178,7 @@ class Session:
         "last_interaction",
         "last_seen",
         "leave_token",
+        "lost_for",
         "peer_id",
         "probed_at",
         "reported_dead",
@@ -207,6 +208,7 @@ class Session:
         self.probed_at: float | None = None
         self.reported_dead = False
         self.grace_deadline: float | None = None
+        self.lost_for = EndReason.SOCKET_LOST  # the end reason if the grace runs out
         self.end_reason: EndReason | None = None
         self.data: Any = None  # the I/O layer's per-session state
 
@@ -454,13 +456,22 @@ class SessionRegistry:
     # -- connection loss and ending ---------------------------------------------------
 
     def connection_lost(
-        self, session: Session, connection_id: int, now: float, *, clean: bool
+        self,
+        session: Session,
+        connection_id: int,
+        now: float,
+        *,
+        clean: bool,
+        lost_for: EndReason = EndReason.SOCKET_LOST,
     ) -> End | None:
         """The socket of connection ``connection_id`` closed.
 
         A clean close (1000/1001) ends the session; a lost one keeps a joined
-        session ``reconnecting`` for the grace period.  A connection that no
-        longer drives the session (replaced, resumed elsewhere) changes nothing.
+        session ``reconnecting`` for the grace period, and ends it for
+        ``lost_for`` if it is not resumed by then (``slow_reader`` when the
+        server closed the socket because the client stopped reading).  A
+        connection that no longer drives the session (replaced, resumed
+        elsewhere) changes nothing.
         """
         if not session.open or session.connection_id != connection_id:
             return None
@@ -468,7 +479,8 @@ class SessionRegistry:
         if clean:
             return End(session, EndReason.GRACEFUL)
         if session.state is not SessionState.JOINED:
-            return End(session, EndReason.SOCKET_LOST)
+            return End(session, lost_for)
+        session.lost_for = lost_for
         session.state = SessionState.RECONNECTING
         session.grace_deadline = now + self.policy.grace_period
         heapq.heappush(self._grace, (session.grace_deadline, next(self._grace_counter), session))
@@ -521,7 +533,7 @@ class SessionRegistry:
         while judging and grace and grace[0][0] <= now:
             deadline, _, session = heapq.heappop(grace)
             if session.state is SessionState.RECONNECTING and session.grace_deadline == deadline:
-                decisions.append(End(session, EndReason.SOCKET_LOST))
+                decisions.append(End(session, session.lost_for))
 
         policy = self.policy
         if policy.silence_timeout is not None:

@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import media
 from media.api import (
@@ -146,8 +146,18 @@ async def _enable_bwe_trace(transport: WebRtcTransport) -> None:
 T = TypeVar("T")
 
 
-def _merged(maps: Iterable[Mapping[str, T]]) -> dict[str, T]:
-    return {key: value for mapping in maps for key, value in mapping.items()}
+class _OwnedByTransports(Generic[T]):
+    """A read-only ``Peer`` attribute: one kind of child of all its transports,
+    merged into a fresh dict (the transports stay the only owners)."""
+
+    def __init__(self, attribute: str) -> None:
+        self._attribute = attribute
+
+    def __get__(self, peer: Peer, owner: type | None = None) -> dict[str, T]:
+        maps: Iterable[Mapping[str, T]] = (
+            getattr(transport, self._attribute) for transport in peer.transports.values()
+        )
+        return {key: value for mapping in maps for key, value in mapping.items()}
 
 
 class Peer:
@@ -179,21 +189,10 @@ class Peer:
         return self.session.peer_id
 
     # What its transports own, read through them (never copied).
-    @property
-    def producers(self) -> dict[str, Producer]:
-        return _merged(t.producers for t in self.transports.values())
-
-    @property
-    def consumers(self) -> dict[str, Consumer]:
-        return _merged(t.consumers for t in self.transports.values())
-
-    @property
-    def data_producers(self) -> dict[str, DataProducer]:
-        return _merged(t.data_producers for t in self.transports.values())
-
-    @property
-    def data_consumers(self) -> dict[str, DataConsumer]:
-        return _merged(t.data_consumers for t in self.transports.values())
+    producers = _OwnedByTransports[Producer]("producers")
+    consumers = _OwnedByTransports[Consumer]("consumers")
+    data_producers = _OwnedByTransports[DataProducer]("data_producers")
+    data_consumers = _OwnedByTransports[DataConsumer]("data_consumers")
 
     @property
     def display_name(self) -> str:
@@ -647,26 +646,16 @@ class Room:
                 "consumerLayersChanged", _layers_changed(consumer.id, layers)
             ),
         )
-        try:
-            await consumer_peer.request(
-                "newConsumer",
-                {
-                    "peerId": producer_peer.id,
-                    "producerId": producer.id,
-                    "id": consumer.id,
-                    "kind": consumer.kind,
-                    "rtpParameters": consumer.rtp_parameters,
-                    "type": consumer.type,
-                    "appData": producer.app_data,
-                    "producerPaused": consumer.producer_paused_state,
-                    "transportId": transport.id,
-                    "consumerScore": consumer_score(consumer),
-                },
-                self.request_timeout,
-            )
-        except RequestFailed as exc:
-            logger.debug("newConsumer not accepted by %s: %s", consumer_peer.id, exc)
-            consumer.close()
+        offer = {
+            "producerId": producer.id,
+            "kind": consumer.kind,
+            "rtpParameters": consumer.rtp_parameters,
+            "type": consumer.type,
+            "producerPaused": consumer.producer_paused_state,
+            "consumerScore": consumer_score(consumer),
+        }
+        sender = (producer_peer, transport, producer.app_data)
+        if not await self._offer(consumer_peer, "newConsumer", consumer, sender, offer):
             return
         if not consumer.closed:
             await consumer.resume()
@@ -693,24 +682,39 @@ class Room:
                 "dataConsumerClosed", {"dataConsumerId": data_consumer.id}
             ),
         )
+        offer = {
+            "dataProducerId": data_producer.id,
+            "sctpStreamParameters": data_consumer.sctp_stream_parameters,
+            "label": data_consumer.label,
+            "protocol": data_consumer.protocol,
+        }
+        sender = (producer_peer, transport, data_producer.app_data)
+        await self._offer(consumer_peer, "newDataConsumer", data_consumer, sender, offer)
+
+    async def _offer(
+        self,
+        consumer_peer: Peer,
+        method: str,
+        consumer: Consumer | DataConsumer,
+        sender: tuple[Peer, WebRtcTransport, Json],
+        offer: Json,
+    ) -> bool:
+        """Ask the client to take a new (data) consumer; if it refuses or does not
+        answer, the consumer is closed (mediasoup-demo).  The fields every offer
+        carries are added here: who produced it, the consuming transport and the
+        producer's appData.  The dialect rewords the request on the way out."""
+        producer_peer, transport, app_data = sender
+        offer["peerId"] = producer_peer.id
+        offer["id"] = consumer.id
+        offer["appData"] = app_data
+        offer["transportId"] = transport.id
         try:
-            await consumer_peer.request(
-                "newDataConsumer",
-                {
-                    "peerId": producer_peer.id,
-                    "dataProducerId": data_producer.id,
-                    "id": data_consumer.id,
-                    "sctpStreamParameters": data_consumer.sctp_stream_parameters,
-                    "label": data_consumer.label,
-                    "protocol": data_consumer.protocol,
-                    "appData": data_producer.app_data,
-                    "transportId": transport.id,
-                },
-                self.request_timeout,
-            )
+            await consumer_peer.request(method, offer, self.request_timeout)
         except RequestFailed as exc:
-            logger.debug("newDataConsumer not accepted by %s: %s", consumer_peer.id, exc)
-            data_consumer.close()
+            logger.debug("%s not accepted by %s: %s", method, consumer_peer.id, exc)
+            consumer.close()
+            return False
+        return True
 
     def sync_consumers(self, peer: Peer) -> None:
         """After a resume: consume what was produced while the peer was away."""

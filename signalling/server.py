@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import ipaddress
 import logging
@@ -35,8 +34,7 @@ from media.events import EventEmitter
 from . import dialect as dialects
 from .admission_queue import AdmissionQueue, Ticket
 from .config import Config, token_verifier
-from .connection import Connection
-from .http_edge import BodyTolerantConnection
+from .connection import Connection, ProbedSocket
 from .lifecycle import SessionLifecycle
 from .liveness import (
     AdmissionOutcome,
@@ -62,7 +60,8 @@ from .protocol import (
 )
 from .quality import QualityBoard, QualitySample
 from .rate_limit import KeyedRateLimiter, MessageLimiter, RatePolicy, Verdict
-from .rooms import Peer, PeerLimits, RequestError, Room, RoomFull, printable
+from .rooms import Peer, Room
+from .session_handler import SessionHandler
 
 if TYPE_CHECKING:
     from media.api import Worker
@@ -104,21 +103,6 @@ class QueueTimeout(Exception):
     """A queued client waited ``queue_timeout`` without a free seat."""
 
 
-class CallFailed(Exception):
-    """A client call ended in an error: what to answer, and the metric outcome."""
-
-    def __init__(self, code: ErrorCode, reason: str, outcome: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-        self.outcome = outcome
-
-
-def _known(method: str) -> str:
-    """The metrics label of a method: unknown names collapse into one."""
-    return method if method in Room.HANDLERS or method == "beforeDisconnect" else "unknown"
-
-
 def embedded_worker(config: Config) -> media.Worker:
     """The embedded SFU, set up from the configuration (the default ``Worker``)."""
     return media.Worker(
@@ -157,14 +141,7 @@ class Server:
             heartbeats=config.heartbeat_rate,
             strikes=config.refusal_rate,
         )
-        self.peer_limits = PeerLimits(
-            display_name_length=config.max_display_name_length,
-            device_bytes=config.max_device_bytes,
-            app_data_bytes=config.max_app_data_bytes,
-            transports=config.max_transports_per_peer,
-            producers=config.max_producers_per_peer,
-            data_producers=config.max_data_producers_per_peer,
-        )
+        self.peer_limits = config.peer_limits
         self._trusted_proxies = tuple(
             ipaddress.ip_network(network, strict=False) for network in config.trusted_proxies
         )
@@ -202,6 +179,13 @@ class Server:
         (message kind), ``request`` (method, outcome, seconds), ``clientrtt`` and
         ``proberrtt`` (seconds), ``stall``, ``sweep`` (seconds).  Sessions and
         rooms announce theirs on ``lifecycle.observer``."""
+        self.session_handler = SessionHandler(
+            lifecycle=self.lifecycle,
+            observer=self.observer,
+            refuse=self._refuse,
+            shutting_down=lambda: self._shutting_down,
+            loop=self.loop,
+        )
         self.metrics = Metrics(self)
         observer = self.lifecycle.observer
         observer.on("roomchanged", self.lobby.changed)
@@ -238,7 +222,7 @@ class Server:
             ping_timeout=None,
             close_timeout=config.ws_close_timeout,
             server_header="ghostless",
-            create_connection=BodyTolerantConnection,
+            create_connection=ProbedSocket,
         )
         if config.metrics_port is not None:
             self._metrics_server = await serve(
@@ -329,9 +313,9 @@ class Server:
                 f" [{suppressed} more since the last line]" if suppressed else "",
             )
 
-    def client_address(self, connection: ServerConnection, request: Request | None) -> str:
+    def client_address(self, ws: ServerConnection, request: Request | None) -> str:
         """The client's IP: the peer address, or X-Forwarded-For from a trusted proxy."""
-        peer = connection.remote_address
+        peer = ws.remote_address
         address = str(peer[0]) if peer else ""
         if request is None or not self._trusted_proxies or not address:
             return address
@@ -469,7 +453,7 @@ class Server:
             )
         peer.dialect = dialect
         try:
-            await self._serve(conn, session, peer)
+            await self.session_handler.serve(conn, session, peer)
         finally:
             self._connection_lost(session, conn)
             # Let our own close frame (with its code) go out before websockets'
@@ -496,7 +480,7 @@ class Server:
                 if verdict is Verdict.REFUSE:
                     conn.send(encode_error(message.id, ErrorCode.TOO_MANY_REQUESTS, "slow down"))
                 elif message.method == "ping":
-                    conn.send(encode_response(message.id, self._pong(message.data)))
+                    conn.send(encode_response(message.id, self.session_handler.pong(message.data)))
                 elif message.method == "getRooms":
                     conn.send(encode_response(message.id, self.rooms_summary(listed_only=True)))
                 else:
@@ -584,7 +568,7 @@ class Server:
         if verdict is Verdict.REFUSE:
             conn.send(encode_error(message.id, ErrorCode.TOO_MANY_REQUESTS, "slow down"))
         elif message.method == "ping":
-            conn.send(encode_response(message.id, self._pong(message.data)))
+            conn.send(encode_response(message.id, self.session_handler.pong(message.data)))
         else:
             conn.send(encode_error(message.id, ErrorCode.UNAVAILABLE, "queued"))
         return True
@@ -659,184 +643,10 @@ class Server:
             return
         close_rcvd = ws.protocol.close_rcvd
         clean = close_rcvd is not None and close_rcvd.code in (1000, 1001)
-        self.lifecycle.connection_lost(session, conn, clean=clean)
-
-    async def _serve(self, conn: Connection, session: Session, peer: Peer) -> None:
-        registry = self.registry
-        observer = self.observer
-        loop_time = self.loop.time
-        limiter = conn.limiter
-        for method, data in peer.dialect.greetings():
-            conn.notify(method, data)
-        try:
-            async for raw in conn.ws:
-                try:
-                    message = decode(raw)
-                except ProtocolViolation as violation:
-                    observer.emit("protocolviolation")
-                    logger.info(
-                        "protocol violation by %s/%s: %s",
-                        session.room_id,
-                        session.peer_id,
-                        violation.reason,
-                    )
-                    self.lifecycle.end(session, EndReason.ERROR, close_code=violation.code)
-                    return
-                if not session.open or conn.closing:
-                    return
-                now = loop_time()
-                registry.seen(session, now)
-                if message.kind is Kind.RESPONSE and conn.awaits(message.id):
-                    # Answers to our own requests (newConsumer...) are bounded by
-                    # what we asked: never rate limited.
-                    conn.response_received(
-                        message.id, message.ok, message.data, message.error_reason
-                    )
-                    continue
-                verdict = limiter.check(message.method, now)
-                if verdict is not Verdict.ALLOW:
-                    observer.emit("ratelimited", message.kind.value)
-                    if verdict is Verdict.CLOSE:
-                        self._refuse("rate_limited", f"{session.room_id}/{session.peer_id}")
-                        self.lifecycle.end(session, EndReason.RATE_LIMITED, detected_at=now)
-                        return
-                    if message.kind is Kind.REQUEST:
-                        conn.send(
-                            encode_error(message.id, ErrorCode.TOO_MANY_REQUESTS, "slow down")
-                        )
-                    continue
-                if message.kind is Kind.REQUEST:
-                    if message.method == "ping":
-                        conn.send(encode_response(message.id, self._pong(message.data, peer)))
-                        observer.emit("request", "ping", "ok", 0.0)
-                        continue
-                    await self._request(
-                        conn, session, peer, message.method, message.id, message.data
-                    )
-                elif message.kind is Kind.NOTIFICATION:
-                    if message.method in peer.dialect.commands:
-                        await self._command(session, peer, message.method, message.data)
-                    else:
-                        self._notification(conn, session, peer, message.method, message.data)
-                # (A response nobody waits for is dropped: late, duplicate or forged.)
-        except ConnectionClosed:
-            pass
-
-    def _pong(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
-        """Answer a heartbeat; the RTT the client reports feeds metrics and quality."""
-        rtt = data.get("rtt") if isinstance(data, dict) else None
-        if isinstance(rtt, (int, float)) and not isinstance(rtt, bool) and 0 <= rtt < 60_000:
-            self.observer.emit("clientrtt", rtt / 1000)
-            if peer is not None:
-                peer.reported_rtt_ms = float(rtt)
-        return {"serverTime": time.time() * 1000}
-
-    async def _request(
-        self,
-        conn: Connection,
-        session: Session,
-        peer: Peer,
-        method: str,
-        request_id: int,
-        data: dict[str, Any],
-    ) -> None:
-        started = time.perf_counter()
-        if method == "beforeDisconnect" and isinstance(data, dict):
-            conn.send(encode_response(request_id, {}))
-            self.lifecycle.end(session, EndReason.GRACEFUL, detected_at=self.loop.time())
-            return
-        try:
-            result = await self._call(session, peer, method, data)
-        except RoomFull as exc:
-            self.observer.emit("request", method, "error", time.perf_counter() - started)
-            conn.send(encode_error(request_id, exc.code, exc.reason))
-            self._refuse("room_full")
-            self.lifecycle.end(session, EndReason.REJECTED, close_code=CloseCode.ROOM_FULL)
-            return
-        except CallFailed as failure:
-            outcome = failure.outcome
-            frame = encode_error(request_id, failure.code, failure.reason)
-        else:
-            outcome = "ok"
-            frame = encode_response(request_id, peer.dialect.response(method, result))
-        self.observer.emit("request", _known(method), outcome, time.perf_counter() - started)
-        conn.send(frame)
-
-    async def _command(self, session: Session, peer: Peer, method: str, data: Any) -> None:
-        """A call the 2025 dialect makes as a notification (``pauseProducer``...).
-
-        The same handler runs as for the request; nothing is answered, so a
-        failure is only logged (mediasoup-demo ignores unknown ids there too).
-        """
-        started = time.perf_counter()
-        outcome = "ok"
-        try:
-            await self._call(session, peer, method, data)
-        except CallFailed as failure:
-            outcome = failure.outcome
-            logger.debug(
-                "%s notification of %s/%s failed: %s",
-                method,
-                session.room_id,
-                session.peer_id,
-                failure.reason,
-            )
-        self.observer.emit("request", _known(method), outcome, time.perf_counter() - started)
-
-    async def _call(self, session: Session, peer: Peer, method: str, data: Any) -> Any:
-        """Run one client call through its room, in canonical shapes.
-
-        Returns the handler's result; raises ``RoomFull``, or ``CallFailed``
-        with the error to report (exception text reaches the client only from
-        our own RequestError/MediaError messages, cut short).
-        """
-        try:
-            if not isinstance(data, dict):
-                raise RequestError(ErrorCode.BAD_REQUEST, "data must be an object")
-            if self._shutting_down:
-                raise RequestError(ErrorCode.UNAVAILABLE, "server shutting down")
-            try:
-                data = peer.dialect.request(method, data)
-            except ValueError as exc:
-                raise RequestError(ErrorCode.BAD_REQUEST, printable(str(exc), 200)) from None
-            result = await peer.room.handle(peer, method, data)
-            if method == "join":
-                self.lifecycle.joined(session)
-            return result
-        except RoomFull:
-            raise
-        except RequestError as exc:
-            raise CallFailed(exc.code, exc.reason, "error") from None
-        except media.NoFreePortError:
-            self._refuse("no_free_port")
-            raise CallFailed(ErrorCode.UNAVAILABLE, "no media port available", "error") from None
-        except media.MediaError as exc:
-            code = (
-                ErrorCode.NOT_FOUND
-                if isinstance(exc, media.InvalidStateError)
-                else ErrorCode.BAD_REQUEST
-            )
-            raise CallFailed(code, printable(str(exc), 200), "error") from None
-        except Exception:
-            logger.exception("request %s of %s/%s failed", method, session.room_id, session.peer_id)
-            raise CallFailed(ErrorCode.INTERNAL, "internal error", "failed") from None
-
-    def _notification(
-        self, conn: Connection, session: Session, peer: Peer, method: str, data: Any
-    ) -> None:
-        if not isinstance(data, dict):
-            data = {}
-        if method == "ping":
-            conn.notify("pong", self._pong(data, peer))
-        elif method == "beforeDisconnect":
-            self.lifecycle.end(session, EndReason.GRACEFUL, detected_at=self.loop.time())
-        elif method == "activity":
-            kind = data.get("type")
-            hidden = {"hidden": True, "visible": False}.get(str(data.get("visibility")))
-            if kind in ("interaction", "visibility"):
-                self.registry.interacted(session, self.loop.time(), hidden=hidden)
-        else:
-            logger.debug("ignored notification %r", method[:64])
+        # A slow reader's close frame may never leave: what we chose is on ``conn``.
+        slow = conn.close_code == CloseCode.SLOW_READER
+        lost_for = EndReason.SLOW_READER if slow else EndReason.SOCKET_LOST
+        self.lifecycle.connection_lost(session, conn, clean=clean, lost_for=lost_for)
 
     # -- timers -------------------------------------------------------------------------
 
@@ -945,8 +755,8 @@ class Server:
     async def _send_probes(self, sessions: list[Session]) -> None:
         """Keepalive pings for one tick, in one task, in small chunks.
 
-        No task or timer per probe: the pong (or the connection's end) completes
-        the future websockets returns, whose callback records what was heard.
+        No task, timer or future per probe: each pong reaches ``SessionHandler.probe_answered``
+        through the socket (``ProbedSocket``), which records what was heard.
         """
         chunk = self.config.probe_chunk
         pause = min(self.config.tick_interval / 2 / (len(sessions) / chunk + 1), 0.01)
@@ -961,50 +771,39 @@ class Server:
                 # the ping (holding up every probe behind it); a client that
                 # is not reading is heard from, or closed as a slow reader.
                 continue
-            try:
-                pong = await conn.ws.ping()
-            except (ConnectionClosed, RuntimeError):
-                continue
-            if isinstance(pong, asyncio.Future):  # websockets returns the pong future
-                pong.add_done_callback(functools.partial(self._pong_received, session))
-
-    def _pong_received(self, session: Session, pong: asyncio.Future[float]) -> None:
-        if pong.cancelled() or pong.exception() is not None or not session.open:
-            return
-        self.registry.heard(session, self.loop.time())
-        self.observer.emit("proberrtt", pong.result())
+            conn.probe(self.loop.time())
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _http(self, ws: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path)
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return self._upgrade_allowed(connection, request)
+            return self._upgrade_allowed(ws, request)
         route = path.path
         if route == "/healthz":
-            return _json(connection, 200, {"status": "ok", "loopLag": round(self.loop_lag, 4)})
+            return _json(ws, 200, {"status": "ok", "loopLag": round(self.loop_lag, 4)})
         if route == "/readyz":
             problems = self.readiness_problems()
             return _json(
-                connection,
+                ws,
                 503 if problems else 200,
                 {"status": "not ready", "problems": problems} if problems else {"status": "ready"},
             )
         if route == "/rooms":
-            return _json(connection, 200, self.rooms_summary(listed_only=True))
+            return _json(ws, 200, self.rooms_summary(listed_only=True))
         if route == "/leave":
             if request.method != "POST":
-                response = _json(connection, 405, {"error": "use POST"})
+                response = _json(ws, 405, {"error": "use POST"})
                 response.headers["Allow"] = "POST"
                 return response
             token = (parse_qs(path.query).get("token") or [""])[0]
             if token and self.lifecycle.leave_with_token(token):
-                return connection.respond(204, "")
-            return _json(connection, 404, {"error": "no such session"})
+                return ws.respond(204, "")
+            return _json(ws, 404, {"error": "no such session"})
         static = self._static.get(route)
         if static is not None:
             body, content_type = static
-            response = connection.respond(200, "")
+            response = ws.respond(200, "")
             response.headers = Headers(
                 [
                     ("Content-Type", content_type),
@@ -1015,23 +814,23 @@ class Server:
             )
             response.body = body
             return response
-        return _json(connection, 404, {"error": "not found"})
+        return _json(ws, 404, {"error": "not found"})
 
-    def _upgrade_allowed(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _upgrade_allowed(self, ws: ServerConnection, request: Request) -> Response | None:
         """Refuse a WebSocket handshake before it costs more than this answer."""
         if not self.accepting:
-            return _json(connection, 503, {"error": "shutting down"})
+            return _json(ws, 503, {"error": "shutting down"})
         limit = self.config.max_connections
         ws_server = self._ws_server
         if limit is not None and ws_server is not None and len(ws_server.connections) >= limit:
             self._refuse("capacity")
-            response = _json(connection, 503, {"error": "server at capacity"})
+            response = _json(ws, 503, {"error": "server at capacity"})
             response.headers["Retry-After"] = "5"
             return response
-        address = self.client_address(connection, request)
+        address = self.client_address(ws, request)
         if not self._ip_connection_rate.take(address, self.loop.time()):
             self._refuse("connection_rate", address)
-            response = _json(connection, 429, {"error": "too many new connections"})
+            response = _json(ws, 429, {"error": "too many new connections"})
             response.headers["Retry-After"] = "1"
             return response
         return None
@@ -1068,16 +867,16 @@ class Server:
             "loopLag": self.loop_lag,
         }
 
-    def _http_metrics(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _http_metrics(self, ws: ServerConnection, request: Request) -> Response | None:
         route = urlsplit(request.path).path
         if route == "/debug/stats":  # internals: on the operators' listener only
-            return _json(connection, 200, self.debug_stats())
+            return _json(ws, 200, self.debug_stats())
         if route == "/rooms":  # operators see unlisted rooms too
-            return _json(connection, 200, self.rooms_summary(listed_only=False))
+            return _json(ws, 200, self.rooms_summary(listed_only=False))
         if route != "/metrics":
-            return _json(connection, 404, {"error": "not found"})
+            return _json(ws, 404, {"error": "not found"})
         body, content_type = self.metrics.render()
-        response = connection.respond(200, "")
+        response = ws.respond(200, "")
         response.headers = Headers([("Content-Type", content_type)])
         response.body = body
         response.headers["Content-Length"] = str(len(body))
@@ -1109,11 +908,11 @@ def _media_activity(session: Session) -> float | None:
     return peer.media_activity() if isinstance(peer, Peer) else None
 
 
-def _json(connection: ServerConnection, status: int, payload: Any) -> Response:
+def _json(ws: ServerConnection, status: int, payload: Any) -> Response:
     import orjson
 
     body = orjson.dumps(payload)
-    response = connection.respond(status, "")
+    response = ws.respond(status, "")
     response.headers = Headers(
         [
             ("Content-Type", "application/json"),

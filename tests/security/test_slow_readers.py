@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 
@@ -28,12 +29,16 @@ def stop_reading(client: ProtooClient) -> None:
     client.ws.transport.pause_reading()
 
 
-async def flood(client: ProtooClient, frame: bytes, seconds: float) -> int:
-    """Send ``frame`` as fast as the socket takes it, for ``seconds``; how many went."""
+async def flood(
+    client: ProtooClient, frame: bytes, seconds: float, until: Callable[[], bool] | None = None
+) -> int:
+    """Send ``frame`` as fast as the socket takes it, for ``seconds`` or until
+    ``until()`` holds (the kernel buffers take megabytes first, more slowly on
+    a loaded machine); how many went."""
     sent = 0
     deadline = asyncio.get_running_loop().time() + seconds
     try:
-        while asyncio.get_running_loop().time() < deadline:
+        while asyncio.get_running_loop().time() < deadline and not (until and until()):
             for _ in range(100):
                 await client.ws.send(frame, text=True)
             sent += 100
@@ -85,7 +90,7 @@ async def test_a_client_that_does_not_read_is_closed_as_a_slow_reader_and_may_re
     stop_reading(alice)
     before = rss_bytes()
 
-    await flood(alice, PING, 4.0)
+    await flood(alice, PING, 30.0, until=lambda: refused(server, "slow_reader") == 1)
 
     await eventually(lambda: refused(server, "slow_reader") == 1)
     assert rss_bytes() - before < 64 << 20
@@ -104,6 +109,29 @@ async def test_a_client_that_does_not_read_is_closed_as_a_slow_reader_and_may_re
     await bob.close()
     await watch.stop()
     assert watch.failures == 0
+
+
+async def test_a_slow_reader_that_does_not_come_back_ends_as_slow_reader(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(
+        max_outbound_bytes=65536, heartbeat_rate=RateLimit(1e6, 1e6), grace_period=0.5
+    )
+    bob = await ProtooClient.connect(url(server, peer="bob"))
+    await bob.request("join", {"displayName": "bob"})
+    alice = await ProtooClient.connect(url(server, peer="alice"))
+    await alice.request("join", {"displayName": "alice"})
+    stop_reading(alice)
+
+    await flood(alice, PING, 30.0, until=lambda: refused(server, "slow_reader") == 1)
+    await eventually(lambda: refused(server, "slow_reader") == 1)
+    alice.abort()
+
+    _, data = await bob.next_notification("peerClosed", timeout=10)
+    assert data == {"peerId": "alice", "reason": "slow_reader"}
+    assert ended(server, EndReason.SLOW_READER) == 1
+    assert ended(server, EndReason.SOCKET_LOST) == 0
+    await bob.close()
 
 
 async def test_a_broadcast_storm_into_a_room_of_non_readers_is_bounded(

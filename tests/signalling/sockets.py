@@ -23,7 +23,7 @@ from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from signalling.connection import Connection
+from signalling.connection import Connection, ProbedSocket
 from signalling.protocol import Kind, Message, ProtocolViolation, decode
 from signalling.protoo_client import ProtooClient
 from signalling.rate_limit import MessageLimiter, RatePolicy
@@ -63,6 +63,7 @@ class Sockets:
             ping_interval=None,
             ping_timeout=None,
             close_timeout=CLOSE_TIMEOUT,
+            create_connection=ProbedSocket,
         )
 
     @property

@@ -9,6 +9,7 @@ import pytest
 
 from signalling.config import OPTIONS, Config, ConfigError, _Option, parse_config, replace
 from signalling.liveness import LivenessPolicy, TakeoverPolicy
+from signalling.payloads import PeerLimits
 
 
 def parse(*argv: str, **environ: str) -> Config:
@@ -497,3 +498,26 @@ def test_ice_tcp_can_be_switched_off_or_preferred() -> None:
         True,
         False,
     )
+
+
+def test_each_per_peer_option_sets_its_own_peer_limit() -> None:
+    config = parse(
+        "--max-display-name-length=11",
+        "--max-device-bytes=12",
+        "--max-app-data-bytes=13",
+        "--max-transports-per-peer=14",
+        "--max-producers-per-peer=15",
+        "--max-data-producers-per-peer=16",
+    )
+    assert config.peer_limits == PeerLimits(
+        display_name_length=11,
+        device_bytes=12,
+        app_data_bytes=13,
+        transports=14,
+        producers=15,
+        data_producers=16,
+    )
+
+
+def test_the_per_peer_options_default_to_the_peer_limits() -> None:
+    assert Config().peer_limits == PeerLimits()

@@ -12,11 +12,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from signalling.connection import Connection, RequestFailed
+from signalling.connection import Connection, ProbedSocket, RequestFailed
 from signalling.protocol import ErrorCode, encode_error, encode_notification, encode_response
 
 from .conftest import eventually
-from .sockets import CLOSE_TIMEOUT, Sockets, closed_with, listening
+from .sockets import CLOSE_TIMEOUT, ServerSide, Sockets, closed_with, listening
 
 
 @pytest.fixture
@@ -303,3 +303,50 @@ async def test_a_client_that_never_answers_the_close_is_cut_off_within_the_close
     assert time.monotonic() - started < CLOSE_TIMEOUT + 1.5
     assert side.conn.ws.protocol.state is State.CLOSED
     assert side.conn.task_count == 0
+
+
+# -- keepalive probes ------------------------------------------------------------------------------
+
+
+def answers(side: ServerSide) -> list[float]:
+    """The send times ``on_probe_answered`` reports for ``side``'s socket."""
+    ws = side.conn.ws
+    assert isinstance(ws, ProbedSocket)
+    times: list[float] = []
+    ws.on_probe_answered = times.append
+    return times
+
+
+async def test_a_probe_is_answered_by_the_clients_own_pong_with_its_send_time(
+    sockets: Sockets,
+) -> None:
+    side, _client = await sockets.open()  # websockets answers pings by itself
+    times = answers(side)
+
+    assert side.conn.probe(123.5) is True
+
+    await eventually(lambda: times == [123.5])
+    assert side.conn.task_count == 0
+    assert not side.conn.ws.pending_pings  # no future kept per probe
+
+
+async def test_websockets_own_pings_still_get_their_pongs(sockets: Sockets) -> None:
+    side, _client = await sockets.open()
+    times = answers(side)
+
+    latency = await asyncio.wait_for(await side.conn.ws.ping(), 5)
+
+    assert latency >= 0
+    assert times == []
+
+
+async def test_no_probe_goes_out_once_the_connection_is_closing(sockets: Sockets) -> None:
+    side, _client = await sockets.open()
+    times = answers(side)
+
+    side.conn.close(4410, "replaced")
+
+    assert side.conn.probe(1.0) is False
+    await asyncio.sleep(0.2)
+    assert times == []
+

@@ -478,6 +478,32 @@ def test_grace_expiry_is_reported_by_the_first_tick_at_or_after_the_deadline() -
     assert session.end_reason is EndReason.SOCKET_LOST
 
 
+def test_a_socket_closed_for_not_reading_ends_as_slow_reader_when_not_resumed() -> None:
+    registry, _ = make_registry()
+    session = new_session(registry, T0, conn=4)
+    never_joined = new_session(registry, T0, joined=False, conn=5, user="u5")
+
+    registry.connection_lost(session, 4, T0, clean=False, lost_for=EndReason.SLOW_READER)
+    at_once = registry.connection_lost(
+        never_joined, 5, T0, clean=False, lost_for=EndReason.SLOW_READER
+    )
+
+    assert session.state is SessionState.RECONNECTING  # it may still resume
+    assert at_once == End(never_joined, EndReason.SLOW_READER)
+    assert registry.tick(T0 + 10) == [End(session, EndReason.SLOW_READER)]
+
+
+def test_a_session_resumed_after_a_slow_read_and_lost_again_ends_as_socket_lost() -> None:
+    registry, _ = make_registry()
+    session = new_session(registry, T0, conn=1)
+    registry.connection_lost(session, 1, T0, clean=False, lost_for=EndReason.SLOW_READER)
+    admit(registry, T0 + 1, conn=2, token=session.resume_token)
+
+    registry.connection_lost(session, 2, T0 + 2, clean=False)
+
+    assert registry.tick(T0 + 12) == [End(session, EndReason.SOCKET_LOST)]
+
+
 def test_a_lost_socket_of_a_session_that_never_joined_ends_it_at_once() -> None:
     registry, _ = make_registry()
     session = new_session(registry, T0, joined=False, conn=4)
