@@ -22,18 +22,22 @@ Uplink, the client's producers -> us (``IncomingBitrateEstimator``)
     creeping up from 300 kbit/s at 8 %/s.
 
 Downlink, our consumers -> the client (``OutgoingBitrateEstimator``)
-    No transport-cc, so: the REMB the client sends about what it receives,
-    and, when it sends none, libwebrtc's send-side loss controller on its
-    receiver reports (loss < 2 %: +8 %/s; 2-10 %: hold; > 10 %: x (1 - loss/2),
-    at most every 300 ms), from an initial bitrate and never below a floor.
+    No transport-cc, so: the REMB the client sends about what it receives
+    (its receive-side estimator times our abs-send-time, which every video
+    packet carries: ``media.rtp_stream``), and, when it sends none,
+    libwebrtc's send-side loss controller on its receiver reports (loss < 2 %:
+    +8 %/s; 2-10 %: hold; > 10 %: x (1 - loss/2), at most every 300 ms), from
+    an initial bitrate and never below a floor.  A receiver's first REMB is
+    made of padding (``StartupProbe``, then ``PaddingBudget`` up to the
+    estimate for up to ``WARMUP``), sent by the transport.
 
 Sharing it (``allocate_bitrate``, ``BitrateDistributor``)
     mediasoup's ``Transport::DistributeAvailableOutgoingBitrate`` in a
     simplified form: weighted by priority, each consumer gets up to its desired
     bitrate (a consumer that does not know its desired bitrate takes an equal
-    share of what is left), re-done when the estimate moves and at most about
-    once a second, and reported as mediasoup's ``trace`` event of type
-    ``bwe``.
+    share of what is left) and then a share of what nobody wanted, re-done
+    when the estimate moves and at most about once a second, and reported as
+    mediasoup's ``trace`` event of type ``bwe``.
 """
 
 from __future__ import annotations
@@ -510,8 +514,8 @@ class OutgoingBitrateEstimator:
 
     ``bitrate`` starts at ``initial_bitrate`` and stays within
     [``min_bitrate``, ``max_bitrate`` (0: no cap)].  A REMB is trusted both
-    ways while the client reports little loss (< 2 %); with more loss it can
-    only lower the estimate.  Receiver reports drive libwebrtc's send-side
+    ways unless the client reports heavy loss (> 10 %); then it can only
+    lower the estimate.  Receiver reports drive libwebrtc's send-side
     loss controller: +8 %/s (capped by a recent REMB) under 2 % loss, hold up
     to 10 %, and above that multiply by (1 - loss / 2) at most every 300 ms.
     """
@@ -558,9 +562,16 @@ class OutgoingBitrateEstimator:
         return self.remb is not None and now - self._remb_at <= REMB_TIMEOUT
 
     def on_remb(self, now: float, bitrate: int) -> bool:
-        """The client's REMB; return whether the estimate changed."""
+        """The client's REMB; return whether the estimate changed.
+
+        Trusted both ways unless its reports show heavy loss (> 10 %): moderate
+        loss is no congestion signal here.  A receiver's reports count our
+        packets missing when the report is written, and through an SFU that
+        includes what the sender's own uplink lost and has not repaired yet;
+        and a REMB going up means the receiver measured no queue building.
+        """
         self.remb, self._remb_at = bitrate, now
-        lossy = self.loss is not None and self.loss >= LOSS_LOW
+        lossy = self.loss is not None and self.loss > LOSS_HIGH
         return self._set(min(self.bitrate, bitrate) if lossy else bitrate)
 
     def on_report_block(self, ssrc: int, highest_seq: int, cumulative_lost: int) -> None:
@@ -632,16 +643,20 @@ class Demand:
 
 
 def allocate_bitrate(available: int, demands: Sequence[Demand]) -> list[int]:
-    """Share ``available`` bits/s: weighted by priority, each up to its desire.
+    """Share ``available`` bits/s: weighted by priority, each up to its desire first.
 
     Water filling: every consumer still wanting more gets a share of what is
     left in proportion to its priority; a consumer whose desired bitrate fits
     within its share takes just that and the rest is shared again.  One whose
     desire is unknown is never satisfied, so it takes its weighted share of
-    whatever the others leave.  What nobody wants stays unallocated.
+    whatever the others leave.  What is left once every desire is met is
+    shared too, by priority, as headroom: a consumer's allocation is a cap,
+    and one equal to its desire (a peak measured up to a second ago) would
+    cap it as soon as its layers grow a little.
     """
     allocations = [0] * len(demands)
-    wanting = [i for i, d in enumerate(demands) if d.priority > 0]
+    takers = [i for i, d in enumerate(demands) if d.priority > 0]
+    wanting = takers
     remaining = float(max(0, available))
     while wanting and remaining > 0:
         per_weight = remaining / sum(demands[i].priority for i in wanting)
@@ -654,14 +669,124 @@ def allocate_bitrate(available: int, demands: Sequence[Demand]) -> list[int]:
         if not satisfied:
             for i in wanting:
                 allocations[i] = int(per_weight * demands[i].priority)
-            break
+            return allocations
         for i in satisfied:
             desired = demands[i].desired
             assert desired is not None
             allocations[i] = max(0, desired)
             remaining -= allocations[i]
         wanting = [i for i in wanting if i not in satisfied]
+    if takers and remaining > 0:
+        per_weight = remaining / sum(demands[i].priority for i in takers)
+        for i in takers:
+            allocations[i] += int(per_weight * demands[i].priority)
     return allocations
+
+
+# -- probing the downlink ---------------------------------------------------------------
+
+PROBE_PADDING = 255
+"""Padding bytes in a probe packet: the most one RTP packet's padding can be
+(RFC 3550 section 5.1: the last byte counts them)."""
+PROBE_PACKETS = 10
+PROBE_INTERVAL = 0.001
+"""A millisecond apart: libwebrtc's receiver counts a spacing as a probe's only
+from 1 ms (``kMinClusterDelta``), and a padding packet carries 2,040 bits, so a
+cluster says up to about 2 Mbit/s."""
+PROBE_CLUSTERS = 3
+PROBE_CLUSTER_GAP = 0.2
+
+
+class StartupProbe:
+    """The padding a receiver's first downlink estimate is made of.
+
+    A browser that gets our abs-send-time estimates what reaches it with
+    libwebrtc's receive-side estimator, which says nothing for its first
+    5 s and then starts from what it received then, growing 8 %/s at most
+    and never beyond 1.5 x what it receives.  It has one shortcut: in its
+    first 2 s (``kInitialProbingInterval``), a cluster of at least five
+    packets over 200 bytes, evenly spaced by a millisecond or more, that
+    arrived as fast as it was sent, is a probe, and the rate it was sent at
+    becomes the estimate at once.  So a transport's first video is
+    preceded (or soon followed) by ``clusters`` such clusters of padding-only
+    RTX packets, ``packets`` each, ``interval`` apart, the clusters ``gap``
+    apart: a few kilobytes that make the receiver's REMB say megabits within
+    a second instead of the media's own rate after five.
+
+    Sans-I/O: ``next_delay()`` after each packet sent gives the seconds until
+    the next one, None once finished.
+    """
+
+    __slots__ = ("_gap", "_interval", "_left", "_packets", "clusters_left")
+
+    def __init__(
+        self,
+        *,
+        clusters: int = PROBE_CLUSTERS,
+        packets: int = PROBE_PACKETS,
+        interval: float = PROBE_INTERVAL,
+        gap: float = PROBE_CLUSTER_GAP,
+    ) -> None:
+        self.clusters_left = clusters
+        self._packets = packets
+        self._left = packets
+        self._interval = interval
+        self._gap = gap
+
+    def next_delay(self) -> float | None:
+        """One packet was sent: seconds until the next one, None when the probe is over."""
+        self._left -= 1
+        if self._left > 0:
+            return self._interval
+        self.clusters_left -= 1
+        if self.clusters_left <= 0:
+            return None
+        self._left = self._packets
+        return self._gap
+
+
+PADDING_INTERVAL = 0.02
+"""How often padding is topped up, while there is padding to send."""
+PADDING_PACKET = PROBE_PADDING + 20
+"""Bytes of a padding packet before SRTP: the header, our abs-send-time, the padding."""
+WARMUP = 6.0
+"""How long a transport pads its video up to the downlink estimate while it waits
+for the receiver's first REMB (libwebrtc's receiver starts from what it received
+in its first 5 s, unless a probe told it more)."""
+
+
+class PaddingBudget:
+    """How many padding packets top the media up to a target rate: a token bucket.
+
+    Every call adds the target's worth of bytes for the time since the last
+    one and takes off the media sent meanwhile; whole packets of what is left
+    go out.  Neither credit nor debt is kept beyond two intervals, so a
+    burst of media (a key frame) is not paid for with seconds of silence and a
+    pause in calls (a busy loop) is not made up for with a burst.
+    """
+
+    __slots__ = ("_at", "_credit", "_interval", "_media")
+
+    def __init__(self, interval: float = PADDING_INTERVAL) -> None:
+        self._interval = interval
+        self._at = -1.0
+        self._credit = 0.0
+        self._media = 0
+
+    def packets(self, now: float, target: int, media_bytes: int, packet_bytes: int) -> int:
+        """Padding packets of ``packet_bytes`` to send now so that what goes out
+        reaches ``target`` bits/s; ``media_bytes``: the media sent so far (a total)."""
+        if self._at < 0:
+            elapsed, self._media = self._interval, media_bytes
+        else:
+            elapsed = min(max(0.0, now - self._at), 2 * self._interval)
+        limit = target / 8 * 2 * self._interval
+        credit = self._credit + target / 8 * elapsed - (media_bytes - self._media)
+        credit = max(-limit, min(limit, credit))
+        self._at, self._media = now, media_bytes
+        count = int(credit // packet_bytes) if credit > 0 else 0
+        self._credit = credit - count * packet_bytes
+        return count
 
 
 DISTRIBUTE_INTERVAL = 1.0
@@ -750,6 +875,8 @@ __all__ = [
     "Demand",
     "IncomingBitrateEstimator",
     "OutgoingBitrateEstimator",
+    "PaddingBudget",
     "RembPolicy",
+    "StartupProbe",
     "allocate_bitrate",
 ]

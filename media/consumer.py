@@ -16,6 +16,7 @@ with no limit) and ``available_bitrate`` (set by a bandwidth estimator).
 
 from __future__ import annotations
 
+import struct
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -23,15 +24,16 @@ from typing import TYPE_CHECKING, Any
 from . import rtp_packet
 from .errors import InvalidParametersError, InvalidStateError
 from .events import EventEmitter
-from .link import StreamCounters
+from .link import StreamCounters, upstream_gaps
 from .rtp_parameters import Json
-from .rtp_stream import RecvStream, ScoreHistory
+from .rtp_stream import RecvStream, ScoreHistory, send_time_element, stamp_send_time
 
 if TYPE_CHECKING:
     from .producer import Producer
     from .webrtc_transport import WebRtcTransport
 
 DEFAULT_PRIORITY = 1
+_PADDING_HEADER = struct.Struct("!BBHIIHHI")  # RTP header, one-byte block, abs-send-time
 
 
 class Consumer(EventEmitter):
@@ -82,6 +84,7 @@ class Consumer(EventEmitter):
         self.highest_seq_reported = 0
         self.jitter = 0
         self.reports_received = 0
+        self.sent_at_report = 0  # our packet_count when the latest report came
         self.clock_rate: int = codecs[0]["clockRate"]
         self.round_trip_time: float | None = None
         self._sr_sent: dict[int, float] = {}
@@ -218,6 +221,8 @@ class Consumer(EventEmitter):
     def _retransmit(self, cached: bytearray, seq: int) -> None:
         self.retransmitted_count += 1
         if self.rtx_ssrc is None or self.rtx_payload_type is None:
+            # Our abs-send-time, if the packet carries it, says when it leaves now.
+            stamp_send_time(cached, time.monotonic())
             self._transport.send_rtp(cached, seq, self.ssrc)
             return
         start = rtp_packet.header_length(cached)
@@ -230,7 +235,37 @@ class Consumer(EventEmitter):
         rtp_packet.set_seq_and_ssrc(out, self._rtx_seq, self.rtx_ssrc)
         out += seq.to_bytes(2, "big")
         out += cached[start : rtp_packet.payload_end(cached)]
+        stamp_send_time(out, time.monotonic())
         self._transport.send_rtp(out)
+
+    @property
+    def can_pad(self) -> bool:
+        """Whether ``padding_packet`` gives packets now: forwarding, with RTX."""
+        return self._forwarding and self.rtx_ssrc is not None and self.rtx_payload_type is not None
+
+    def padding_packet(self, size: int, now: float) -> bytearray | None:
+        """A padding-only RTX packet of ``size`` padding bytes (1..255), carrying our
+        abs-send-time for ``now``: what the bandwidth loop probes the client's
+        downlink with (None without RTX: padding on the media stream would take
+        sequence numbers the receiver expects media in)."""
+        if self.rtx_ssrc is None or self.rtx_payload_type is None or not self._forwarding:
+            return None
+        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        packet = bytearray(20 + size)
+        _PADDING_HEADER.pack_into(
+            packet,
+            0,
+            0xB0,  # V=2, P, X
+            self.rtx_payload_type,
+            self._rtx_seq,
+            0,  # a padding packet's timestamp means nothing to the receiver
+            self.rtx_ssrc,
+            0xBEDE,
+            1,
+            send_time_element(now),
+        )
+        packet[-1] = size
+        return packet
 
     def receive_key_frame_request(self) -> None:
         if self._forwarding:
@@ -240,7 +275,16 @@ class Consumer(EventEmitter):
         """The client's reception report about this stream (RFC 3550 section 6.4.1)."""
         expected = (block.highest_seq - self.highest_seq_reported) & 0xFFFFFFFF
         lost = block.cumulative_lost - self.packets_lost
+        sent_since = self.packet_count - self.sent_at_report
         first = self.reports_received == 0
+        # The client counts as lost every number it did not get, also those we
+        # never sent because they were lost before us (the sender's uplink):
+        # those are not this link's loss (mediasoup's RtpStreamSend scores on
+        # what it sent, too).
+        if 0 < expected < 0x80000000:
+            gaps = upstream_gaps(expected, sent_since)
+            expected, lost = expected - gaps, lost - gaps
+        self.sent_at_report = self.packet_count
         self.fraction_lost = block.fraction_lost
         self.packets_lost = block.cumulative_lost
         self.highest_seq_reported = block.highest_seq
@@ -275,6 +319,7 @@ class Consumer(EventEmitter):
             jitter_ms=self.jitter * 1000 / self.clock_rate,
             rtt_ms=None if rtt is None else rtt * 1000,
             reports=self.reports_received,
+            sent=self.sent_at_report,
         )
 
     # -- scores -------------------------------------------------------------------

@@ -37,6 +37,22 @@ class StreamCounters:
     rtt_ms: float | None = None
     reports: int = 0
     """Downlink: receiver reports received so far; a new one is new information."""
+    sent: int | None = None
+    """Downlink: packets we had sent on the stream when that report came."""
+
+
+def upstream_gaps(expected: int, sent: int) -> int:
+    """Of ``expected`` packets a receiver counted between two of its reports,
+    how many we never sent (``sent``: what we did send meanwhile).
+
+    An SFU keeps the sender's sequence numbers (or one continuous run of its
+    own), so what the sender lost before reaching us shows up as numbers the
+    receiver reports lost: loss on the sender's link, not on this one.  The
+    count of what we sent is read when each report arrives, a little after
+    the highest number it covers; the packets in flight then are about as
+    many at both readings, so the difference holds.
+    """
+    return max(0, expected - sent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +226,11 @@ class LinkMonitor:
             expected = (report.expected - before.expected) & _SEQ_MASK
             if expected > 0x7FFFFFFF:
                 continue  # reordered reports: the highest sequence went backwards
-            down.add(expected, report.lost - before.lost, report.kind, report.jitter_ms)
+            lost = report.lost - before.lost
+            if report.sent is not None and before.sent is not None:
+                gaps = upstream_gaps(expected, report.sent - before.sent)
+                expected, lost = expected - gaps, lost - gaps
+            down.add(expected, lost, report.kind, report.jitter_ms)
         self._downlink = downlink
 
         return LinkSample(

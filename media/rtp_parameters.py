@@ -29,14 +29,16 @@ AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 VIDEO_ORIENTATION_URI = "urn:3gpp:video-orientation"
 TOFFSET_URI = "urn:ietf:params:rtp-hdrext:toffset"
 TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+ABS_SEND_TIME_ID = 4
+"""The router's id of abs-send-time, so every consumer's: the one we write."""
 
 ROUTER_HEADER_EXTENSIONS: list[Json] = [
     {"kind": "audio", "uri": MID_URI, "preferredId": 1},
     {"kind": "video", "uri": MID_URI, "preferredId": 1},
     {"kind": "video", "uri": RID_URI, "preferredId": 2},
     {"kind": "video", "uri": RRID_URI, "preferredId": 3},
-    {"kind": "audio", "uri": ABS_SEND_TIME_URI, "preferredId": 4},
-    {"kind": "video", "uri": ABS_SEND_TIME_URI, "preferredId": 4},
+    {"kind": "audio", "uri": ABS_SEND_TIME_URI, "preferredId": ABS_SEND_TIME_ID},
+    {"kind": "video", "uri": ABS_SEND_TIME_URI, "preferredId": ABS_SEND_TIME_ID},
     # mediasoup's direction: the router receives transport-wide numbers only.
     {"kind": "audio", "uri": TRANSPORT_CC_URI, "preferredId": 5, "direction": "recvonly"},
     {"kind": "video", "uri": TRANSPORT_CC_URI, "preferredId": 5, "direction": "recvonly"},
@@ -45,14 +47,18 @@ ROUTER_HEADER_EXTENSIONS: list[Json] = [
     {"kind": "video", "uri": TOFFSET_URI, "preferredId": 12},
 ]
 
-# Extensions a consumer may receive.  MID, RID and repaired-RID describe the
-# producer's stream and are padded out on the way (consumers are demultiplexed
-# by SSRC, which mediasoup-client writes into the remote SDP).  abs-send-time
-# is read on the way in, for the uplink estimate we answer with REMB
-# (``media.bwe``), and padded out too: a receiver's estimator would need it
-# rewritten with our send time (mediasoup does), and without it a browser's
-# REMB comes from its RTP-timestamp estimator instead.
+# Extensions forwarded from a producer to its consumers.  MID, RID and
+# repaired-RID describe the producer's stream and are padded out on the way
+# (consumers are demultiplexed by SSRC, which mediasoup-client writes into the
+# remote SDP).  The producer's abs-send-time is read on the way in, for the
+# uplink estimate we answer with REMB (``media.bwe``), and padded out too, as
+# is its transport-wide number: what a receiver gets is ours (below).
 CONSUMER_HEADER_EXTENSION_URIS = frozenset({AUDIO_LEVEL_URI, VIDEO_ORIENTATION_URI, TOFFSET_URI})
+SENDER_HEADER_EXTENSION_URIS = {"video": frozenset({ABS_SEND_TIME_URI}), "audio": frozenset()}
+"""Extensions consumers are offered that we write ourselves: video packets leave
+with our abs-send-time (``media.rtp_stream``, in the padding where the
+producer's transport-wide number was), as mediasoup rewrites it on egress, so
+a receiver's delay-based estimator measures our path to it."""
 
 # goog-remb and transport-cc, as in mediasoup's supportedRtpCapabilities.  A
 # sending browser keeps one of them (mediasoup-client drops goog-remb when the
@@ -60,7 +66,8 @@ CONSUMER_HEADER_EXTENSION_URIS = frozenset({AUDIO_LEVEL_URI, VIDEO_ORIENTATION_U
 # reports (media.transport_cc), which Chrome's send-side estimator ramps up on
 # within seconds; a client without it (aiortc) gets REMB from our receive-side
 # estimator (media.bwe).  Consumers get no transport-cc: we do not number what
-# we send, so receivers report with REMB and receiver reports.
+# we send, so receivers report with REMB (from the abs-send-time we write) and
+# receiver reports.
 VIDEO_FEEDBACK: list[Json] = [
     {"type": "nack", "parameter": ""},
     {"type": "nack", "parameter": "pli"},
@@ -346,10 +353,11 @@ def get_consumable_rtp_parameters(
                 ],
             }
         )
+    offered = CONSUMER_HEADER_EXTENSION_URIS | SENDER_HEADER_EXTENSION_URIS.get(kind, frozenset())
     header_extensions = [
         {"uri": ext["uri"], "id": ext["preferredId"], "encrypt": False, "parameters": {}}
         for ext in router_capabilities["headerExtensions"]
-        if ext["kind"] == kind and ext["uri"] in CONSUMER_HEADER_EXTENSION_URIS
+        if ext["kind"] == kind and ext["uri"] in offered
     ]
     # Consumers only need to know how many encodings there are and what their
     # layers and bitrate limits are (not the producer's SSRCs or rids).

@@ -7,7 +7,9 @@ NTP/RTP pair, score and bitrate, as mediasoup's ``RtpStreamRecv``.
 
 ``receive_rtp`` runs once per inbound packet and is the SFU's hot path: it
 maps the payload type and header extension ids to the router's in place
-(one-byte extension heads through a precomputed table), tracks the sequence
+(one-byte extension heads through a precomputed table; for video, our
+abs-send-time goes into the padding left where the sender's transport-wide
+number was, the same for every consumer: see ``send_time``), tracks the sequence
 number and jitter, caches the packet and hands the same buffer to every
 consumer that wants this stream (``sinks``: a simulcast consumer only takes
 the encoding it forwards or waits for).  Nothing else runs per packet,
@@ -33,11 +35,13 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import rtp_packet
 from .codecs import h264, vp8
 from .link import StreamCounters
+from .rtp_parameters import ABS_SEND_TIME_ID as SEND_TIME_ID
 
 if TYPE_CHECKING:
     from .producer import Producer
@@ -132,6 +136,78 @@ def loss_score(expected: int, received: int, repaired: int, retransmitted: int, 
     return max(0, min(10, round(delivered**4 * 10)))
 
 
+_SEND_TIME_HEAD = SEND_TIME_ID << 4 | 2  # a one-byte element with 3 bytes of data
+_SEND_TIME_ELEMENT = struct.Struct("!I")  # the head and the 24-bit value
+_AST_UNITS_PER_SECOND = 1 << 18
+
+
+def send_time_element(now: float) -> int:
+    """The four bytes of our abs-send-time element for ``now`` (``time.monotonic()``,
+    the event loop's clock): 24 bits of 6.18 fixed-point seconds, wrapping every 64 s.
+
+    The clock is read per packet, right before it goes out: uvloop's
+    ``loop.time()`` is per iteration and in whole milliseconds, and a receiver
+    tells a paced burst (which it takes for a probe of the path) from a queue
+    by spacings of a millisecond or two."""
+    return _SEND_TIME_HEAD << 24 | (int(now * _AST_UNITS_PER_SECOND) & 0xFFFFFF)
+
+
+_SEND_TIME = _SEND_TIME_HEAD << 24
+_pack_send_time = _SEND_TIME_ELEMENT.pack_into
+
+
+def _place_send_time(buf: bytearray, pos: int, end: int) -> None:
+    """Our abs-send-time into the first run of four padding bytes between
+    ``pos`` and ``end`` (a one-byte block whose ids are mapped); none if there
+    is no such run.  Off the usual path: a browser's packets have the room at
+    the start of the block."""
+    zeros = pos
+    while pos < end:
+        head = buf[pos]
+        if head < 0x10:
+            pos += 1
+            if pos - zeros > 3:
+                _pack_send_time(buf, zeros, send_time_element(_monotonic()))
+                return
+            continue
+        if head >= 0xF0:
+            return
+        pos += (head & 0x0F) + 2
+        zeros = pos
+
+
+def stamp_send_time(packet: bytearray, now: float) -> bool:
+    """Rewrite the abs-send-time element we put in ``packet`` (a copy being
+    retransmitted, or a cached packet) with ``now``; return whether it had one.
+
+    Off the hot path: walks the one-byte block in place.
+    """
+    if not packet[0] & 0x10:
+        return False
+    block = 12 + ((packet[0] & 0x0F) << 2)
+    size = len(packet)
+    if size < block + 4 or packet[block] != 0xBE or packet[block + 1] != 0xDE:
+        return False
+    end = block + 4 + (((packet[block + 2] << 8) | packet[block + 3]) << 2)
+    pos = block + 4
+    if end > size:
+        return False
+    while pos < end:
+        head = packet[pos]
+        if head < 0x10:
+            pos += 1
+            continue
+        if head >= 0xF0:
+            return False
+        if head == _SEND_TIME_HEAD:
+            if pos + 4 > end:
+                return False
+            _SEND_TIME_ELEMENT.pack_into(packet, pos, send_time_element(now))
+            return True
+        pos += (head & 0x0F) + 2
+    return False
+
+
 def _one_byte_heads(id_map: dict[int, int]) -> bytes:
     """For every first byte of an RFC 8285 one-byte element (id 1-14 and length), the
     byte with the router's id; 0 where the id is not mapped (the element is padded out)."""
@@ -195,6 +271,7 @@ class RecvStream:
         "rid",
         "rtx_ssrc",
         "scores",
+        "send_time",
         "sinks",
         "sr_ntp",
         "sr_rtp",
@@ -250,6 +327,9 @@ class RecvStream:
         self._cache: list[bytearray | None] = [None] * RTX_CACHE_SIZE
         self._cache_seq = [-1] * RTX_CACHE_SIZE  # which packet each entry is
         self.sinks: tuple[Sink, ...] = ()
+        self.send_time = False
+        """Whether packets go out with our abs-send-time (``SEND_TIME_ID``), written
+        into padding of their one-byte extension block (the transport's choice)."""
         self.paused = False
         self.audio_level_sink: Callable[[bytearray], None] | None = None
         """Set through ``Producer.audio_level_sink`` (an audio level observer)."""
@@ -303,6 +383,11 @@ class RecvStream:
     @property
     def clock_rate(self) -> int:
         return self._clock_rate
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """What the stream tells time by (``time.monotonic``; a fake one in tests)."""
+        return self._clock
 
     # -- forwarding (hot path) -----------------------------------------------------
 
@@ -407,9 +492,13 @@ class RecvStream:
             rtp_packet.rewrite_extension_ids(buf, self._extension_ids)  # two-byte elements
             return start
         # One-byte elements, as browsers send: the new head of each id/length
-        # byte comes from a table (0: not ours to forward, padded out).
+        # byte comes from a table (0: not ours to forward, padded out).  With
+        # ``send_time``, the first element padded out that leaves room (four
+        # bytes, with the padding byte after it: a browser's transport-wide
+        # number) gets our abs-send-time instead.
         heads = self._extension_heads
         pos = block + 4
+        stamp = self.send_time
         while pos < start:
             head = buf[pos]
             if head < 0x10:  # id 0: padding
@@ -425,9 +514,23 @@ class RecvStream:
             if new != head:
                 if new:
                     buf[pos] = new
+                elif stamp and (
+                    length > 3 or (length == 3 and pos + 3 < start and not buf[pos + 3])
+                ):
+                    # Read now: the packet leaves in this loop iteration, with
+                    # every consumer's copy carrying the same value.
+                    now = int(_monotonic() * 262144.0) & 0xFFFFFF  # 6.18 fixed point
+                    _pack_send_time(buf, pos, _SEND_TIME | now)
+                    if length > 4:
+                        buf[pos + 4 : pos + length] = bytes(length - 4)
+                    stamp = False
+                    pos += length if length > 3 else 4
+                    continue
                 else:
                     buf[pos : pos + length] = bytes(length)
             pos += length
+        if stamp:
+            _place_send_time(buf, block + 4, start)
         return start
 
     def is_key_frame(self, buf: bytearray) -> bool:
@@ -699,4 +802,14 @@ class RecvStream:
         }
 
 
-__all__ = ["BITRATE_WINDOW", "RTX_CACHE_SIZE", "RecvStream", "ScoreHistory", "Sink", "loss_score"]
+__all__ = [
+    "BITRATE_WINDOW",
+    "RTX_CACHE_SIZE",
+    "SEND_TIME_ID",
+    "RecvStream",
+    "ScoreHistory",
+    "Sink",
+    "loss_score",
+    "send_time_element",
+    "stamp_send_time",
+]

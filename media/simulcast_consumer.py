@@ -12,8 +12,10 @@ What is forwarded
     ``available_bitrate`` (set by a bandwidth estimator) caps it further
     against the bitrate each layer measured over the last second, down to
     the base temporal layer of the lowest active encoding, which is always
-    forwarded.  The target temporal layer is the preferred one on the
-    preferred encoding, the highest below it, the lowest above it.
+    forwarded; with hysteresis (``_steady``: a grace before going down, a
+    hold before going back up on the same room).  The target temporal layer
+    is the preferred one on the preferred encoding, the highest below it,
+    the lowest above it.
 
 When it switches
     Only on a key frame of the target encoding: the consumer asks that
@@ -59,6 +61,7 @@ current encoding and NACKed upstream.
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 from typing import TYPE_CHECKING, Any
@@ -82,9 +85,25 @@ _MASK32 = 0xFFFFFFFF
 _HALF32 = 0x80000000
 _RING_MASK = RTX_CACHE_SIZE - 1
 
-DOWNGRADE_SLACK = 1.15
+DOWNGRADE_SLACK = 1.25
 """Under a bitrate cap, the layers forwarded now are kept until they measure this
-much above it (key frames make the rate spiky); going up needs a fit under it."""
+much above it; going up needs a fit under it.  Key frames make the rate spiky,
+and a browser's REMB falls to 0.85 x what arrived on each overuse it detects
+(delay noise, here and there): one such step must not cost a layer, which
+would lower what arrives and the next REMB with it."""
+DOWNGRADE_GRACE = 0.5
+"""... and for this long (a key frame inflates a second's measurement for a
+second), unless they measure ``DOWNGRADE_AT_ONCE`` times the cap or more."""
+DOWNGRADE_AT_ONCE = 1.5
+UPGRADE_HOLD = 2.0
+"""After the cap pushed the layers down, they go back up no sooner than this,
+unless the cap rose ``UPGRADE_CAP_RISE`` above what it was then (new room, not
+the same measurement seen again).  The hold doubles, up to ``UPGRADE_HOLD_MAX``,
+each time the layers are pushed down again within ``FLAP_WINDOW`` of going up,
+and is back to this after a quiet ``FLAP_WINDOW``."""
+UPGRADE_HOLD_MAX = 16.0
+UPGRADE_CAP_RISE = 1.1
+FLAP_WINDOW = 10.0
 KEY_FRAME_RETRY_TICKS = 4
 """While waiting for the target's key frame, ask again every this many producer
 ticks (a tick is a quarter of the inactivity timeout: 1 s by default)."""
@@ -156,6 +175,13 @@ class SimulcastConsumer(Consumer):
         self._run_sent_as: tuple[int, tuple[int, int] | None] = (0, None)
         self._waiting_ticks = 0
         self._uncapped = (-1, -1)
+        # Layer changes under a cap (``_steady``), on the streams' clock.
+        self._clock = self._streams[0].clock
+        self._over_since = -1.0
+        self._rechoosing = False
+        self._downgraded_at = self._upgraded_at = -math.inf
+        self._downgraded_cap = 0
+        self._hold = UPGRADE_HOLD
         self._update_targets()
 
     # -- layers ------------------------------------------------------------------------
@@ -221,7 +247,8 @@ class SimulcastConsumer(Consumer):
         return spatial, (self._temporal_layers - 1 if spatial < preferred_spatial else 0)
 
     def _choose_layers(self, spatial: int, temporal: int) -> tuple[int, int]:
-        """The uncapped layers (``spatial``, ``temporal``), capped by ``available_bitrate``."""
+        """The uncapped layers (``spatial``, ``temporal``), capped by ``available_bitrate``:
+        the highest (mediasoup's order: spatial, then temporal) that fits."""
         cap = self._available_bitrate
         if spatial < 0 or cap is None:
             return spatial, temporal
@@ -240,15 +267,60 @@ class SimulcastConsumer(Consumer):
                     return s, t
         return lowest
 
+    def _steady(self, choice: tuple[int, int], cap: int | None) -> tuple[int, int]:
+        """``choice``, unless it moves the layers the cap moves too eagerly (same
+        preferences, same encodings): a downgrade waits out a key frame's bump,
+        an upgrade after a downgrade waits for new room (``UPGRADE_HOLD``)."""
+        current = (self._target_spatial, self._target_temporal)
+        if cap is None or current[0] < 0 or choice == current:
+            self._over_since = -1.0
+            return choice
+        now = self._clock()
+        if choice < current:
+            stream = self._streams[current[0]]
+            measured = stream.bitrate_up_to(current[1]) if stream.active else 0
+            if stream.active and measured < cap * DOWNGRADE_AT_ONCE:
+                over_since = self._over_since
+                if over_since < 0:
+                    self._over_since = now
+                    return current
+                if now - over_since < DOWNGRADE_GRACE:
+                    return current
+            self._over_since = -1.0
+            # Pushed down by the cap: back up only on new room or after the hold,
+            # the longer the sooner this follows the last time it went up.
+            if now - self._upgraded_at < FLAP_WINDOW:
+                self._hold = min(UPGRADE_HOLD_MAX, self._hold * 2)
+            elif now - self._downgraded_at >= FLAP_WINDOW:
+                self._hold = UPGRADE_HOLD
+            self._downgraded_at, self._downgraded_cap = now, cap
+            return choice
+        self._over_since = -1.0
+        if now - self._downgraded_at < self._hold and cap < self._downgraded_cap * UPGRADE_CAP_RISE:
+            return current
+        self._upgraded_at = now
+        return choice
+
     def _update_targets(self) -> None:
         uncapped = self._uncapped_layers()
         if uncapped != self._uncapped:
             # What it desires changed (a preference, an encoding that stopped or
             # came back, a pause): let the bandwidth estimator share again first
-            # (it may set ``available_bitrate``, which comes back here).
+            # (it may set ``available_bitrate``, which comes back here), and
+            # take what fits at once.
             self._uncapped = uncapped
-            self._demand_changed()
-        self._set_targets(*self._choose_layers(*uncapped))
+            self._over_since = -1.0
+            self._rechoosing = True
+            try:
+                self._demand_changed()
+            finally:
+                self._rechoosing = False
+            self._set_targets(*self._choose_layers(*uncapped))
+            return
+        choice = self._choose_layers(*uncapped)
+        if not self._rechoosing:
+            choice = self._steady(choice, self._available_bitrate)
+        self._set_targets(*choice)
 
     def _set_targets(self, spatial: int, temporal: int) -> None:
         if (spatial, temporal) == (self._target_spatial, self._target_temporal):
@@ -312,6 +384,8 @@ class SimulcastConsumer(Consumer):
             ):
                 return  # another layer, or the target before its key frame
             self._switch_to(stream, seq)
+            if self.closed:
+                return  # closed by a listener of the switch's events
         if seq != self._run_next or stream.frame != self._run_frame:
             self._send_first(packet, seq, stream)
             return
@@ -358,6 +432,8 @@ class SimulcastConsumer(Consumer):
                 return
             if vp8.current_temporal != self._reported_temporal:
                 self._emit_layers()
+                if self.closed:
+                    return  # (as after a switch)
         out_seq = numbers.input(seq)
         if out_seq < 0:
             return  # dropped before, or from before the switch

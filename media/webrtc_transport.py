@@ -41,11 +41,17 @@ from typing import TYPE_CHECKING, Any
 from . import rtp_packet
 from .aiortc_bridge import DtlsRole, DtlsSession, RTCCertificate, SrtpSession
 from .bwe import (
+    PADDING_INTERVAL,
+    PADDING_PACKET,
+    PROBE_PADDING,
     TIMING_RESOLUTION,
+    WARMUP,
     BitrateDistributor,
     Demand,
     IncomingBitrateEstimator,
     OutgoingBitrateEstimator,
+    PaddingBudget,
+    StartupProbe,
 )
 from .codecs import SIMULCAST_MIME_TYPES
 from .consumer import Consumer
@@ -371,6 +377,12 @@ class WebRtcTransport(EventEmitter):
         self._distributor = BitrateDistributor()
         self.rembs_sent = 0
         self.rembs_received = 0
+        # Padding with the first video, for the receiver's first estimate.
+        self._startup_probe: StartupProbe | None = StartupProbe()
+        self._warmup_until = 0.0  # (0: not started)
+        self._padding = PaddingBudget()
+        self._padding_timer: asyncio.TimerHandle | None = None
+        self.padding_packets_sent = 0
         # produce() announces every producer here; it is where the extension
         # ids of this client's streams become known (one per URI in a BUNDLE).
         self.observer.on("newproducer", self._learn_extension_ids)
@@ -655,6 +667,7 @@ class WebRtcTransport(EventEmitter):
             self.emit("dtlsstatechange", state)
             for consumer in self.consumers.values():
                 consumer.receive_key_frame_request()
+            self._maybe_probe()
         elif state == "closed":
             self.emit("dtlsstatechange", state)
             self._end(TransportEndReason.DTLS_CLOSED)
@@ -903,6 +916,8 @@ class WebRtcTransport(EventEmitter):
         # Every encoding is a stream of its own; signalled SSRCs are bound now,
         # the others when their first packet names them (``_learn_ssrc``).
         for stream in producer.streams:
+            # Our abs-send-time on the way out (video: what receivers estimate on).
+            stream.send_time = kind == "video"
             if stream.ssrc is not None:
                 self._rtp_table[stream.ssrc] = stream.receive_rtp
                 self._recv_streams[stream.ssrc] = stream
@@ -1161,6 +1176,65 @@ class WebRtcTransport(EventEmitter):
         """
         if self.consumers and not self.closed:
             self._share_outgoing_bitrate(self._loop.time(), force=True)
+            self._maybe_probe()
+
+    def _maybe_probe(self) -> None:
+        """Once video can go out: the startup probe, then padding up to the estimate
+        until the receiver's first REMB (``media.bwe.StartupProbe``, ``WARMUP``)."""
+        if self._warmup_until or not self._connected or self._padding_consumer() is None:
+            return
+        self._warmup_until = self._loop.time() + WARMUP
+        self._send_probe()
+
+    def _padding_consumer(self) -> Consumer | None:
+        """The consumer whose RTX stream carries padding: a simulcast one (only
+        layers follow the estimate: nothing to learn it for otherwise) that
+        forwards and has RTX."""
+        for consumer in self.consumers.values():
+            if consumer.type == "simulcast" and consumer.can_pad:
+                return consumer
+        return None
+
+    def _send_probe(self) -> None:
+        self._padding_timer = None
+        probe = self._startup_probe
+        consumer = self._padding_consumer()
+        if probe is None or consumer is None or self.closed:
+            self._startup_probe = None
+            return
+        packet = consumer.padding_packet(PROBE_PADDING, time.monotonic())
+        if packet is not None:
+            self.send_rtp(packet)
+            self.padding_packets_sent += 1
+        delay = probe.next_delay()
+        if delay is None:
+            self._startup_probe = None
+            self._padding_timer = self._loop.call_later(PADDING_INTERVAL, self._pad)
+        else:
+            self._padding_timer = self._loop.call_later(delay, self._send_probe)
+
+    def _pad(self) -> None:
+        """Top the video up with padding to the downlink estimate, every
+        ``PADDING_INTERVAL``, until the receiver's first REMB or ``WARMUP``."""
+        self._padding_timer = None
+        now = self._loop.time()
+        consumer = self._padding_consumer()
+        if (
+            self.closed
+            or consumer is None
+            or self._downlink.remb is not None
+            or now >= self._warmup_until
+        ):
+            return
+        media = sum(c.byte_count for c in self.consumers.values() if c.kind == "video")
+        count = self._padding.packets(now, self._downlink.bitrate, media, PADDING_PACKET)
+        for _ in range(count):
+            packet = consumer.padding_packet(PROBE_PADDING, time.monotonic())
+            if packet is None:
+                break
+            self.send_rtp(packet)
+            self.padding_packets_sent += 1
+        self._padding_timer = self._loop.call_later(PADDING_INTERVAL, self._pad)
 
     def _learn_extension_ids(self, producer: Producer) -> None:
         # RFC 8843 (BUNDLE): one id per extension, and per payload type, on the
@@ -1270,7 +1344,11 @@ class WebRtcTransport(EventEmitter):
             Demand(priority=consumer.priority, desired=consumer.desired_bitrate or None)
             for consumer in video
         ]
-        allocations, info = distributor.distribute(now, max(0, available - audio_bitrate), demands)
+        # A browser's REMB is what its video can take: libwebrtc's receive-side
+        # estimator counts only packets with our abs-send-time (video), never audio.
+        # A loss-based estimate is about everything sent.
+        for_video = available if self._downlink.remb_fresh(now) else available - audio_bitrate
+        allocations, info = distributor.distribute(now, max(0, for_video), demands)
         for consumer, bitrate in zip(video, allocations, strict=True):
             consumer.available_bitrate = bitrate
         self._downlink.forget_streams(set(self._consumers_by_ssrc))
@@ -1358,6 +1436,7 @@ class WebRtcTransport(EventEmitter):
                 "maxIncomingBitrate": self.max_incoming_bitrate or None,
                 "rembsSent": self.rembs_sent,
                 "rembsReceived": self.rembs_received,
+                "paddingPacketsSent": self.padding_packets_sent,
                 "iceTcp": self._tcp_stats(),
             }
         ]
@@ -1419,6 +1498,10 @@ class WebRtcTransport(EventEmitter):
         if self._transport_cc_timer is not None:
             self._transport_cc_timer.cancel()
             self._transport_cc_timer = None
+        if self._padding_timer is not None:
+            self._padding_timer.cancel()
+            self._padding_timer = None
+        self._startup_probe = None
         for producer in list(self.producers.values()):
             producer.transport_closed()
             self._router.remove_producer(producer)

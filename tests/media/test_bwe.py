@@ -20,12 +20,17 @@ from aiortc.rate import OveruseDetector, OveruseEstimator
 
 from media.bwe import (
     AST_UNITS_PER_SECOND,
+    PROBE_CLUSTER_GAP,
+    PROBE_INTERVAL,
+    PROBE_PACKETS,
     BitrateDistributor,
     DelayGradientDetector,
     Demand,
     IncomingBitrateEstimator,
     OutgoingBitrateEstimator,
+    PaddingBudget,
     RembPolicy,
+    StartupProbe,
     allocate_bitrate,
 )
 
@@ -358,6 +363,24 @@ def test_a_clean_clients_remb_is_its_estimate_both_ways() -> None:
     assert not estimator.on_remb(3.0, 400_000)
 
 
+def test_moderate_loss_does_not_stop_a_remb_from_raising_the_estimate() -> None:
+    # 5 % in the reports (random loss, or the sender's uplink losses not yet
+    # repaired upstream): the receiver saw no queue, its REMB says so.
+    estimator = OutgoingBitrateEstimator(initial_bitrate=600_000)
+    reports = Reports(estimator)
+    reports.report(0.0)
+    reports.report(1.0, loss=0.05)
+    estimator.on_remb(1.5, 150_000)
+    assert estimator.bitrate == 150_000
+
+    assert estimator.on_remb(2.5, 300_000)
+    assert estimator.bitrate == 300_000
+    reports.report(3.0, loss=0.15)  # heavy: cut, and a REMB can only lower it now
+    assert estimator.bitrate == 277_500
+    assert not estimator.on_remb(3.5, 900_000)
+    assert estimator.bitrate == 277_500
+
+
 def test_a_fresh_remb_caps_the_loss_based_increase_and_an_old_one_does_not() -> None:
     estimator = OutgoingBitrateEstimator(initial_bitrate=600_000)
     reports = Reports(estimator)
@@ -385,10 +408,11 @@ def test_baselines_of_streams_no_longer_sent_are_forgotten() -> None:
 # -- sharing the downlink among consumers --------------------------------------------------
 
 
-def test_with_enough_for_everyone_each_consumer_gets_what_it_wants() -> None:
-    demands = [Demand(desired=300_000), Demand(desired=1_200_000)]
+def test_with_enough_for_everyone_each_consumer_gets_what_it_wants_and_shares_the_rest() -> None:
+    demands = [Demand(desired=300_000), Demand(priority=3, desired=1_200_000)]
 
-    assert allocate_bitrate(2_000_000, demands) == [300_000, 1_200_000]
+    # 500 kbit/s left over: a quarter and three quarters of it, as headroom.
+    assert allocate_bitrate(2_000_000, demands) == [425_000, 1_575_000]
 
 
 def test_when_short_the_higher_priority_gets_more_in_proportion() -> None:
@@ -455,3 +479,51 @@ def test_the_effective_desired_bitrate_rises_at_once_and_decays_slowly() -> None
     assert high is not None and high["effectiveDesiredBitrate"] == 1_000_000
     assert dip is not None and dip["desiredBitrate"] == 200_000
     assert dip["effectiveDesiredBitrate"] == 900_000  # 5 %/s of the high for 2 s
+
+
+# -- probing the downlink ------------------------------------------------------------------
+
+
+def test_the_startup_probe_is_three_clusters_of_ten_packets_a_millisecond_apart() -> None:
+    probe = StartupProbe()
+    delays = []
+    while (delay := probe.next_delay()) is not None:
+        delays.append(delay)
+
+    # 30 packets: the first goes at once, 29 delays follow it.
+    assert len(delays) == 3 * PROBE_PACKETS - 1
+    assert delays.count(PROBE_CLUSTER_GAP) == 2
+    assert delays[PROBE_PACKETS - 1] == delays[2 * PROBE_PACKETS - 1] == PROBE_CLUSTER_GAP
+    assert set(delays) == {PROBE_INTERVAL, PROBE_CLUSTER_GAP}
+    # Each cluster: what libwebrtc's receiver takes for a probe (at least five
+    # packets, a millisecond or more apart), of 255 padding bytes each (2 Mbit/s).
+    assert PROBE_PACKETS >= 5 and PROBE_INTERVAL >= 0.001
+
+
+def test_a_probe_of_one_cluster_ends_after_its_packets() -> None:
+    probe = StartupProbe(clusters=1, packets=5)
+
+    assert [probe.next_delay() for _ in range(5)] == [PROBE_INTERVAL] * 4 + [None]
+
+
+def test_padding_tops_the_media_up_to_the_target_rate() -> None:
+    budget = PaddingBudget(interval=0.02)
+    media = 0
+    sent = 0
+    for tick in range(100):  # 2 s of 20 ms calls; 250 kbit/s of media
+        media += 625
+        sent += budget.packets(tick * 0.02, 600_000, media, 275)
+    # 600 kbit/s in all: 350 kbit/s of padding, in whole packets.
+    assert sent * 275 * 8 / 2.0 == pytest.approx(350_000, rel=0.03)
+
+
+def test_a_burst_of_media_is_no_debt_and_a_stall_no_credit() -> None:
+    budget = PaddingBudget(interval=0.02)
+    budget.packets(0.0, 600_000, 0, 275)
+    # A key frame of 50 kB: no padding for a moment, not for seconds.
+    counts = [budget.packets(0.02 * i, 600_000, 50_000, 275) for i in range(1, 6)]
+    assert counts[:3] == [0, 0, 0] and counts[4] > 0
+    # The loop stalls for a second: two intervals' worth at most, not a second's.
+    assert budget.packets(1.1, 600_000, 50_000, 275) <= 2 * 1500 // 275 + 1
+    # A target of nothing: nothing.
+    assert budget.packets(1.12, 0, 50_000, 275) == 0

@@ -10,6 +10,7 @@ out to the consumers and traced.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ from aiortc.mediastreams import VideoStreamTrack
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
 from media import Router
-from media.rtp_packet import build_remb, iter_rtcp
+from media.rtp_packet import abs_send_time, build_remb, iter_rtcp
 from media.rtp_parameters import ABS_SEND_TIME_URI, TRANSPORT_CC_URI
 from media.transport_cc import parse_feedback
 
@@ -301,3 +302,75 @@ async def test_packets_sent_before_produce_are_reported_once_the_extension_id_is
     finally:
         await sender.close()
         transport.close()
+
+
+def simulcast_parameters() -> dict[str, Any]:
+    """Three VP8 encodings with RTX, as mediasoup-client sends a webcam."""
+    params = video_parameters(0x3000)
+    params["headerExtensions"].append({"uri": ABS_SEND_TIME_URI, "id": AST_ID})
+    params["encodings"] = [
+        {"ssrc": 0x3000 + 2 * i, "rtx": {"ssrc": 0x3001 + 2 * i}, "rid": f"r{i}"} for i in range(3)
+    ]
+    return params
+
+
+def spy_on_rtp(client: RawClient) -> list[tuple[float, bytes]]:
+    """Every decrypted RTP packet the raw client receives, with when."""
+    received: list[tuple[float, bytes]] = []
+    handle = client.dtls._handle_rtp_data
+    loop = asyncio.get_running_loop()
+
+    async def record(data: bytes, arrival_time_ms: int) -> None:
+        received.append((loop.time(), data))
+        await handle(data, arrival_time_ms)
+
+    client.dtls._handle_rtp_data = record  # type: ignore[method-assign]
+    return received
+
+
+async def test_a_simulcast_receiver_is_probed_then_padded_until_its_first_remb(
+    router: Router,
+) -> None:
+    send_transport = await router.create_webrtc_transport()
+    recv_transport = await router.create_webrtc_transport()
+    producer = await send_transport.produce(kind="video", rtp_parameters=simulcast_parameters())
+    consumer = await recv_transport.consume(
+        producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+    )
+    assert consumer.type == "simulcast" and consumer.rtx_ssrc is not None
+    offered = [ext["uri"] for ext in consumer.rtp_parameters["headerExtensions"]]
+    assert ABS_SEND_TIME_URI in offered
+    receiver = RawClient()
+    received = spy_on_rtp(receiver)
+    try:
+        await asyncio.wait_for(receiver.connect(recv_transport), 10)
+        await wait_until(lambda: len(received) >= 60, 5, "the probe and padding")
+
+        # Nothing to forward yet, and still: padding-only RTX packets with our
+        # abs-send-time, 275 bytes, the first 30 in three clusters 1 ms apart.
+        for _, packet in received:
+            assert struct.unpack_from("!I", packet, 8)[0] == consumer.rtx_ssrc
+            assert packet[0] & 0x20 and packet[-1] == 255 and len(packet) == 275
+            assert abs_send_time(packet, AST_ID) >= 0
+        times = [t for t, _ in received[:30]]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert sum(gap > 0.1 for gap in gaps) == 2  # the clusters, 0.2 s apart
+        assert abs_send_time(received[-1][1], AST_ID) != abs_send_time(received[0][1], AST_ID)
+        # Padding goes on at about the downlink estimate (600 kbit/s), until a REMB.
+        await asyncio.sleep(0.5)
+        padded = [t for t, _ in received if t > received[29][0] + 0.05]
+        rate = len(padded) * 275 * 8 / (padded[-1] - padded[0])
+        assert 0.5 * INITIAL_OUTGOING < rate < 1.5 * INITIAL_OUTGOING, rate
+
+        await receiver.send_srtp(build_remb(0x2222, 2_000_000, [consumer.ssrc]))
+        await wait_until(lambda: recv_transport.rembs_received == 1, 5, "the REMB")
+        await asyncio.sleep(0.1)
+        count = len(received)
+        await asyncio.sleep(0.3)
+        assert len(received) == count  # the receiver has its estimate: no more padding
+        [stats] = await recv_transport.get_stats()
+        assert stats["paddingPacketsSent"] == count
+    finally:
+        await receiver.close()
+        send_transport.close()
+        recv_transport.close()

@@ -1,26 +1,45 @@
-"""REMB and abs-send-time on the wire: the bandwidth helpers of media/rtp_packet.py.
+"""REMB and abs-send-time on the wire: the bandwidth helpers of media/rtp_packet.py,
+and the abs-send-time and probe padding we send.
 
 REMB bytes are checked field by field against draft-alvestrand-rmcat-remb-03
 section 2.2 and cross-checked with aiortc's parser (the one aiortc's sender
-obeys); abs-send-time is read from hand-built RFC 8285 blocks.
+obeys); abs-send-time is read from hand-built RFC 8285 blocks.  What a
+consumer's receiver gets is read back with aiortc's RTP parser.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
-from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import (
+    HeaderExtensionsMap,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+)
 
+from media import rtp_stream
+from media.bwe import AST_UNITS_PER_SECOND
 from media.rtp_packet import (
     PSFB_AFB,
     RTCP_PSFB,
     abs_send_time,
     build_pli,
     build_remb,
+    extension_value,
     iter_rtcp,
     parse_remb,
+    rtp_seq,
 )
+from media.rtp_parameters import ABS_SEND_TIME_URI
+from media.rtp_stream import RecvStream, stamp_send_time
+
+from .simulcast_harness import CONSUMER_RTX_SSRC, Simulcast
 
 
 def test_a_remb_has_the_drafts_layout() -> None:
@@ -133,3 +152,141 @@ def test_a_missing_or_malformed_abs_send_time_reads_as_minus_one(
     packet: bytearray, why: str
 ) -> None:
     assert abs_send_time(packet, 4) == -1, why
+
+
+# -- our abs-send-time on the way out ------------------------------------------------------
+
+SENT_AT = 1234.5  # time.monotonic() when the packet leaves (a fake clock)
+OURS = int(SENT_AT * AST_UNITS_PER_SECOND) & 0xFFFFFF
+TCC = bytes([3 << 4 | 1]) + b"\x01\x02"  # Chrome's transport-wide number, padded out
+MID = bytes([1 << 4 | 0]) + b"0"
+RID = bytes([2 << 4 | 1]) + b"r2"
+CVO = bytes([13 << 4 | 0]) + b"\x01"  # video orientation: forwarded, as the router's 11
+CHROMES_AST = bytes([5 << 4 | 2]) + b"\xab\xcd\xef"
+
+
+class Transport:
+    rtcp_ssrc = 1
+    last_activity = 0.0
+
+    def send_rtcp(self, packet: bytes) -> None:
+        pass
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+
+    def send_rtp(self, packet: bytearray, seq: int, stream: Any) -> None:
+        self.packets.append(bytes(packet))
+
+    def send_sender_report(self, ntp: int, rtp_timestamp: int, stream: Any) -> None:
+        pass
+
+
+def forwarded(elements: bytes, *, send_time: bool = True) -> bytearray:
+    """What a video stream hands its consumers of a packet with these elements."""
+    stream = RecvStream(
+        producer=None,
+        transport=Transport(),
+        index=0,
+        encoding={"ssrc": 3},
+        kind="video",
+        payload_types={96: 101},
+        rtx_payload_types={},
+        extension_ids={13: 11},
+        clock_rate=90000,
+        mime_type="video/VP8",
+    )
+    stream.send_time = send_time
+    sink = Sink()
+    stream.sinks = (sink,)
+    stream.receive_rtp(rtp_with_extension(0xBEDE, elements))
+    [packet] = sink.packets
+    return bytearray(packet)
+
+
+def as_a_receiver_reads_it(packet: bytes | bytearray) -> Any:
+    """aiortc's parser, with the ids a consumer's client negotiated."""
+    ids = HeaderExtensionsMap()
+    ids.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                RTCRtpHeaderExtensionParameters(id=4, uri=ABS_SEND_TIME_URI),
+            ]
+        )
+    )
+    return RtpPacket.parse(bytes(packet), ids)
+
+
+@pytest.fixture(autouse=True)
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rtp_stream, "_monotonic", lambda: SENT_AT)
+
+
+@pytest.mark.parametrize(
+    ("elements", "where"),
+    [
+        (TCC, 0),  # what Chrome sends once its SSRCs are acknowledged
+        (TCC + MID + RID, 0),  # ... and before
+        (CHROMES_AST + TCC, 0),  # a sender's own abs-send-time, padded out: ours instead
+        (CVO + TCC, 2),  # after a forwarded element, in the padding that follows it
+    ],
+    ids=["transport-cc", "with-mid-and-rid", "senders-own", "after-orientation"],
+)
+def test_video_leaves_with_our_send_time_in_the_padding_where_the_senders_elements_were(
+    elements: bytes, where: int
+) -> None:
+    packet = forwarded(elements)
+
+    assert abs_send_time(packet, 4) == OURS
+    assert packet[16 + where] == 4 << 4 | 2
+    assert as_a_receiver_reads_it(packet).extensions.abs_send_time == OURS
+    assert packet.count(b"\xab\xcd\xef") == packet.count(b"r2") == 0  # nothing of theirs
+
+
+@pytest.mark.parametrize(
+    "elements",
+    [TCC + CVO, MID + bytes([13 << 4 | 0]) + b"\x00"],
+    ids=["three-and-three", "two-then-orientation-0"],
+)
+def test_no_room_means_no_send_time_and_nothing_forwarded_is_touched(elements: bytes) -> None:
+    packet = forwarded(elements)  # padding runs of 3 bytes at most around the orientation
+
+    assert abs_send_time(packet, 4) == -1
+    assert as_a_receiver_reads_it(packet).extensions.abs_send_time is None
+    assert extension_value(packet, 11) == elements[-1:]
+
+
+def test_a_stream_without_send_time_only_pads_the_senders_elements_out() -> None:
+    packet = forwarded(TCC + MID + RID, send_time=False)
+
+    assert packet[16:24] == bytes(8)
+
+
+def test_a_retransmission_is_stamped_again_when_it_leaves() -> None:
+    packet = forwarded(TCC)
+
+    assert stamp_send_time(packet, SENT_AT + 1.0)
+    assert abs_send_time(packet, 4) == (OURS + AST_UNITS_PER_SECOND) & 0xFFFFFF
+    without = rtp_with_extension(0xBEDE, CVO)
+    assert not stamp_send_time(without, SENT_AT) and without == rtp_with_extension(0xBEDE, CVO)
+    two_byte = rtp_with_extension(0x1000, b"\x04\x03abc")
+    assert not stamp_send_time(two_byte, SENT_AT)
+
+
+def test_a_probe_packet_is_padding_only_on_the_consumers_rtx_stream() -> None:
+    sim = Simulcast()
+    consumer, _ = sim.consumer()
+
+    first = consumer.padding_packet(255, SENT_AT)
+    second = consumer.padding_packet(255, SENT_AT)
+
+    assert first is not None and second is not None and len(first) == 12 + 8 + 255
+    received = as_a_receiver_reads_it(first)
+    assert (received.ssrc, received.payload_type) == (CONSUMER_RTX_SSRC, consumer.rtx_payload_type)
+    assert (received.payload, received.padding_size) == (b"", 255)
+    assert received.extensions.abs_send_time == OURS
+    assert rtp_seq(second) == (rtp_seq(first) + 1) & 0xFFFF
+    paused, _ = sim.consumer(paused=True)
+    assert paused.padding_packet(255, SENT_AT) is None  # nothing goes to a paused consumer

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -40,6 +41,7 @@ from .object_harness import (
 SSRC = 0x1111
 RECEIVER_SSRC = 0x7777
 VIDEO_ORIENTATION_URI = "urn:3gpp:video-orientation"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 TOFFSET_URI = "urn:ietf:params:rtp-hdrext:toffset"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
@@ -59,7 +61,7 @@ async def video_pair(
     return send, recv, producer, consumer
 
 
-async def send_packets(client: Any, seqs: range) -> None:
+async def send_packets(client: Any, seqs: Iterable[int]) -> None:
     for seq in seqs:
         await client.send_srtp(rtp(SSRC, seq))
 
@@ -86,6 +88,7 @@ async def test_a_video_consumer_gets_one_encoding_with_its_own_ssrc_and_rtx_ssrc
         ("nack", "pli"),
     }
     assert [ext["uri"] for ext in params["headerExtensions"]] == [
+        ABS_SEND_TIME_URI,  # ours, written on the way out (media.rtp_stream)
         VIDEO_ORIENTATION_URI,
         TOFFSET_URI,
     ]
@@ -393,30 +396,64 @@ async def test_a_nack_for_what_the_sfu_never_had_is_asked_of_the_sender_in_its_n
 # -- scores and stats ----------------------------------------------------------------------------
 
 
-async def test_the_consumers_score_follows_its_producer_and_its_receivers_reports(
+def receiver_report(consumer: Consumer, highest: int, lost: int) -> bytes:
+    """The receiver's RR about ``consumer``: highest number and cumulative lost."""
+    return build_receiver_report(
+        RECEIVER_SSRC, [report_block(consumer.ssrc, 0, lost, highest, 0, 0, 0)]
+    )
+
+
+async def scored_pair(
     router: Router, raw_clients: RawClients
-) -> None:
+) -> tuple[Any, Any, Consumer, list[dict[str, Any]]]:
+    """A sender, a receiver, the consumer between them and the scores it emits."""
     send, recv, _, consumer = await video_pair(router)
     sender, _ = await raw_clients.connect(send)
     receiver, _ = await raw_clients.connect(recv)
     scores: list[dict[str, Any]] = []
     consumer.on("score", scores.append)
+    return sender, receiver, consumer, scores
+
+
+async def test_the_consumers_score_follows_its_producer_and_its_receivers_reports(
+    router: Router, raw_clients: RawClients
+) -> None:
+    sender, receiver, consumer, scores = await scored_pair(router, raw_clients)
 
     await send_packets(sender, range(3))
     await wait_until(lambda: scores != [], what="the producer's first score")
     assert scores == [{"score": 10, "producerScore": 10, "producerScores": [10]}]
 
-    def report(highest: int, lost: int) -> bytes:
-        return build_receiver_report(
-            RECEIVER_SSRC, [report_block(consumer.ssrc, 0, lost, highest, 0, 0, 0)]
-        )
-
-    await receiver.send_srtp(report(1000, 0))
-    await receiver.send_srtp(report(1100, 50))  # half of the last 100 lost
+    await receiver.send_srtp(receiver_report(consumer, 1000, 0))
+    await wait_until(lambda: consumer.reports_received == 1, what="the first report")
+    await send_packets(sender, range(3, 103))
+    await wait_until(lambda: consumer.packet_count == 103, what="100 more forwarded")
+    await receiver.send_srtp(receiver_report(consumer, 1100, 50))  # half of the last 100 lost
     await wait_until(lambda: len(scores) == 2, what="the score after a lossy report")
 
     assert scores[1]["score"] < 5 and scores[1]["producerScore"] == 10
     assert consumer.score == scores[1]
+
+
+async def test_numbers_the_sender_lost_before_us_do_not_lower_the_consumers_score(
+    router: Router, raw_clients: RawClients
+) -> None:
+    sender, receiver, consumer, scores = await scored_pair(router, raw_clients)
+
+    await send_packets(sender, range(3))
+    await wait_until(lambda: consumer.packet_count == 3, what="forwarding")
+    await receiver.send_srtp(receiver_report(consumer, 1000, 0))
+    await wait_until(lambda: consumer.reports_received == 1, what="the first report")
+    # 100 numbers go by, 20 of them lost on the sender's link: we send 80,
+    # and the receiver reports the 20 it never got as lost.
+    await send_packets(sender, [seq for seq in range(3, 103) if seq % 5])
+    await wait_until(lambda: consumer.packet_count == 83, what="80 more forwarded")
+    await receiver.send_srtp(receiver_report(consumer, 1100, 20))
+    await wait_until(lambda: consumer.reports_received == 2, what="the second report")
+    await asyncio.sleep(0.1)
+
+    assert consumer.score["score"] == 10
+    assert all(s["score"] == 10 for s in scores)
 
 
 async def test_stats_describe_the_forwarded_stream_then_the_producers(

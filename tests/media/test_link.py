@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
@@ -250,6 +250,19 @@ def test_downlink_loss_comes_from_two_receiver_reports() -> None:
     assert (after.downlink_jitter_ms, after.rtt_ms) == (12.0, 60.0)
 
 
+def test_numbers_lost_before_the_server_are_not_downlink_loss() -> None:
+    # The sender lost 20 of 200 numbers on its own link: we sent 180 and the
+    # receiver, which lost 9 of those, reports 29 lost.
+    consumer = FakeStream("c", replace(report(1000, 0, reports=1), sent=500))
+    monitor = LinkMonitor(FakeSource(consumers={"c": consumer}))
+    monitor.sample(10.0)
+
+    consumer.counters = replace(report(1200, 29, reports=2), sent=680)
+    sample = monitor.sample(12.0)
+
+    assert (sample.downlink_loss, sample.downlink_packets) == (0.05, 180)
+
+
 def test_reports_going_backwards_are_ignored() -> None:
     consumer = FakeStream("c", report(1000, 5, reports=1))
     monitor = LinkMonitor(FakeSource(consumers={"c": consumer}))
@@ -393,6 +406,9 @@ async def test_downlink_loss_jitter_and_round_trip_come_from_the_clients_reports
     await receiver_reports(highest=1000, lost=3, jitter=90)
     await wait_until(lambda: consumer.reports_received == 1)
     baseline = raw_call.recv_transport.link_sample(loop.time())
+    for seq in range(10, 210):  # what the next report covers: all of it sent
+        await raw_call.sender.send_srtp(bytes(rtp(seq, 0)))
+    await wait_until(lambda: consumer.packet_count == 210)
     await receiver_reports(highest=1200, lost=23, jitter=1800)
     await wait_until(lambda: consumer.reports_received == 2)
     sample = raw_call.recv_transport.link_sample(loop.time())

@@ -587,7 +587,8 @@ def test_the_consumable_parameters_describe_the_stream_in_router_terms() -> None
         ],
         "headerExtensions": [
             {"uri": uri, "id": router_ext_id("video", uri), "encrypt": False, "parameters": {}}
-            for uri in (VIDEO_ORIENTATION_URI, TOFFSET_URI)
+            # abs-send-time: ours, written on the way out (media.rtp_stream)
+            for uri in (ABS_SEND_TIME_URI, VIDEO_ORIENTATION_URI, TOFFSET_URI)
         ],
         "encodings": [{}],
         "rtcp": {"cname": "x", "reducedSize": True},
