@@ -467,17 +467,21 @@ class _Peer(asyncio.DatagramProtocol):
             self.verify_error = "SRTP unprotect failed"
             return
         _, pt, _, _, ssrc = struct.unpack_from("!BBHII", packet)
-        # The consumer gets no MID extension: the element must be padded out (zeros).
-        # A simulcast consumer rewrites the VP8 descriptor (PictureID, TL0PICIDX)
-        # and may get a key frame's payload header: the rest must be intact.
+        # The consumer gets no MID extension: the element is padded out, and
+        # our abs-send-time may take its place (media.rtp_stream).  A simulcast
+        # consumer rewrites the VP8 descriptor (PictureID, TL0PICIDX) and may
+        # get a key frame's payload header: the rest must be intact.
+        size = len(_EXPECTED_FORWARDED_EXTENSION)
+        extension = packet[12 : 12 + size]
+        if extension[4] == _SEND_TIME_HEAD:
+            extension = extension[:4] + bytes(4)  # (its value is our clock's)
         if self.simulcast:
-            extension = packet[12 : 12 + len(_EXPECTED_FORWARDED_EXTENSION)]
-            head = len(_EXPECTED_FORWARDED_EXTENSION) + len(_SIM_DESCRIPTOR) + 1
+            head = size + len(_SIM_DESCRIPTOR) + 1
             intact = (
                 extension == _EXPECTED_FORWARDED_EXTENSION and packet[12 + head :] == _SIM_FILLER
             )
         else:
-            intact = packet[12:] == _EXPECTED_FORWARDED_EXTENSION + _PAYLOAD
+            intact = extension == _EXPECTED_FORWARDED_EXTENSION and packet[12 + size :] == _PAYLOAD
         problems = []
         if ssrc != self.expected_ssrc:
             problems.append(f"SSRC {ssrc} != consumer SSRC {self.expected_ssrc}")
@@ -588,6 +592,9 @@ class Result:
 # RFC 8285 one-byte extension block: MID (id 1, one byte "0") + two padding bytes.
 _EXTENSION = struct.pack("!HH", 0xBEDE, 1) + bytes([(MID_EXT_ID << 4) | 0]) + b"0\x00\x00"
 _EXPECTED_FORWARDED_EXTENSION = struct.pack("!HH", 0xBEDE, 1) + bytes(4)
+# Our abs-send-time element where the MID was: id 4 (media.rtp_parameters
+# ABS_SEND_TIME_ID), 3 bytes.
+_SEND_TIME_HEAD = 0x42
 # VP8 payload descriptor (S bit, partition 0) followed by filler.
 _PAYLOAD = b"\x10" + bytes(PAYLOAD_SIZE - 1)
 # Simulcast: the descriptor browsers send (X, I with a 15-bit PictureID, L, T),
