@@ -28,6 +28,60 @@ const WEBCAM_SIMULCAST_ENCODINGS = [
 // Preferred receive qualities a page may ask for: spatial layer 0, 1 or 2.
 export const LAYERS = { low: 0, medium: 1, high: 2 };
 
+// -- Keeping the call alive across network changes (docs/client.md) --------------
+//
+// A new address (Wi-Fi to mobile, a DHCP renewal, a VPN coming up) strands
+// both the WebSocket and the ICE candidate pair: they stay bound to an address
+// the host no longer has, so nothing they send leaves and nothing sent to them
+// arrives, with no FIN, no RST and often no offline/online event.  TCP takes
+// minutes to give up; Chrome calls the transports 'disconnected' only ~5 s
+// later (its checks unanswered for 5 s), 'failed' ~15 s after that, and never
+// gathers candidates on the new address without an ICE restart (which it
+// answers once its own network-change notifier has seen the address, 2-4 s
+// after the change on Linux).  So the client watches for itself:
+//
+// 1. Path watch: every WATCH_INTERVAL_MS, while joined, each transport's
+//    selected candidate pair tells (getStats) how long ago it last received a
+//    packet, how many it received, and how many of its ICE checks went
+//    unanswered.  It is suspect when
+//    - it was busy (at least BUSY_PACKETS in the last interval, the last one
+//      under BUSY_GAP_MS ago: media or its feedback, more than consent checks
+//      and RTCP reports) and then hears nothing for STALL_MS: the senders
+//      stopped (a peer muted or left), or the network under us changed; or
+//    - its last UNANSWERED_CHECKS ICE checks got no answer (Chrome checks
+//      every 2.5 s, faster once one is lost), busy or idle.
+//    Each is reported once, until the path is heard again.  (A pair's first
+//    sample judges "busy" on its count so far: at worst one needless probe.)
+// 2. A suspect path, or a transport going 'disconnected' or 'failed'
+//    (Chrome's own, later verdicts), probes the WebSocket: a `ping` with a
+//    short deadline (PROBE_TIMEOUT_MS, or 4 round trips if longer).  A
+//    socket that answers nothing by then is dropped, and the usual
+//    reconnect/resume path takes over at once: the same session, over a new
+//    socket bound to the current address.  A live socket leaves a suspect
+//    path alone (the senders merely stopped; if ICE is broken too,
+//    'disconnected' follows); a transport still 'disconnected' after
+//    DISCONNECTED_GRACE_MS (Chrome often recovers by itself within a second),
+//    or 'failed', gets its ICE restarted over it, and again after
+//    ICE_RETRY_MS (doubling up to ICE_RETRY_MAX_MS) while it stays so.
+// 3. Any request (the heartbeat included) that times out with nothing at all
+//    received since it was sent means the same: the socket is dropped.
+// 4. After every resume, ICE is restarted on every transport that ever
+//    connected.  A resume means the socket broke, and the usual reason is a
+//    network change that stranded the ICE pair too, while Chrome still says
+//    'connected' for seconds; a restart on a healthy path costs one request
+//    and a few STUN checks (media keeps flowing on the old pair until the new
+//    one is nominated), far less than waiting 15 s for 'failed'.
+const WATCH_INTERVAL_MS = 500;
+const BUSY_PACKETS = 5; // per WATCH_INTERVAL_MS: 10 packets/s
+const BUSY_GAP_MS = 400;
+const STALL_MS = 1000;
+const UNANSWERED_CHECKS = 2;
+const PROBE_TIMEOUT_MS = 1000;
+const PROBE_TIMEOUT_MAX_MS = 3000;
+const DISCONNECTED_GRACE_MS = 1000;
+const ICE_RETRY_MS = 2000;
+const ICE_RETRY_MAX_MS = 30000;
+
 function newPeerEntry(peer) {
   return { ...peer, status: 'connected', reason: null, quality: 'good', qualityReasons: [] };
 }
@@ -35,6 +89,37 @@ function newPeerEntry(peer) {
 function randomId(prefix) {
   const bytes = crypto.getRandomValues(new Uint8Array(6));
   return prefix + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/**
+ * What the transport's selected candidate pair received: `{pairId, silence,
+ * packets, unanswered}`, silence being how long ago (ms, by the stats' own
+ * clock) the last packet came and unanswered how many of its ICE checks got no
+ * response so far (null if not said); null when the browser does not say.
+ */
+async function lastHeard(transport) {
+  let stats;
+  try {
+    stats = await transport.getStats();
+  } catch {
+    return null;
+  }
+  let pair = null;
+  stats.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId) || pair;
+  });
+  if (!pair) { // no transport entry (Firefox): the nominated pair
+    stats.forEach((s) => {
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+    });
+  }
+  if (!pair || typeof pair.lastPacketReceivedTimestamp !== 'number' || !pair.timestamp) return null;
+  // No packet count (older browsers): bytes, at about 100 per feedback packet.
+  const packets = typeof pair.packetsReceived === 'number' ? pair.packetsReceived
+    : typeof pair.bytesReceived === 'number' ? pair.bytesReceived / 100 : null;
+  const unanswered = typeof pair.requestsSent === 'number' && typeof pair.responsesReceived === 'number'
+    ? pair.requestsSent - pair.responsesReceived : null;
+  return { pairId: pair.id, silence: pair.timestamp - pair.lastPacketReceivedTimestamp, packets, unanswered };
 }
 
 function defaultServer() {
@@ -103,8 +188,13 @@ export class GhostlessClient extends EventTarget {
     this._heartbeat = null;
     this._reconnectTimer = null;
     this._reconnecting = false; // one attempt at a time: a resume token is single-use
+    this._reconnectNow = false; // the socket closing now was dropped as dead
     this._attempt = 0;
     this._lastInteraction = 0;
+    this._watchTimer = null; // the media path watch, while joined
+    this._sampling = false; // a watch tick is reading stats
+    this._paths = new Map(); // transport -> what the watch and ICE recovery know of it
+    this._probing = null; // the WebSocket probe in flight (a promise of "alive?")
     this._listeners = [];
     this._installPageHooks();
   }
@@ -187,6 +277,7 @@ export class GhostlessClient extends EventTarget {
       this._onNotification(protoo, method, data);
     };
     protoo.onclose = (code, reason) => this._onClose(protoo, code, reason);
+    protoo.onunresponsive = () => this._dropSocket(protoo, 'unresponsive');
     this._protoo = protoo;
     await protoo.open();
     if (resume) {
@@ -199,7 +290,9 @@ export class GhostlessClient extends EventTarget {
         this._resumeToken = notice.data.resumeToken;
         this._startHeartbeat(notice.data.heartbeatInterval || this.heartbeatInterval);
         this._setState('joined');
-        await this._restartIceIfNeeded();
+        // Not awaited: a socket lost again meanwhile must not hold up the
+        // reconnect loop (the next resume restarts ICE anyway).
+        this._restartAllIce();
         return;
       }
       // The grace period is over (or we were queued, so our seat is gone):
@@ -326,9 +419,7 @@ export class GhostlessClient extends EventTarget {
           .then(({ id }) => callback({ id })).catch(errback);
       });
     }
-    transport.on('connectionstatechange', (state) => {
-      if (state === 'failed' && this.state === 'joined') this._restartIce(transport);
-    });
+    transport.on('connectionstatechange', (state) => this._onTransportState(transport, state));
     return transport;
   }
 
@@ -336,20 +427,178 @@ export class GhostlessClient extends EventTarget {
     return this._device.sctpCapabilities || SCTP_CAPABILITIES;
   }
 
-  async _restartIceIfNeeded() {
+  // -- keeping the media path alive (see the comment at the top) -----------------------
+
+  _path(transport) {
+    let path = this._paths.get(transport);
+    if (!path) {
+      path = {
+        pairId: null, packets: null, busy: false, // the watch: media flow
+        lost: null, checksLost: false, // the watch: ICE checks
+        timer: null, retryMs: ICE_RETRY_MS, restarting: false, // ICE recovery
+      };
+      this._paths.set(transport, path);
+    }
+    return path;
+  }
+
+  _forgetPaths() {
+    for (const path of this._paths.values()) clearTimeout(path.timer);
+    this._paths.clear();
+  }
+
+  _startWatch() {
+    if (this._watchTimer === null) {
+      this._watchTimer = setInterval(() => this._watchPaths(), WATCH_INTERVAL_MS);
+    }
+  }
+
+  _stopWatch() {
+    clearInterval(this._watchTimer);
+    this._watchTimer = null;
+    // Pending ICE retries go too: a resume restarts ICE on every transport.
+    this._forgetPaths();
+  }
+
+  async _watchPaths() {
+    if (this._sampling) return; // the last tick's getStats is still running
+    this._sampling = true;
+    try {
+      for (const transport of [this._sendTransport, this._recvTransport]) {
+        if (!transport || transport.closed) continue;
+        const heard = await lastHeard(transport);
+        if (heard === null || this.state !== 'joined' || transport.closed) continue;
+        if (this._suspect(this._path(transport), heard)) this._probe();
+      }
+    } finally {
+      this._sampling = false;
+    }
+  }
+
+  /** One watch sample of a transport's path: is it suspect (now, for the first time)? */
+  _suspect(path, heard) {
+    const samePair = path.pairId === heard.pairId;
+    const received = samePair && path.packets !== null && heard.packets !== null
+      ? heard.packets - path.packets : null;
+    path.pairId = heard.pairId;
+    path.packets = heard.packets;
+    let suspect = false;
+    if (heard.silence < BUSY_GAP_MS) {
+      // Heard just now: busy if many came since the last sample (or, on a
+      // pair's first sample, if it has heard a fair number already).
+      path.busy = received !== null ? received >= BUSY_PACKETS
+        : heard.packets !== null && heard.packets >= 2 * BUSY_PACKETS;
+    } else if (path.busy && heard.silence >= STALL_MS) {
+      path.busy = false; // once per stall: busy again once packets flow
+      suspect = true;
+    }
+    // Checks never answered since the pair was first seen (the fewest
+    // outstanding at any sample is the baseline: early losses, in flight).
+    if (heard.unanswered !== null) {
+      path.lost = samePair && path.lost !== null ? Math.min(path.lost, heard.unanswered) : heard.unanswered;
+      const lost = heard.unanswered - path.lost >= UNANSWERED_CHECKS;
+      if (lost && !path.checksLost) suspect = true;
+      path.checksLost = lost;
+    }
+    return suspect;
+  }
+
+  _onTransportState(transport, state) {
+    if (state === 'connected' || state === 'closed') {
+      const path = this._paths.get(transport);
+      if (path) {
+        clearTimeout(path.timer);
+        path.timer = null;
+        path.retryMs = ICE_RETRY_MS;
+      }
+      return;
+    }
+    // Not joined: reconnecting (the resume restarts ICE), or done.
+    if (this.state !== 'joined' || transport.closed) return;
+    const path = this._path(transport);
+    if (state === 'failed') {
+      this._recoverIce(transport);
+    } else if (state === 'disconnected' && path.timer === null) {
+      this._probe(); // a dead socket goes at once; ICE gets its grace
+      path.timer = setTimeout(() => this._recoverIce(transport), DISCONNECTED_GRACE_MS);
+    }
+  }
+
+  /** A transport is disconnected or failed: restart its ICE over a live socket,
+   *  or drop a dead socket (the resume restarts ICE). */
+  async _recoverIce(transport) {
+    const path = this._path(transport);
+    clearTimeout(path.timer);
+    path.timer = null;
+    const broken = () => this.state === 'joined' && !transport.closed
+      && ['disconnected', 'failed'].includes(transport.connectionState);
+    if (!broken()) return;
+    if (!(await this._probe()) || !broken() || this._paths.get(transport) !== path) return;
+    await this._restartIce(transport);
+    // Still broken by then (no path to the server yet?): again, backing off.
+    if (this._paths.get(transport) === path && path.timer === null && !transport.closed) {
+      path.timer = setTimeout(() => this._recoverIce(transport), path.retryMs);
+      path.retryMs = Math.min(ICE_RETRY_MAX_MS, path.retryMs * 2);
+    }
+  }
+
+  /**
+   * Is the WebSocket alive?  One `ping` with a short deadline (one probe at a
+   * time; callers share it).  Unanswered, with nothing else received meanwhile,
+   * the socket is dropped (onunresponsive) and the answer is false.
+   */
+  _probe() {
+    if (this._probing === null) {
+      this._probing = this._probeOnce().finally(() => { this._probing = null; });
+    }
+    return this._probing;
+  }
+
+  async _probeOnce() {
+    const protoo = this._protoo;
+    if (!protoo || protoo.closed) return false;
+    const timeout = Math.min(PROBE_TIMEOUT_MAX_MS, Math.max(PROBE_TIMEOUT_MS, 4 * (this.rtt || 0)));
+    try {
+      await protoo.request('ping', {}, timeout);
+    } catch {
+      // An error answer is an answer; a timeout with other traffic received is
+      // a slow server, not a dead socket (the protoo peer dropped a dead one).
+    }
+    return protoo === this._protoo && !protoo.closed;
+  }
+
+  /** The socket is dead without knowing it: close it (4000: a loss, not a
+   *  leave) and reconnect at once, resuming the session. */
+  _dropSocket(protoo, reason) {
+    if (protoo !== this._protoo || protoo.closed) return;
+    if (['closed', 'replaced'].includes(this.state)) return;
+    this._reconnectNow = true;
+    protoo.close(4000, reason);
+  }
+
+  _restartAllIce() {
     for (const transport of [this._sendTransport, this._recvTransport]) {
-      if (transport && ['failed', 'disconnected'].includes(transport.connectionState)) {
-        await this._restartIce(transport);
+      // A transport that never connected has nothing to restart.
+      if (transport && !transport.closed && transport.connectionState !== 'new') {
+        this._restartIce(transport);
       }
     }
   }
 
   async _restartIce(transport) {
+    const path = this._path(transport);
+    if (path.restarting) return; // one at a time per transport
+    const protoo = this._protoo;
+    if (!protoo) return;
+    path.restarting = true;
     try {
-      const iceParameters = await this._protoo.request('restartIce', { transportId: transport.id });
-      await transport.restartIce({ iceParameters });
+      const iceParameters = await protoo.request('restartIce', { transportId: transport.id });
+      if (!transport.closed) await transport.restartIce({ iceParameters });
     } catch (error) {
-      this._emit('error', { error });
+      // A socket lost meanwhile is no error of its own: the resume restarts ICE.
+      if (protoo === this._protoo && !protoo.closed && !transport.closed) this._emit('error', { error });
+    } finally {
+      path.restarting = false;
     }
   }
 
@@ -517,7 +766,12 @@ export class GhostlessClient extends EventTarget {
     if (code === 4408 || code === 4411) this._resumeToken = null; // the session is gone
     // Server (or its queue) full: try later, backing off further each time.
     this._setState('reconnecting', code === SERVER_FULL ? 'server_full' : null);
-    this._scheduleReconnect();
+    // A socket we dropped as dead (_dropSocket): the network works (the browser
+    // says online), only that socket does not, so the first attempt goes at
+    // once; later ones back off as usual.
+    const now = this._reconnectNow && this._attempt === 0;
+    this._reconnectNow = false;
+    this._scheduleReconnect(now ? 0 : undefined);
   }
 
   _scheduleReconnect(delayMs) {
@@ -587,7 +841,8 @@ export class GhostlessClient extends EventTarget {
       await this._protoo.request('ping', this.rtt === null ? {} : { rtt: this.rtt }, 10000);
       this.rtt = Math.round((performance.now() - started) * 10) / 10;
     } catch {
-      // The close handler deals with a lost connection.
+      // Unanswered with nothing else heard: the protoo peer calls the socket
+      // unresponsive and it is dropped (_dropSocket); a closed one, _onClose.
     }
   }
 
@@ -673,6 +928,7 @@ export class GhostlessClient extends EventTarget {
       if (transport && !transport.closed) transport.close();
     }
     this._sendTransport = this._recvTransport = null;
+    this._forgetPaths();
     this._producers.clear();
     this._dataProducer = null;
   }
@@ -681,6 +937,8 @@ export class GhostlessClient extends EventTarget {
     if (this.state === state && reason === this.closeReason) return;
     this.state = state;
     this.closeReason = reason;
+    // The media path watch (and ICE recovery) runs exactly while joined.
+    if (state === 'joined') this._startWatch(); else this._stopWatch();
     this._emit('statechange', { state, reason });
   }
 

@@ -1,6 +1,12 @@
 // A minimal protoo peer over one WebSocket (versatica/protoo wire format).
 // Requests the server sends (newConsumer...) go to `onrequest`, notifications
 // to `onnotification`; `onclose(code, reason)` fires once.
+//
+// `onunresponsive(method)` fires when a request timed out and nothing at all
+// arrived on the socket since it was sent: the socket is most likely dead
+// without knowing it (an address change strands it with no FIN or RST either
+// way, and TCP takes minutes to give up).  The owner decides what to do (the
+// client drops the socket and resumes over a new one).
 
 export class ProtooError extends Error {
   constructor(code, reason) {
@@ -19,7 +25,9 @@ export class Protoo {
     this.onrequest = async () => { throw new Error('no request handler'); };
     this.onnotification = () => {};
     this.onclose = () => {};
+    this.onunresponsive = () => {};
     this.closed = false;
+    this.lastReceived = 0; // performance.now() of the last message received
   }
 
   open(timeout = 10000) {
@@ -36,7 +44,10 @@ export class Protoo {
         clearTimeout(timer);
         resolve();
       };
-      ws.onmessage = (event) => this._receive(event.data);
+      ws.onmessage = (event) => {
+        this.lastReceived = performance.now();
+        this._receive(event.data);
+      };
       ws.onclose = (event) => {
         clearTimeout(timer);
         if (!settled) { settled = true; reject(new Error(`connection closed (${event.code})`)); }
@@ -51,10 +62,12 @@ export class Protoo {
     if (!this.open_) return Promise.reject(new Error('not connected'));
     const id = (this.nextId = (this.nextId % 2147483647) + 1);
     this.ws.send(JSON.stringify({ request: true, id, method, data }));
+    const sent = performance.now();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new Error(`${method} timed out`));
+        if (!this.closed && this.lastReceived < sent) this.onunresponsive(method);
       }, timeout);
       this.pending.set(id, { resolve, reject, timer });
     });

@@ -8,7 +8,11 @@ Timings are ``NETFAULT_CONFIG``'s (conftest.py): with media, a client is
 released 10 s after the last thing heard on any plane (``media_silence_timeout``),
 grace period 2 s.  The browser client (client/src/ghostless.js) closes its
 WebSocket when the browser goes offline, reconnects with its resume token when
-it is back, and restarts ICE when a transport fails.
+it is back, and restarts ICE on every transport after each resume.  It also
+finds a socket stranded with no FIN or RST (an address change): a ping with a
+short deadline, sent when a busy transport stops hearing anything, its ICE
+checks go unanswered or it goes 'disconnected', or any request that times out
+with nothing heard, drops it.
 """
 
 from __future__ import annotations
@@ -207,33 +211,40 @@ async def test_link_down_past_the_grace_period_chromium_rejoins_in_a_fresh_sessi
     assert video_back <= 10.0
 
 
+FRAMES_BACK = 3
+
+
+def selected_tuples(server: Server, peer_id: str) -> list[dict[str, Any] | None]:
+    """The server's selected ICE tuple of each of the peer's transports."""
+    return [
+        transport.ice_selected_tuple
+        for room in server.rooms.values()
+        for peer in room.peers.values()
+        if peer.id == peer_id
+        for transport in peer.transports.values()
+    ]
+
+
+def tuples_moved(server: Server, peer_id: str, address: str) -> bool:
+    tuples = selected_tuples(server, peer_id)
+    return bool(tuples) and all(t is not None and t["remoteIp"] == address for t in tuples)
+
+
 # An address change strands the client's sockets: its WebSocket and its ICE
 # candidates are bound to an address it no longer has, so nothing it sends
-# leaves and nothing sent to it arrives (no FIN, no RST either way).
-SAME_LINK = (
-    "client library: after an address change on the same link its WebSocket is "
-    "stranded and it never notices (no offline/online event; failed heartbeats "
-    "are ignored), so it neither reconnects nor restarts ICE (restartIce would go "
-    "over the dead socket); Chromium does not gather on the new address by "
-    "itself.  The server hears nothing and releases it as keepalive_timeout "
-    "~10 s after the change; the page stays 'joined' with failed transports"
-)
-LINK_REPLACED = (
-    "client library: after the link is replaced (down, new address, up) it "
-    "resumes the session over a new WebSocket within ~0.5 s but restarts ICE only "
-    "when a transport is 'failed' at that moment; Chromium still says 'connected' "
-    "then and declares 'failed' ~15 s later, so video is back only ~16 s after "
-    "the change (target 3 s)"
-)
-
-
-@pytest.mark.parametrize(
-    "how",
-    [
-        pytest.param("same_link", marks=pytest.mark.xfail(strict=True, reason=SAME_LINK)),
-        pytest.param("link_replaced", marks=pytest.mark.xfail(strict=True, reason=LINK_REPLACED)),
-    ],
-)
+# leaves and nothing sent to it arrives (no FIN, no RST either way).  Same
+# link: no offline/online event; her client sees her media stop (about 1 s),
+# its ping goes unanswered (1 s), it drops the socket, resumes over a new one
+# and restarts ICE.  Link replaced: offline, then online, a resume within
+# about 0.5 s, and ICE restarted at once.  Either way Chromium gathers on the
+# new address only once its own network-change notifier has caught up (2-4 s
+# after the change here): that, not the client, is the floor.  After the new
+# path, often 1-2 s more: Chromium, its bandwidth estimate reset by the route
+# change, stops its upper simulcast encodings (or pauses), and Bob's consumer
+# moves down only after the stream inactivity timeout and a key frame of a
+# lower encoding (longer when RTX copies of packets from before the change,
+# Chromium's probing, keep the top encoding looking active): the SFU's part.
+@pytest.mark.parametrize("how", ["same_link", "link_replaced"])
 async def test_address_change_restarts_ice_in_the_same_session(
     network: ClientNetwork,
     netfault_server: ServerStarter,
@@ -241,9 +252,19 @@ async def test_address_change_restarts_ice_in_the_same_session(
     record_property: Record,
     how: str,
 ) -> None:
+    if how == "link_replaced":
+        # IPv4 only: with IPv6 on, the link-local address's duplicate address
+        # detection ends 1-2 s after the link comes up, and that address event
+        # restarts Chromium's 2 s network-change debounce in about half the
+        # runs, so Chromium sees the new address 3.7-4.2 s after the change
+        # instead of 2.4-2.8 s (measured; nothing a page can hasten).
+        network.run(["sysctl", "-qw", f"net.ipv6.conf.{network.client_link}.disable_ipv6=1"])
     server, alice, bob, alice_id = await call(network, netfault_server, browsers)
     session = server.registry.by_peer[(ROOM, alice_id)]
     old_ip = network.client_ip
+    # Mid-call: 2 s more of her video first (past Chromium's start-up, when
+    # its simulcast layers come and go).
+    await chromium.frames_resume(bob, "alice", timeout=20, frames=60)
 
     moved, started = chromium.wall(), time.monotonic()
     if how == "link_replaced":  # Wi-Fi to mobile: the old link goes, a new one comes
@@ -254,13 +275,28 @@ async def test_address_change_restarts_ice_in_the_same_session(
     else:
         network.change_address()
         await asyncio.sleep(0.5)
-    baseline = await chromium.decoded_frames(bob, "alice")
+    # Video is back at the first of FRAMES_BACK frames none more than 0.5 s
+    # apart: a frame or two of the old flow finished late (a retransmission)
+    # do not count.
+    frames = await chromium.decoded_frames(bob, "alice")
+    run_start, run_base, last_new = 0.0, frames, 0.0
+    first_frame: float | None = None
     video_back: float | None = None
+    new_path: float | None = None  # when the server selected her new address on both transports
     transports: list[tuple[float, dict[str, str | None]]] = []
     while time.monotonic() - started < 25:
-        if await chromium.decoded_frames(bob, "alice") > baseline:
-            video_back = time.monotonic() - started
-            break
+        now = time.monotonic() - started
+        if new_path is None and tuples_moved(server, alice_id, network.client_ip):
+            new_path = round(now, 2)
+        decoded = await chromium.decoded_frames(bob, "alice")
+        if decoded > frames:
+            first_frame = first_frame or round(now, 2)
+            if now - last_new > 0.5:
+                run_start, run_base = now, frames
+            last_new, frames = now, decoded
+            if frames - run_base >= FRAMES_BACK:
+                video_back = run_start
+                break
         if await about(bob, alice_id, "peerClosed", after=moved):
             break
         states = await chromium.transport_states(alice)
@@ -268,21 +304,19 @@ async def test_address_change_restarts_ice_in_the_same_session(
             transports.append((round(time.monotonic() - started, 2), states))
         await asyncio.sleep(0.05)
     closed = await about(bob, alice_id, "peerClosed", after=moved)
-    tuples = [
-        transport.ice_selected_tuple
-        for room in server.rooms.values()
-        for peer in room.peers.values()
-        if peer.id == alice_id
-        for transport in peer.transports.values()
-    ]
+    tuples = selected_tuples(server, alice_id)
     print(
         f"address change ({how}, {old_ip} -> {network.client_ip}): video back after"
-        f" {video_back} s; Bob got {[(c['data'], round(c['at'] - moved, 2)) for c in closed]};"
+        f" {video_back} s (first new frame {first_frame} s);"
+        f" Bob got {[(c['data'], round(c['at'] - moved, 2)) for c in closed]};"
         f" Alice's client {[(s['state'], round(s['at'] - moved, 2)) for s in await chromium.states(alice, after=moved)]},"  # noqa: E501
-        f" her transports {transports}; server tuples {tuples}"
+        f" her transports {transports}; the server on her new address after {new_path} s;"
+        f" server tuples {tuples}"
     )
     if video_back is not None:
         record_property(f"address_change_{how}_video_back_s", round(video_back, 2))
+    if new_path is not None:
+        record_property(f"address_change_{how}_new_path_s", new_path)
 
     assert not closed, "released instead of resumed"
     assert server.registry.by_peer.get((ROOM, alice_id)) is session
