@@ -115,15 +115,20 @@ class Cluster:
     redis: subprocess.Popen[bytes] | None = None
     haproxy: subprocess.Popen[bytes] | None = None
 
+    free_ports: bool = False
+    """Take free ports for everything (tests): media ports from the whole range."""
+
     def __post_init__(self) -> None:
+        if self.free_ports:
+            self.port, self.redis_port, self.peer_port = free_port(), free_port(), free_port()
         for index in range(self.nodes):
             low = self.rtc_base_port + index * self.rtc_ports_per_node
             self.members.append(
                 Node(
                     f"n{index + 1}",
-                    self.node_base_port + index,
-                    self.metrics_base_port + index,
-                    (low, low + self.rtc_ports_per_node - 1),
+                    free_port() if self.free_ports else self.node_base_port + index,
+                    free_port() if self.free_ports else self.metrics_base_port + index,
+                    (0, 0) if self.free_ports else (low, low + self.rtc_ports_per_node - 1),
                 )
             )
 
