@@ -110,6 +110,8 @@ class Bot:
         ``retry_lost``, so is a connection that fails or closes for any other
         reason but a final one (a node that died, a load balancer with no node
         up yet).  Raises ``JoinFailed`` when it gives up."""
+        if self.client is not None:
+            await self._reset()  # joined before: this is a fresh session
         loop = asyncio.get_running_loop()
         deadline = loop.time() + retry_for
         base, ceiling = backoff

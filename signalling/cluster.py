@@ -41,7 +41,7 @@ def render_haproxy(
     check_interval: str = "1s",
     connect_timeout: str = "1s",
     stick_expire: str = "1h",
-    maxconn: int = 10000,
+    maxconn: int = 9000,  # 2 descriptors each: stays under a 20,000 open-file limit
     template: Path = HAPROXY_TEMPLATE,
 ) -> str:
     """The HAProxy configuration for ``servers`` (name, host:port) behind ``bind``;

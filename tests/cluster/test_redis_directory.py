@@ -182,7 +182,7 @@ async def sessions_written(redis: Redis, node_id: str, count: int) -> bool:
 async def test_sessions_are_in_the_directory_with_their_state_until_they_end(
     node: NodeFactory, redis: Redis
 ) -> None:
-    a, stage = await node("a")
+    _, stage = await node("a")
     alice = stage.enter("call", "alice")
     await eventually(lambda: sessions_written(redis, "a", 1), 2)
     assert await redis.hgetall(f"ghostless:session:{alice.id}") == {
