@@ -384,45 +384,61 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/cluster", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
-    render = sub.add_parser("render", help="print an HAProxy configuration for a node list")
-    render.add_argument("--server", action="append", required=True, help="NAME=HOST:PORT")
-    render.add_argument("--bind", default="0.0.0.0:8080")
-    render.add_argument("--peer", action="append", help="NAME=HOST:PORT of each HAProxy")
-    render.add_argument("--local-peer", default="lb1")
-    render.add_argument("--stats-socket", default="/run/haproxy-ghostless.sock")
-    for command in (parser, sub.add_parser("run", help="run a local cluster (the default)")):
-        command.add_argument("--nodes", type=int, default=3)
-        command.add_argument("--port", type=int, default=8080, help="HAProxy's port")
-        command.add_argument("--redis-port", type=int, default=6379)
-        command.add_argument("--node-base-port", type=int, default=8765)
-        command.add_argument("--metrics-base-port", type=int, default=9102)
-        command.add_argument("--rtc-base-port", type=int, default=40000)
-        command.add_argument("--rtc-ports-per-node", type=int, default=1000)
-        command.add_argument("--peer-port", type=int, default=10000)
-        command.add_argument("--keep-logs", action="store_true")
-        command.add_argument("node_args", nargs="*", help="after --: options passed to every node")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["render"]:
+        return _render(argv[1:])
+    node_args: list[str] = []
+    if "--" in argv:  # what follows goes to every node
+        argv, node_args = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    parser = argparse.ArgumentParser(
+        prog="scripts/cluster",
+        description="Run redis-server, N ghostless nodes and HAProxy on this machine until "
+        "Ctrl-C/SIGTERM ('scripts/cluster render --help': render an HAProxy configuration).",
+        epilog="Options after -- are passed to every node.",
+    )
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--port", type=int, default=8080, help="HAProxy's port")
+    parser.add_argument("--redis-port", type=int, default=6379)
+    parser.add_argument("--node-base-port", type=int, default=8765)
+    parser.add_argument("--metrics-base-port", type=int, default=9102)
+    parser.add_argument("--rtc-base-port", type=int, default=40000)
+    parser.add_argument("--rtc-ports-per-node", type=int, default=1000)
+    parser.add_argument("--peer-port", type=int, default=10000, help="HAProxy's peers port")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the logs directory")
     args = parser.parse_args(argv)
-    if args.command == "render":
-
-        def pairs(values: list[str]) -> list[tuple[str, str]]:
-            return [tuple(value.split("=", 1)) for value in values]  # type: ignore[misc]
-
-        print(
-            render_haproxy(
-                pairs(args.server),
-                bind=args.bind,
-                peers=pairs(args.peer or [f"{args.local_peer}=127.0.0.1:10000"]),
-                local_peer=args.local_peer,
-                stats_socket=args.stats_socket,
-            ),
-            end="",
-        )
-        return 0
+    args.node_args = node_args
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
     return _run(args)
+
+
+def _render(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/cluster render", description="Print an HAProxy configuration."
+    )
+    parser.add_argument("--server", action="append", required=True, help="NAME=HOST:PORT")
+    parser.add_argument("--bind", default="0.0.0.0:8080")
+    parser.add_argument("--peer", action="append", help="NAME=HOST:PORT of each HAProxy")
+    parser.add_argument("--local-peer", default="lb1")
+    parser.add_argument("--stats-socket", default="/run/haproxy-ghostless.sock")
+    parser.add_argument("--check-interval", default="1s")
+    args = parser.parse_args(argv)
+
+    def pairs(values: list[str]) -> list[tuple[str, str]]:
+        return [(name, address) for name, _, address in (v.partition("=") for v in values)]
+
+    print(
+        render_haproxy(
+            pairs(args.server),
+            bind=args.bind,
+            peers=pairs(args.peer or [f"{args.local_peer}=127.0.0.1:10000"]),
+            local_peer=args.local_peer,
+            stats_socket=args.stats_socket,
+            check_interval=args.check_interval,
+        ),
+        end="",
+    )
+    return 0
 
 
 if __name__ == "__main__":
