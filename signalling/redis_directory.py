@@ -236,7 +236,10 @@ class RedisDirectory:
             decode_responses=True,
             socket_timeout=timings.timeout,
             socket_connect_timeout=timings.timeout,
-            retry=Retry(NoBackoff(), 0),  # the schedule retries, on its own clock
+            # One immediate retry: a pooled connection that Redis dropped (a restart)
+            # fails once, then reconnects.  Longer outages are the schedule's to
+            # retry, on its own clock; a call never waits more than 2 timeouts.
+            retry=Retry(NoBackoff(), 1),
         )
         self._renew = self.redis.register_script(RENEW)
         self._claim = self.redis.register_script(CLAIM)

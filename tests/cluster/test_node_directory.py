@@ -11,7 +11,7 @@ import orjson
 from signalling.cluster import Cluster, http_get
 from signalling.directory import LocalDirectory
 from signalling.protocol import CloseCode
-from signalling.protoo_client import ProtooClient
+from signalling.protoo_client import ProtooClient, ProtooError
 from tests.signalling import conftest as signalling
 from tests.signalling.conftest import ServerFactory, url
 
@@ -37,7 +37,10 @@ async def metric(port: int | None, name: str) -> str:
 
 async def admitted(server_url: str) -> ProtooClient:
     client = await ProtooClient.connect(server_url)
-    await client.request("getRouterRtpCapabilities")  # refused clients are closed before
+    try:
+        await client.request("getRouterRtpCapabilities")  # refused clients are closed before
+    except ProtooError:
+        raise AssertionError(f"refused: {await client.closed}") from None
     return client
 
 
