@@ -14,11 +14,14 @@ ensure_venv() {
   fi
 }
 
-# Headless Chromium (browser tests), Node/npm (the bundle check) and Prometheus
-# with promtool (tests/operations) come from Debian; install them when missing
-# (as root, or through sudo).
+# Headless Chromium (browser tests), Node/npm (the bundle check), Prometheus
+# with promtool (tests/operations), and redis-server with HAProxy (tests/cluster,
+# scripts/cluster) come from Debian; install them when missing (as root, or
+# through sudo).
 ensure_system_packages() {
   local missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
   { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
@@ -27,6 +30,19 @@ ensure_system_packages() {
     command -v nft >/dev/null 2>&1 || missing+=(nftables)
     { command -v ip && command -v tc && command -v ss; } >/dev/null 2>&1 || missing+=(iproute2)
   fi
+  install_debian_packages "${missing[@]}"
+}
+
+# What scripts/cluster needs: redis-server and HAProxy.
+ensure_cluster_packages() {
+  local missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+  install_debian_packages "${missing[@]}"
+}
+
+install_debian_packages() {
+  local missing=("$@")
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
 import sys
 import time
 from typing import Any
@@ -22,7 +23,32 @@ from pymediasoup.rtp_parameters import RtpCapabilities
 from pymediasoup.sctp_parameters import SctpStreamParameters
 from pymediasoup.transport import Transport
 
+from .protocol import CloseCode
 from .protoo_client import ProtooClient
+
+RETRY_CODES = frozenset({CloseCode.ROOM_ELSEWHERE, CloseCode.DIRECTORY_UNAVAILABLE})
+"""Refusals that mean "try again shortly" (several nodes, docs/scaling.md): another
+node holds the room (the load balancer will find it), or the room cannot be
+registered now."""
+FINAL_CODES = frozenset(
+    {
+        CloseCode.BAD_REQUEST,
+        CloseCode.UNAUTHORIZED,
+        CloseCode.ROOM_FULL,
+        CloseCode.IDENTITY_IN_USE,
+        CloseCode.SESSION_REPLACED,
+    }
+)
+"""Close codes after which reconnecting would not help (as in the browser client)."""
+
+
+class JoinFailed(Exception):
+    """``join`` gave up: the last close code (None: no connection) and why."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"join failed: {code} {reason}")
+        self.code = code
+        self.reason = reason
 
 
 def _dump(value: Any) -> Any:
@@ -53,6 +79,8 @@ class Bot:
         self.want_video, self.want_audio, self.want_chat = video, audio, chat
         self.heartbeat = heartbeat
         self.client: ProtooClient | None = None
+        self.attempts = 0
+        """Connections ``join`` opened (refused ones included)."""
         self.device = Device(handlerFactory=AiortcHandler.createFactory(tracks=[]))
         self.send_transport: Transport | None = None
         self.recv_transport: Transport | None = None
@@ -69,7 +97,58 @@ class Bot:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def join(self) -> dict[str, Any]:
+    async def join(
+        self,
+        *,
+        retry_for: float = 30.0,
+        retry_lost: bool = False,
+        backoff: tuple[float, float] = (0.2, 2.0),
+    ) -> dict[str, Any]:
+        """Connect and join, as a fresh session.  A refusal with a retry code
+        (4421 room elsewhere, 4504 directory unavailable) is retried with
+        exponential backoff and full jitter for up to ``retry_for`` seconds; with
+        ``retry_lost``, so is a connection that fails or closes for any other
+        reason but a final one (a node that died, a load balancer with no node
+        up yet).  Raises ``JoinFailed`` when it gives up."""
+        if self.client is not None:
+            await self._reset()  # joined before: this is a fresh session
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + retry_for
+        base, ceiling = backoff
+        failures = 0
+        while True:
+            self.attempts += 1
+            try:
+                return await self._join_once()
+            except Exception as exc:
+                client = self.client
+                code, reason = (
+                    client.closed.result()
+                    if client is not None and client.closed.done()
+                    else (None, repr(exc))
+                )
+                retry = code in RETRY_CODES or (
+                    retry_lost and (code is None or code not in FINAL_CODES)
+                )
+                if not retry:
+                    raise  # not ours to retry: as it failed (the bot is left as it is)
+                await self._reset()
+                if loop.time() >= deadline:
+                    raise JoinFailed(code, reason) from exc
+            failures += 1
+            wait = random.uniform(0, min(ceiling, base * 2 ** (failures - 1)))
+            await asyncio.sleep(min(wait, max(0.0, deadline - loop.time())))
+
+    async def _reset(self) -> None:
+        """Forget a failed attempt: its connection, transports and device."""
+        await self.close()
+        self.client = None
+        self.send_transport = self.recv_transport = None
+        self.device = Device(handlerFactory=AiortcHandler.createFactory(tracks=[]))
+        self.join_data, self.consumers, self.frames = {}, {}, {}
+        self.producer_ids, self.messages, self.chat_channel = [], [], None
+
+    async def _join_once(self) -> dict[str, Any]:
         client = self.client = await ProtooClient.connect(self.url)
         client.on_request = self._on_request
         caps = await client.request("getRouterRtpCapabilities")
@@ -246,6 +325,10 @@ async def _main(argv: list[str]) -> None:
     parser.add_argument("--no-video", action="store_true")
     parser.add_argument("--no-heartbeat", action="store_true")
     parser.add_argument("--loopback", action="store_true", help="gather ICE on 127.0.0.1")
+    parser.add_argument(
+        "--reconnect", action="store_true", help="join again (fresh session) when the node is lost"
+    )
+    parser.add_argument("--retry-for", type=float, default=30.0, help="give up joining after (s)")
     args = parser.parse_args(argv)
     if args.loopback:
         import aioice.ice
@@ -260,16 +343,29 @@ async def _main(argv: list[str]) -> None:
         audio=args.audio,
         heartbeat=not args.no_heartbeat,
     )
-    joined = await bot.join()
-    print(orjson.dumps({"event": "joined", "peers": len(joined["peers"])}).decode(), flush=True)
     while True:
-        await asyncio.sleep(0.5)
+        joined = await bot.join(retry_for=args.retry_for, retry_lost=args.reconnect)
+        print(orjson.dumps({"event": "joined", "peers": len(joined["peers"])}).decode(), flush=True)
+        assert bot.client is not None
+        while not bot.client.closed.done():
+            await asyncio.wait([bot.client.closed], timeout=0.5)
+            print(
+                orjson.dumps(
+                    {
+                        "event": "status",
+                        "frames": bot.decoded_frames(),
+                        "consumers": len(bot.consumers),
+                    }
+                ).decode(),
+                flush=True,
+            )
+        code, reason = bot.client.closed.result()
         print(
-            orjson.dumps(
-                {"event": "status", "frames": bot.decoded_frames(), "consumers": len(bot.consumers)}
-            ).decode(),
-            flush=True,
+            orjson.dumps({"event": "closed", "code": code, "reason": reason}).decode(), flush=True
         )
+        if not args.reconnect or code in FINAL_CODES:
+            return
+        await bot._reset()  # a fresh session, wherever the load balancer sends it
 
 
 if __name__ == "__main__":

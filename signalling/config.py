@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .directory import LeaseTimings
 from .liveness import LivenessPolicy, TakeoverPolicy
 from .payloads import PeerLimits
 from .quality import QualityPolicy
@@ -134,6 +135,34 @@ class Config:
     interval; None: never)."""
     refusal_log_interval: float = 10.0
     """How often one kind of refusal (bad token, rate limit...) may be logged."""
+    redis_url: str | None = None
+    """The shared directory of several nodes (docs/scaling.md), e.g.
+    ``redis://127.0.0.1:6379/0``; None: a single node with no Redis (LocalDirectory)."""
+    redis_prefix: str = "ghostless"
+    """Prefix of every key in Redis (several deployments may share one Redis)."""
+    node_id: str | None = None
+    """This node's name in the directory; None: ``hostname:port``.  Unique per process."""
+    node_address: str | None = None
+    """The address recorded for this node (operators, the lobby); None: ``host:port``."""
+    lease_ttl: float = 3.0
+    """The node's liveness lease in Redis: a node silent this long is dead, and its
+    rooms free to take."""
+    lease_renew_interval: float = 1.0
+    """How often the node renews its lease (and writes its load)."""
+    reaper_interval: float = 1.0
+    """How often the elected cluster reaper removes what dead nodes left."""
+    redis_timeout: float = 0.5
+    """Longest wait for one Redis call (connect or answer)."""
+
+    @property
+    def lease_timings(self) -> LeaseTimings:
+        """The directory's lease timings (validated in ``validate``)."""
+        return LeaseTimings(
+            ttl=self.lease_ttl,
+            renew_interval=self.lease_renew_interval,
+            reaper_interval=self.reaper_interval,
+            timeout=self.redis_timeout,
+        )
 
     @property
     def peer_limits(self) -> PeerLimits:
@@ -271,6 +300,14 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("ws_write_high_water", "int", "WebSocket write buffer high-water mark (bytes)"),
     _Option("speech_interval", "optional_float", "how often rooms say who speaks (s)"),
     _Option("refusal_log_interval", "float", "at most one log line per refusal kind per (s)"),
+    _Option("redis_url", "optional_str", "Redis of the shared directory ('off': single node)"),
+    _Option("redis_prefix", "str", "prefix of the directory's keys in Redis"),
+    _Option("node_id", "optional_str", "this node's id in the directory (default hostname:port)"),
+    _Option("node_address", "optional_str", "address recorded for this node (default host:port)"),
+    _Option("lease_ttl", "float", "node liveness lease in Redis (s)"),
+    _Option("lease_renew_interval", "float", "renew the node's lease this often (s)"),
+    _Option("reaper_interval", "float", "the cluster reaper runs this often (s)"),
+    _Option("redis_timeout", "float", "longest wait for one Redis call (s)"),
 )
 
 _OFF = ("off", "none", "")
@@ -449,6 +486,17 @@ def validate(config: Config) -> None:
         except ValueError:
             raise ConfigError(f"trusted_proxies: {network!r} is not a network") from None
     check(config.shutdown_timeout > 0, "shutdown_timeout must be positive")
+    try:
+        config.lease_timings  # noqa: B018 (validates)
+    except ValueError as exc:
+        raise ConfigError(f"directory: {exc}") from None
+    check(
+        config.redis_url is None
+        or config.redis_url.startswith(("redis://", "rediss://", "unix://")),
+        "redis_url must be redis://, rediss:// or unix://",
+    )
+    check(bool(config.redis_prefix) and ":" not in config.redis_prefix, "redis_prefix: no ':'")
+    check(config.node_id is None or "/" not in config.node_id, "node_id must not contain '/'")
     check(config.reconnect_delay >= 0, "reconnect_delay must not be negative")
     check(
         config.gc_collect_interval is None or config.gc_collect_interval >= 60,

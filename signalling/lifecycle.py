@@ -30,6 +30,7 @@ from media import TransportEndReason
 from media.events import EventEmitter
 
 from .connection import Connection
+from .directory import ClaimOutcome, Directory, LocalDirectory, RoomRefused
 from .liveness import EndReason, Session, SessionRegistry, SessionState
 from .logs import log_session
 from .protocol import CloseCode
@@ -58,6 +59,7 @@ CLOSE_CODES: dict[EndReason, CloseCode] = {
     EndReason.DTLS_FAILED: CloseCode.MEDIA_FAILED,
     EndReason.RATE_LIMITED: CloseCode.RATE_LIMITED,
     EndReason.SLOW_READER: CloseCode.SLOW_READER,
+    EndReason.ROOM_MOVED: CloseCode.ROOM_ELSEWHERE,
 }
 """The WebSocket close code that tells a client why its session ended (docs/protocol.md)."""
 
@@ -81,8 +83,12 @@ class SessionLifecycle:
         worker: Worker,
         registry: SessionRegistry,
         peer_limits: PeerLimits,
+        directory: Directory | None = None,
     ) -> None:
         self.config = config
+        self.directory: Directory = directory if directory is not None else LocalDirectory()
+        """Which node holds which room (docs/scaling.md): asked before a room is
+        created, told when it closes; it follows the sessions through ``observer``."""
         self.worker = worker
         self.registry = registry
         self.peer_limits = peer_limits
@@ -111,7 +117,14 @@ class SessionLifecycle:
         return await asyncio.shield(creation)
 
     async def _create_room(self, room_id: str) -> Room:
-        router = await self.worker.create_router(app_data={"roomId": room_id})
+        claim = await self.directory.claim_room(room_id)
+        if claim.outcome is not ClaimOutcome.GRANTED:
+            raise RoomRefused(room_id, claim)
+        try:
+            router = await self.worker.create_router(app_data={"roomId": room_id})
+        except BaseException:
+            self.directory.room_closed(room_id)
+            raise
         config = self.config
         room = Room(
             room_id,
@@ -145,8 +158,21 @@ class SessionLifecycle:
         self._forget(room.close())
         if self.rooms.get(room.id) is room:
             del self.rooms[room.id]
+            self.directory.room_closed(room.id)
             self.observer.emit("roomchanged", room.id)
             logger.info("room %s closed", room.id)
+
+    def room_lost(self, room_id: str) -> None:
+        """The directory says another node holds ``room_id`` now: end its sessions
+        here (``room_moved``, close code 4421: their clients reconnect and reach
+        the holder) and close it, so that the room never lives on two nodes."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        now = self._loop.time()
+        for peer in list(room.peers.values()):
+            self.end(peer.session, EndReason.ROOM_MOVED, detected_at=now)
+        self.close_room(room)
 
     # -- seats: capacity and admissions from the queue ------------------------------------
 

@@ -80,6 +80,7 @@ class EndReason(enum.StrEnum):
     REPLACED = "replaced"  # another connection took the session over
     REJECTED = "rejected"  # a newcomer refused (reject policy, room full)
     SHUTDOWN = "shutdown"
+    ROOM_MOVED = "room_moved"  # another node holds the room now (the directory said so)
     ERROR = "error"
 
 

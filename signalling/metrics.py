@@ -76,6 +76,8 @@ REFUSAL_REASONS = (
     "rate_limited",
     "slow_reader",
     "no_free_port",
+    "room_elsewhere",
+    "directory_unavailable",
 )
 """Every ``reason`` of ``ghostless_refusals_total`` (docs/operations.md)."""
 
@@ -161,6 +163,17 @@ class _SessionCollector(Collector):
             for grade, count in server.quality.counts_by_grade().items():
                 graded.add_metric([grade.value], count)
             yield graded
+        directory = server.lifecycle.directory
+        yield GaugeMetricFamily(
+            "ghostless_directory_up",
+            "1 when new rooms can be registered in the directory (Redis reachable, lease held)",
+            value=1 if directory.up else 0,
+        )
+        yield GaugeMetricFamily(
+            "ghostless_directory_rooms_held",
+            "Rooms whose lease this node holds in the directory",
+            value=len(server.rooms),
+        )
         yield GaugeMetricFamily(
             "ghostless_lobby_viewers",
             "Room-list viewers subscribed to the lobby",

@@ -41,8 +41,10 @@ class CloseCode(enum.IntEnum):
     SESSION_CLOSED = 4411  # the session ended for another reason (beacon, media gone)
     MEDIA_FAILED = 4412  # DTLS failed (e.g. a fingerprint mismatch): the media cannot be secured
     SLOW_READER = 4413  # the client did not read: its outbound buffer passed its bound
+    ROOM_ELSEWHERE = 4421  # another live node holds this room (several nodes): retry
     RATE_LIMITED = 4429  # requests or notifications kept coming faster than allowed
     SERVER_FULL = 4503  # the process's session capacity (or its waiting queue) is full
+    DIRECTORY_UNAVAILABLE = 4504  # a new room cannot be registered (Redis unreachable): retry
 
 
 class ErrorCode(enum.IntEnum):

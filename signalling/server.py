@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import resource
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from . import dialect as dialects
 from .admission_queue import AdmissionQueue, Ticket
 from .config import Config, token_verifier
 from .connection import Connection, ProbedSocket
+from .directory import ClaimOutcome, Directory, RoomRefused
 from .lifecycle import SessionLifecycle
 from .liveness import (
     AdmissionOutcome,
@@ -125,10 +127,15 @@ def embedded_worker(config: Config) -> media.Worker:
 
 
 class Server:
-    def __init__(self, config: Config, *, worker: Worker | None = None) -> None:
+    def __init__(
+        self, config: Config, *, worker: Worker | None = None, directory: Directory | None = None
+    ) -> None:
         """``worker``: the media to use (``media.api.Worker``); by default the
-        embedded SFU, set up from ``config``.  The server closes it on shutdown."""
+        embedded SFU, set up from ``config``.  The server closes it on shutdown.
+        ``directory``: which node holds which room; by default a ``RedisDirectory``
+        with ``--redis-url``, else the single-node ``LocalDirectory``."""
         self.config = config
+        self._given_directory = directory
         self.loop = asyncio.get_running_loop()
         self.worker: Worker = worker if worker is not None else embedded_worker(config)
         self.registry = SessionRegistry(
@@ -149,7 +156,11 @@ class Server:
         self.connections_by_ip: dict[str, int] = {}
         self._refusal_log = LogThrottle(config.refusal_log_interval)
         self.lifecycle = SessionLifecycle(
-            config, worker=self.worker, registry=self.registry, peer_limits=self.peer_limits
+            config,
+            worker=self.worker,
+            registry=self.registry,
+            peer_limits=self.peer_limits,
+            directory=directory,
         )
         self.queue = AdmissionQueue(
             max_length=config.max_queue_length, timeout=config.queue_timeout
@@ -204,6 +215,10 @@ class Server:
         """Connections that drive a session."""
         return self.lifecycle.connections
 
+    @property
+    def directory(self) -> Directory:
+        return self.lifecycle.directory
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -232,6 +247,17 @@ class Server:
                 process_request=self._http_metrics,
                 compression=None,
             )
+        if self._given_directory is None and config.redis_url is not None:
+            from .redis_directory import RedisDirectory  # redis is needed only here
+
+            self.lifecycle.directory = RedisDirectory(
+                config.redis_url,
+                node_id=config.node_id or f"{socket.gethostname()}:{self.port}",
+                address=config.node_address or f"{config.host}:{self.port}",
+                timings=config.lease_timings,
+                prefix=config.redis_prefix,
+            )
+        await self.directory.start(self.lifecycle)
         self._ticker = asyncio.ensure_future(self._tick_forever())
         self.accepting = True
         logger.info("listening on ws://%s:%d", config.host, self.port)
@@ -277,6 +303,8 @@ class Server:
             self.lifecycle.end(session, EndReason.SHUTDOWN)
             if index % 500 == 499:
                 await asyncio.sleep(0)  # let the goodbyes go out while we work
+        # Drain: the rooms are free to move now, while the clients wait to reconnect.
+        await self.directory.withdraw()
         remaining = self.config.shutdown_timeout - (time.monotonic() - started)
         if self._ws_server is not None:
             with contextlib.suppress(TimeoutError):
@@ -292,6 +320,7 @@ class Server:
         if self._probe_tasks:
             await asyncio.gather(*self._probe_tasks, return_exceptions=True)
         await self.lifecycle.close()
+        await self.directory.close()
         self.worker.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
@@ -414,6 +443,17 @@ class Server:
                 return
         try:
             room = await self.lifecycle.room(room_id)
+        except RoomRefused as refused:
+            # Another node holds the room, or it cannot be registered now: the
+            # client retries (through the load balancer, which finds the holder).
+            elsewhere = refused.claim.outcome is ClaimOutcome.ELSEWHERE
+            self._refuse("room_elsewhere" if elsewhere else "directory_unavailable", room_id)
+            if elsewhere:
+                conn.close(CloseCode.ROOM_ELSEWHERE, "room is served by another node")
+            else:
+                conn.close(CloseCode.DIRECTORY_UNAVAILABLE, "room cannot be registered now")
+            await conn.wait_closed()
+            return
         finally:
             if from_queue:
                 self.lifecycle.seat_taken(room_id)
@@ -784,11 +824,13 @@ class Server:
             return _json(ws, 200, {"status": "ok", "loopLag": round(self.loop_lag, 4)})
         if route == "/readyz":
             problems = self.readiness_problems()
-            return _json(
-                ws,
-                503 if problems else 200,
-                {"status": "not ready", "problems": problems} if problems else {"status": "ready"},
+            answer: dict[str, Any] = (
+                {"status": "not ready", "problems": problems} if problems else {"status": "ready"}
             )
+            # A node whose directory is down still serves its rooms (it stays
+            # ready): it says so here and refuses new rooms (4504).
+            answer["directory"] = self.directory.status()
+            return _json(ws, 503 if problems else 200, answer)
         if route == "/rooms":
             return _json(ws, 200, self.rooms_summary(listed_only=True))
         if route == "/leave":
@@ -865,6 +907,7 @@ class Server:
             "peerTasks": sum(len(p.tasks) for r in self.rooms.values() for p in r.peers.values()),
             "media": self.worker.resource_counts(),
             "loopLag": self.loop_lag,
+            "directory": self.directory.status(),
         }
 
     def _http_metrics(self, ws: ServerConnection, request: Request) -> Response | None:

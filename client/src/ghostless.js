@@ -11,6 +11,16 @@ export { Protoo, ProtooError };
 // 4503 (server or waiting queue full) is not one: it means "try later".
 const FINAL_CODES = new Set([4400, 4401, 4403, 4409]);
 const SERVER_FULL = 4503;
+// Several nodes (docs/scaling.md): another node holds the room (4421: the load
+// balancer will find it), or the room cannot be registered now (4504).  Both
+// mean "try again shortly", with the same backoff.
+const ROOM_ELSEWHERE = 4421;
+const DIRECTORY_UNAVAILABLE = 4504;
+const RETRY_LATER = new Map([
+  [SERVER_FULL, 'server_full'],
+  [ROOM_ELSEWHERE, 'room_elsewhere'],
+  [DIRECTORY_UNAVAILABLE, 'directory_unavailable'],
+]);
 const QUEUE_TIMEOUT = 'queue_timeout'; // the reason of close code 4408 after waiting too long
 const INTERACTION_THROTTLE_MS = 30000;
 // mediasoup-client >= 3.19 no longer exposes device.sctpCapabilities; the
@@ -763,9 +773,11 @@ export class GhostlessClient extends EventTarget {
       this._setState('closed', reason || String(code));
       return;
     }
-    if (code === 4408 || code === 4411) this._resumeToken = null; // the session is gone
-    // Server (or its queue) full: try later, backing off further each time.
-    this._setState('reconnecting', code === SERVER_FULL ? 'server_full' : null);
+    // The session is gone (timed out, closed, or its room moved to another node).
+    if (code === 4408 || code === 4411 || code === ROOM_ELSEWHERE) this._resumeToken = null;
+    // Server full, room on another node, directory away: try later, backing off
+    // further each time.
+    this._setState('reconnecting', RETRY_LATER.get(code) || null);
     // A socket we dropped as dead (_dropSocket): the network works (the browser
     // says online), only that socket does not, so the first attempt goes at
     // once; later ones back off as usual.

@@ -190,6 +190,14 @@ OTHER_VALUES = {
     "liveness.join_timeout": "31",
     "liveness.stall_tolerance": "2",
     "liveness.stall_resync": "6",
+    "redis_url": "redis://127.0.0.1:6379/0",
+    "redis_prefix": "cluster2",
+    "node_id": "node-a",
+    "node_address": "10.0.0.1:8765",
+    "lease_ttl": "5",
+    "lease_renew_interval": "2",
+    "reaper_interval": "2",
+    "redis_timeout": "0.25",
 }
 
 
@@ -521,3 +529,28 @@ def test_each_per_peer_option_sets_its_own_peer_limit() -> None:
 
 def test_the_per_peer_options_default_to_the_peer_limits() -> None:
     assert Config().peer_limits == PeerLimits()
+
+
+# -- the directory (docs/scaling.md) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--lease-ttl", "1", "--lease-renew-interval", "1"],
+        ["--redis-timeout", "2"],
+        ["--reaper-interval", "0"],
+        ["--redis-url", "http://127.0.0.1:6379"],
+        ["--redis-prefix", "a:b"],
+        ["--node-id", "a/b"],
+    ],
+)
+def test_directory_options_are_validated(argv: list[str]) -> None:
+    with pytest.raises(ConfigError):
+        parse_config(argv, environ={})
+
+
+def test_the_directory_is_off_by_default() -> None:
+    config = parse_config([], environ={})
+    assert config.redis_url is None and config.node_id is None
+    assert (config.lease_ttl, config.lease_renew_interval, config.reaper_interval) == (3, 1, 1)

@@ -361,7 +361,9 @@ def test_the_close_and_error_codes_are_the_documented_numbers() -> None:
         "SESSION_CLOSED": 4411,
         "MEDIA_FAILED": 4412,
         "SLOW_READER": 4413,
+        "ROOM_ELSEWHERE": 4421,
         "RATE_LIMITED": 4429,
         "SERVER_FULL": 4503,
+        "DIRECTORY_UNAVAILABLE": 4504,
     }
     assert int(ErrorCode.NOT_FOUND) == 404 and int(ErrorCode.UNKNOWN_METHOD) == 405
