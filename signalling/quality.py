@@ -27,7 +27,7 @@ The grade is the worst signal's; ``reasons`` names the signals that set it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -131,13 +131,15 @@ class QualitySample:
     """Seconds since the client's last ICE consent check."""
 
     @classmethod
-    def from_links(cls, links: Iterable[LinkSample], *, rtt_ms: float | None) -> QualitySample:
+    def from_links(cls, links: Sequence[LinkSample], *, rtt_ms: float | None) -> QualitySample:
         """A participant's sample from its transports' ``link_sample`` and its
         latest heartbeat round trip (when a new one was reported).
 
         The round trip is the worse of the client's figure and RTCP's: both
         measure the same path, and the user feels the worse one.
         """
+        if not links:  # no transports: the heartbeat's round trip at most
+            return NOTHING if rtt_ms is None else cls(rtt_ms=rtt_ms)
         link = combine(links)
         rtts = [r for r in (rtt_ms, link.rtt_ms) if r is not None]
         return cls(
@@ -149,6 +151,11 @@ class QualitySample:
             jitter_ms=link.jitter_ms,
             consent_gap=link.consent_gap,
         )
+
+
+NOTHING = QualitySample()
+"""The sample of an interval with nothing new (no transports, no heartbeat
+report): most participants of a large server, most of the time."""
 
 
 class _Pool:
@@ -263,9 +270,11 @@ class QualityGrader:
         "_jitter",
         "_pending_down",
         "_pending_up",
+        "_quiet_until",
         "_rtt",
         "_uplink",
         "policy",
+        "previous_grade",
     )
 
     def __init__(self, policy: QualityPolicy | None = None) -> None:
@@ -277,6 +286,11 @@ class QualityGrader:
         self._consent = _Signal(CONSENT, policy.consent_gap_unstable, policy.consent_gap_poor)
         self._pending_up = _Pool()
         self._pending_down = _Pool()
+        self.previous_grade = Quality.GOOD
+        """The grade before the latest change."""
+        self._quiet_until = float("inf")
+        """Until then, a sample of ``NOTHING`` changes nothing (no signal is
+        due to be forgotten), so it is not even looked at."""
 
     def _signals(self) -> Iterator[_Signal]:
         return iter((self._rtt, self._uplink, self._downlink, self._jitter, self._consent))
@@ -305,6 +319,8 @@ class QualityGrader:
 
     def observe(self, sample: QualitySample, now: float) -> Quality | None:
         """Take one sample; the new grade if it changed, else None."""
+        if sample is NOTHING and now < self._quiet_until:
+            return None  # what observing it would conclude, without the work
         before = self.grade
         policy = self.policy
         self._rtt.observe(sample.rtt_ms, now, policy)
@@ -314,8 +330,16 @@ class QualityGrader:
         self._downlink.observe(downlink, now, policy)
         self._jitter.observe(sample.jitter_ms, now, policy)
         self._consent.observe(sample.consent_gap, now, policy)
+        forget_after = policy.forget_after
+        known = [s.last_known for s in self._signals() if s.last_known is not None]
+        self._quiet_until = (
+            min(known) + forget_after if known and forget_after is not None else float("inf")
+        )
         after = self.grade
-        return after if after is not before else None
+        if after is before:
+            return None
+        self.previous_grade = before
+        return after
 
 
 K = TypeVar("K", bound=Hashable)
@@ -358,11 +382,10 @@ class QualityBoard(Generic[K]):
 
     def observe(self, key: K, sample: QualitySample, now: float) -> Quality | None:
         """``QualityGrader.observe`` for ``key`` (added if new)."""
-        grader = self.add(key)
-        before = grader.grade
+        grader = self._graders.get(key) or self.add(key)
         change = grader.observe(sample, now)
         if change is not None:
-            self._counts[before] -= 1
+            self._counts[grader.previous_grade] -= 1
             self._counts[change] += 1
         return change
 
@@ -375,6 +398,7 @@ __all__ = [
     "CONSENT",
     "JITTER",
     "LOSS",
+    "NOTHING",
     "REASONS",
     "RTT",
     "Quality",

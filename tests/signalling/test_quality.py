@@ -9,6 +9,7 @@ import pytest
 
 from media.link import LinkSample
 from signalling.quality import (
+    NOTHING,
     Quality,
     QualityBoard,
     QualityGrader,
@@ -327,30 +328,41 @@ def test_unknown_inputs_never_degrade_the_grade() -> None:
     assert feed.changes == [] and feed.grade() is Quality.GOOD
 
 
-def test_unknown_inputs_do_not_count_as_recovery_either() -> None:
+# An empty sample, and NOTHING (what a participant without transports gives):
+# the grader skips the latter while no signal is due to be forgotten.
+@pytest.mark.parametrize("empty", [QualitySample(), NOTHING], ids=["empty", "nothing"])
+def test_unknown_inputs_do_not_count_as_recovery_either(empty: QualitySample) -> None:
     feed = Feed()
     feed.run([loss(0.15)] * 5)
 
-    feed.run([QualitySample()] * 10)  # 20 s without media: nothing to judge on
+    feed.run([empty] * 10)  # 20 s without media: nothing to judge on
 
     assert feed.grade() is Quality.POOR
 
 
-def test_a_signal_unknown_for_forget_after_is_forgotten() -> None:
+# An empty sample, and NOTHING (what a participant without transports gives):
+# the grader skips the latter while no signal is due to be forgotten.
+@pytest.mark.parametrize("empty", [QualitySample(), NOTHING], ids=["empty", "nothing"])
+def test_a_signal_unknown_for_forget_after_is_forgotten(empty: QualitySample) -> None:
     feed = Feed()
     feed.run([loss(0.15)] * 5)
 
     assert POLICY.forget_after is not None
-    feed.run([QualitySample()] * int(POLICY.forget_after / INTERVAL))
+    feed.run([empty] * int(POLICY.forget_after / INTERVAL))
 
     assert feed.grade() is Quality.GOOD
 
 
-def test_evidence_older_than_forget_after_does_not_add_up_with_new_samples() -> None:
+# An empty sample, and NOTHING (what a participant without transports gives):
+# the grader skips the latter while no signal is due to be forgotten.
+@pytest.mark.parametrize("empty", [QualitySample(), NOTHING], ids=["empty", "nothing"])
+def test_evidence_older_than_forget_after_does_not_add_up_with_new_samples(
+    empty: QualitySample,
+) -> None:
     feed = Feed()
     feed.sample(loss(0.15))  # one outlier: nothing
     assert POLICY.forget_after is not None
-    feed.run([QualitySample()] * int(POLICY.forget_after / INTERVAL))
+    feed.run([empty] * int(POLICY.forget_after / INTERVAL))
 
     feed.sample(loss(0.15))  # another, half a minute later: still an outlier
 
@@ -398,7 +410,8 @@ def test_the_round_trip_is_the_worse_of_the_heartbeat_and_rtcp() -> None:
     assert QualitySample.from_links([link], rtt_ms=None).rtt_ms == 250.0
     assert QualitySample.from_links([link], rtt_ms=80.0).rtt_ms == 250.0
     assert QualitySample.from_links([link], rtt_ms=400.0).rtt_ms == 400.0
-    assert QualitySample.from_links([], rtt_ms=None) == QualitySample()
+    assert QualitySample.from_links([], rtt_ms=None) is NOTHING
+    assert QualitySample.from_links([], rtt_ms=80.0) == QualitySample(rtt_ms=80.0)
 
 
 def test_loss_of_two_transports_is_weighted_by_their_packets() -> None:
@@ -457,3 +470,16 @@ def test_the_board_adds_a_participant_it_has_not_seen() -> None:
 def test_the_policy_refuses_thresholds_that_make_no_sense(changes: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         QualityPolicy(**changes)  # type: ignore[arg-type]
+
+
+def test_a_grader_with_nothing_to_forget_is_not_even_looked_at_for_nothing() -> None:
+    grader = QualityGrader(POLICY)
+    grader.observe(QualitySample(rtt_ms=500.0), 0.0)
+    assert POLICY.forget_after is not None
+
+    # Until the RTT evidence is forget_after old, NOTHING is skipped...
+    assert grader.observe(NOTHING, POLICY.forget_after - 0.01) is None
+    assert grader._rtt.last_known == 0.0 and grader._rtt.recent == [500.0]
+    # ... and at that time it is forgotten, as an empty sample would have it.
+    grader.observe(NOTHING, POLICY.forget_after)
+    assert grader._rtt.last_known is None and grader._rtt.recent == []
