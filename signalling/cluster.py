@@ -329,20 +329,23 @@ def _stop(
 # -- command line ----------------------------------------------------------------------------
 
 
+_CLUSTER_OPTIONS = (
+    "nodes",
+    "port",
+    "redis_port",
+    "node_base_port",
+    "metrics_base_port",
+    "rtc_base_port",
+    "rtc_ports_per_node",
+    "peer_port",
+)
+
+
 def _run(args: argparse.Namespace) -> int:
     directory = Path(tempfile.mkdtemp(prefix="ghostless-cluster-"))
-    cluster = Cluster(
-        directory,
-        nodes=args.nodes,
-        port=args.port,
-        redis_port=args.redis_port,
-        node_base_port=args.node_base_port,
-        metrics_base_port=args.metrics_base_port,
-        rtc_base_port=args.rtc_base_port,
-        rtc_ports_per_node=args.rtc_ports_per_node,
-        peer_port=args.peer_port,
-        node_args=tuple(args.node_args),
-    )
+    # The Cluster fields the command sets, each from the option of its name.
+    chosen = {name: getattr(args, name) for name in _CLUSTER_OPTIONS}
+    cluster = Cluster(directory, node_args=tuple(args.node_args), **chosen)
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:

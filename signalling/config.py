@@ -504,16 +504,15 @@ def validate(config: Config) -> None:
     )
 
 
+_TOKEN_OPTIONS = ("leeway", "max_lifetime", "audience", "issuer")
+
+
 def token_verifier(config: Config) -> TokenVerifier | None:
     """The verifier of connection tokens, or None when the server is open."""
-    return TokenVerifier.from_options(
-        secret=config.token_secret,
-        jwks_file=config.token_jwks,
-        leeway=config.token_leeway,
-        max_lifetime=config.token_max_lifetime,
-        audience=config.token_audience,
-        issuer=config.token_issuer,
-    )
+    # The token_* options, by TokenVerifier.from_options' parameter names.
+    options = {name: getattr(config, f"token_{name}") for name in _TOKEN_OPTIONS}
+    secret, jwks_file = config.token_secret, config.token_jwks
+    return TokenVerifier.from_options(secret=secret, jwks_file=jwks_file, **options)
 
 
 def replace(config: Config, **changes: Any) -> Config:

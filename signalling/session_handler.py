@@ -23,18 +23,11 @@ from websockets.exceptions import ConnectionClosed
 import media
 from media.events import EventEmitter
 
+from . import protocol
 from .connection import Connection, ProbedSocket
 from .lifecycle import SessionLifecycle
 from .liveness import EndReason, Session, SessionRegistry
-from .protocol import (
-    CloseCode,
-    ErrorCode,
-    Kind,
-    ProtocolViolation,
-    decode,
-    encode_error,
-    encode_response,
-)
+from .protocol import CloseCode, ErrorCode, Kind, ProtocolViolation, decode
 from .rate_limit import Verdict
 from .rooms import Peer, RequestError, Room, RoomFull, printable
 
@@ -117,13 +110,13 @@ class SessionHandler:
                         self.lifecycle.end(session, EndReason.RATE_LIMITED, detected_at=now)
                         return
                     if message.kind is Kind.REQUEST:
-                        conn.send(
-                            encode_error(message.id, ErrorCode.TOO_MANY_REQUESTS, "slow down")
-                        )
+                        slow_down = ErrorCode.TOO_MANY_REQUESTS
+                        conn.send(protocol.encode_error(message.id, slow_down, "slow down"))
                     continue
                 if message.kind is Kind.REQUEST:
                     if message.method == "ping":
-                        conn.send(encode_response(message.id, self.pong(message.data, peer)))
+                        pong = self.pong(message.data, peer)
+                        conn.send(protocol.encode_response(message.id, pong))
                         observer.emit("request", "ping", "ok", 0.0)
                         continue
                     await self._request(
@@ -158,23 +151,23 @@ class SessionHandler:
     ) -> None:
         started = time.perf_counter()
         if method == "beforeDisconnect" and isinstance(data, dict):
-            conn.send(encode_response(request_id, {}))
+            conn.send(protocol.encode_response(request_id, {}))
             self.lifecycle.end(session, EndReason.GRACEFUL, detected_at=self.loop.time())
             return
         try:
             result = await self._call(session, peer, method, data)
         except RoomFull as exc:
             self.observer.emit("request", method, "error", time.perf_counter() - started)
-            conn.send(encode_error(request_id, exc.code, exc.reason))
+            conn.send(protocol.encode_error(request_id, exc.code, exc.reason))
             self._refuse("room_full")
             self.lifecycle.end(session, EndReason.REJECTED, close_code=CloseCode.ROOM_FULL)
             return
         except CallFailed as failure:
             outcome = failure.outcome
-            frame = encode_error(request_id, failure.code, failure.reason)
+            frame = protocol.encode_error(request_id, failure.code, failure.reason)
         else:
             outcome = "ok"
-            frame = encode_response(request_id, peer.dialect.response(method, result))
+            frame = protocol.encode_response(request_id, peer.dialect.response(method, result))
         self.observer.emit("request", _known(method), outcome, time.perf_counter() - started)
         conn.send(frame)
 
