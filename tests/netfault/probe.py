@@ -59,6 +59,17 @@ def tcp_recv(host: str, port: int) -> None:
     emit(received=total, elapsed=elapsed)
 
 
+def send_datagram(sock: socket.socket, payload: bytes, address: tuple[str, int]) -> None:
+    """``sendto`` on a socket with a (receive) timeout: a full send buffer on a
+    busy machine makes it time out rather than wait; try again shortly."""
+    while True:
+        try:
+            sock.sendto(payload, address)
+            return
+        except (TimeoutError, BlockingIOError):
+            time.sleep(0.0005)
+
+
 def udp_send(host: str, port: int, count: int, interval: float) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(0.001)
@@ -70,7 +81,7 @@ def udp_send(host: str, port: int, count: int, interval: float) -> None:
     while True:
         now = time.monotonic()
         if i < count and (i == 0 or now >= sent_at[i - 1] + interval):
-            sock.sendto(i.to_bytes(4, "big") + b"\0" * 96, (host, port))
+            send_datagram(sock, i.to_bytes(4, "big") + b"\0" * 96, (host, port))
             sent_at[i] = now
             i += 1
             if i == count:
