@@ -156,24 +156,9 @@ _SEND_TIME = _SEND_TIME_HEAD << 24
 _pack_send_time = _SEND_TIME_ELEMENT.pack_into
 
 
-def _place_send_time(buf: bytearray, pos: int, end: int) -> None:
-    """Our abs-send-time into the first run of four padding bytes between
-    ``pos`` and ``end`` (a one-byte block whose ids are mapped); none if there
-    is no such run.  Off the usual path: a browser's packets have the room at
-    the start of the block."""
-    zeros = pos
-    while pos < end:
-        head = buf[pos]
-        if head < 0x10:
-            pos += 1
-            if pos - zeros > 3:
-                _pack_send_time(buf, zeros, send_time_element(_monotonic()))
-                return
-            continue
-        if head >= 0xF0:
-            return
-        pos += (head & 0x0F) + 2
-        zeros = pos
+def _send_time_now() -> int:
+    """The 24-bit abs-send-time of this instant (6.18 fixed point, ``time.monotonic()``)."""
+    return int(_monotonic() * 262144.0) & 0xFFFFFF
 
 
 def stamp_send_time(packet: bytearray, now: float) -> bool:
@@ -499,10 +484,18 @@ class RecvStream:
         heads = self._extension_heads
         pos = block + 4
         stamp = self.send_time
+        zeros = -1  # where the current run of zero bytes began (padding, padded out)
         while pos < start:
             head = buf[pos]
             if head < 0x10:  # id 0: padding
+                if zeros < 0:
+                    zeros = pos
                 pos += 1
+                if stamp and pos - zeros > 3:
+                    # Four zero bytes: room for our element (one pass, no rescan).
+                    _pack_send_time(buf, zeros, _SEND_TIME | _send_time_now())
+                    stamp = False
+                    zeros = -1
                 continue
             if head >= 0xF0:  # id 15: stop reading (section 4.2)
                 break
@@ -511,26 +504,32 @@ class RecvStream:
                 buf[pos:start] = bytes(start - pos)
                 break
             new = heads[head]
-            if new != head:
-                if new:
-                    buf[pos] = new
-                elif stamp and (
-                    length > 3 or (length == 3 and pos + 3 < start and not buf[pos + 3])
-                ):
-                    # Read now: the packet leaves in this loop iteration, with
-                    # every consumer's copy carrying the same value.
-                    now = int(_monotonic() * 262144.0) & 0xFFFFFF  # 6.18 fixed point
-                    _pack_send_time(buf, pos, _SEND_TIME | now)
-                    if length > 4:
-                        buf[pos + 4 : pos + length] = bytes(length - 4)
+            if new == head:
+                zeros = -1
+            elif new:
+                buf[pos] = new
+                zeros = -1
+            elif stamp and (
+                length > 3 or (length == 3 and pos + 3 < start and not buf[pos + 3])
+            ):
+                # Read now: the packet leaves in this loop iteration, with
+                # every consumer's copy carrying the same value.
+                _pack_send_time(buf, pos, _SEND_TIME | _send_time_now())
+                if length > 4:
+                    buf[pos + 4 : pos + length] = bytes(length - 4)
+                stamp = False
+                zeros = -1
+                pos += length if length > 3 else 4
+                continue
+            else:
+                buf[pos : pos + length] = bytes(length)
+                if zeros < 0:
+                    zeros = pos
+                if stamp and pos + length - zeros > 3:
+                    _pack_send_time(buf, zeros, _SEND_TIME | _send_time_now())
                     stamp = False
-                    pos += length if length > 3 else 4
-                    continue
-                else:
-                    buf[pos : pos + length] = bytes(length)
+                    zeros = -1
             pos += length
-        if stamp:
-            _place_send_time(buf, block + 4, start)
         return start
 
     def is_key_frame(self, buf: bytearray) -> bool:
