@@ -47,7 +47,15 @@ def _parse_request(protocol: ServerProtocol, max_body: int) -> Generator[None]:
         if length:
             yield from reader.read_exact(length)  # discarded
     except EOFError:
+        # The peer closed before a whole request (Chromium drops its idle
+        # preconnected sockets this way).  Hand over to websockets' discard(),
+        # as its own parse() does: returning would end the parser generator,
+        # and websockets' receive_eof() would then raise StopIteration and
+        # leave the protocol short of CLOSED.
         protocol.send_eof()
+        protocol.parser = protocol.discard()
+        next(protocol.parser)
+        yield
         return
     except Exception:  # any malformed request line or header: a plain 400
         yield from _refuse(protocol, http.HTTPStatus.BAD_REQUEST, "malformed request")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from playwright.async_api import Browser, Page, Playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from signalling.server import Server
 from tests.browser.conftest import CHROMIUM, FLAGS, audio_level
@@ -91,10 +92,20 @@ _LOG_NOTIFICATIONS = """() => {
 async def join(browser: Browser, server: Server, room: str, name: str) -> Page:
     """A demo page that joined ``room`` as ``name``; its notifications are logged."""
     page = await (await browser.new_context()).new_page()
+    console: list[str] = []
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
     await page.goto(page_url(server, room, name))
-    await page.wait_for_function(
-        "window.ghostless && window.ghostless.state === 'joined'", timeout=30000
-    )
+    try:
+        await page.wait_for_function(
+            "window.ghostless && window.ghostless.state === 'joined'", timeout=30000
+        )
+    except PlaywrightTimeoutError:
+        state = await page.evaluate("window.ghostless ? window.ghostless.state : 'no client'")
+        raise AssertionError(
+            f"{name} did not join in 30 s: client state {state!r}; sessions on the server "
+            f"{len(server.registry)}; the page's console: {console[-30:]}"
+        ) from None
     await page.evaluate(_LOG_NOTIFICATIONS)
     return page
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+import pytest
+
 from signalling.server import Server
 
 from .conftest import ClientFactory, eventually
@@ -67,3 +72,18 @@ async def test_debug_stats_are_only_on_the_metrics_listener(server: Server) -> N
         server, b"GET /debug/stats HTTP/1.1\r\nHost: x\r\n\r\n", port=server.metrics_port
     )
     assert status == 200 and b'"registry"' in body
+
+
+async def test_a_socket_closed_before_a_whole_request_is_closed_quietly(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Chromium opens sockets speculatively and closes the idle ones unused.
+    for sent in (b"", b"GET /lea"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(sent)
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+    await eventually(lambda: len(server._ws_server.connections) == 0)  # type: ignore[union-attr]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
