@@ -677,9 +677,16 @@ def _simulcast_frames(layers: int) -> Callable[[], list[bytes]]:
 
 
 async def _pump(
-    peer: _Peer, rate: int, stop: asyncio.Event, stats: _SenderStats, layers: int = 1
+    peer: _Peer,
+    rate: int,
+    stop: asyncio.Event,
+    stats: _SenderStats,
+    layers: int = 1,
+    idle: float = 0.0005,
 ) -> None:
-    """Send SRTP-protected RTP to the server, flat out (rate 0) or paced, until ``stop``."""
+    """Send SRTP-protected RTP to the server, flat out (rate 0) or paced, until ``stop``;
+    paced, it sleeps ``idle`` seconds when nothing is due (uvloop's timers have a
+    millisecond's resolution: shorter sleeps spin)."""
     if layers > 1:
         await _pump_simulcast(peer, rate, stop, stats, layers)
         return
@@ -701,7 +708,7 @@ async def _pump(
             count = min(due, 2 * BURST)
             if count <= 0:
                 stats.sent, stats.send_errors = sent, errors
-                await asyncio.sleep(0.0005)
+                await asyncio.sleep(idle)
                 continue
         else:
             count = BURST
@@ -743,7 +750,7 @@ async def _pump_simulcast(
             count = min(int((time.monotonic() - started) * rate) - sent, 2 * BURST)
             if count <= 0:
                 stats.sent, stats.send_errors = sent, errors
-                await asyncio.sleep(0.0005)
+                await asyncio.sleep(idle)
                 continue
         else:
             count = BURST

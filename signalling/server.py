@@ -63,6 +63,7 @@ from .protocol import (
 from .quality import QualityBoard, QualitySample
 from .rate_limit import KeyedRateLimiter, MessageLimiter, RatePolicy, Verdict
 from .rooms import Peer, Room
+from .rounds import SpreadRound
 from .session_handler import SessionHandler
 
 if TYPE_CHECKING:
@@ -98,7 +99,6 @@ PROTOCOL_ERROR_CODES = frozenset(
         CloseCode.MESSAGE_TOO_BIG,
     }
 )
-
 
 
 class QueueTimeout(Exception):
@@ -177,6 +177,9 @@ class Server:
         self._metrics_server: WsServer | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._probe_tasks: set[asyncio.Task[None]] = set()
+        self._grading: SpreadRound[str] | None = None
+        """Set by the ticker: the ids of the rooms whose peers are graded over each
+        quality interval."""
         self._stopped = asyncio.Event()
         self._shutting_down = False
         self._static = {
@@ -700,7 +703,10 @@ class Server:
         next_lobby_flush = self.loop.time()
         next_queue_check = self.loop.time()
         quality_interval = self.config.quality.interval
-        next_grading = self.loop.time() + (quality_interval or 0.0)
+        if quality_interval is not None:
+            self._grading = SpreadRound(
+                quality_interval, period, first_at=self.loop.time() + quality_interval
+            )
         expected = self.loop.time() + period
         while True:
             await asyncio.sleep(max(0.0, expected - self.loop.time()))
@@ -723,9 +729,7 @@ class Server:
                 if now >= next_lobby_flush:
                     next_lobby_flush = now + self.config.lobby_update_interval
                     self.lobby.flush()
-                if quality_interval is not None and now >= next_grading:
-                    next_grading = now + quality_interval
-                    self._grade_quality(now)
+                self._grade_quality(now)
                 if now >= next_queue_check:
                     next_queue_check = now + 1.0
                     self._expire_queue(now)
@@ -750,13 +754,22 @@ class Server:
                 logger.exception("liveness tick failed")
 
     def _grade_quality(self, now: float) -> None:
-        """Grade every joined peer's connection; tell its room when a grade changes."""
-        board = self.quality
-        if board is None or not self.registry.judging(now):
+        """Grade the joined peers of this tick's share of the rooms (``SpreadRound``:
+        each room once per quality interval, without a stall); a grade that
+        changes is told to the peer's room."""
+        board, round_ = self.quality, self._grading
+        if board is None or round_ is None:
+            return
+        rooms = self.rooms
+        share = round_.take(now, rooms.keys)  # ids: a room that closes is freed at once
+        if not self.registry.judging(now):
             return  # after a stall, gaps and jitter are the server's own doing
-        for room in self.rooms.values():
+        for room_id in share:
+            room = rooms.get(room_id)
+            if room is None:
+                continue  # closed since the round started
             for peer in room.joined_peers():
-                key = (room.id, peer.id)
+                key = (room_id, peer.id)
                 links = [t.link_sample(now) for t in peer.transports.values()]
                 sample = QualitySample.from_links(links, rtt_ms=peer.reported_rtt_ms)
                 peer.reported_rtt_ms = None  # each report counts once
@@ -767,7 +780,8 @@ class Server:
                 reasons = list(grader.reasons) if grader is not None else []
                 peer.quality = change.value
                 room.broadcast(
-                    "peerQuality", {"peerId": peer.id, "quality": change.value, "reasons": reasons}
+                    "peerQuality",
+                    {"peerId": peer.id, "quality": change.value, "reasons": reasons},
                 )
                 log_session("session_quality", peer.session, quality=change.value, why=reasons)
 
