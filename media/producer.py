@@ -14,8 +14,12 @@ repaired-RID names the encoding whose RTX stream it is, and a packet with a
 MID only belongs to the single encoding of a non-simulcast producer.
 
 Health (activity, bitrate, score) is judged by ``tick(now)``, which the
-transport schedules every quarter of the inactivity timeout: a stream silent
-for ``inactivity_timeout`` is inactive and scores 0.  ``score`` events carry
+transport schedules every quarter of the inactivity timeout (or half the stop
+timeout, if shorter): a stream silent for ``inactivity_timeout`` is inactive
+and scores 0, and so is a simulcast encoding silent for ``stop_timeout`` while
+a lower one keeps sending (the sender turned it off: Chrome does when its
+bandwidth estimate drops, or after a network change), so that consumers fall
+back to the lower one sooner than a whole stream's silence would tell.  ``score`` events carry
 mediasoup's ``ProducerScore[]`` and are emitted when a score changes (on
 sender reports, activity changes), never per packet.
 """
@@ -61,6 +65,7 @@ class Producer(EventEmitter):
         key_frame_request_interval: float,
         app_data: dict[str, Any] | None,
         inactivity_timeout: float = 1.0,
+        stop_timeout: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
@@ -78,6 +83,8 @@ class Producer(EventEmitter):
         self._sinks: tuple[Consumer, ...] = ()
         self._tick_timer: asyncio.TimerHandle | None = None
         self.inactivity_timeout = inactivity_timeout
+        self.stop_timeout = stop_timeout
+        """0: an encoding is inactive only after ``inactivity_timeout`` of silence."""
         self.mid: str | None = rtp_parameters.get("mid")
         codecs = rtp_parameters["codecs"]
         media_codec = next(c for c in codecs if not str(c["mimeType"]).lower().endswith("/rtx"))
@@ -303,7 +310,10 @@ class Producer(EventEmitter):
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Judge the streams' health every quarter of the inactivity timeout."""
         if self._tick_timer is None and not self.closed:
-            interval = max(0.05, self.inactivity_timeout / 4)
+            interval = self.inactivity_timeout / 4
+            if self.stop_timeout > 0 and self.type == "simulcast":
+                interval = min(interval, self.stop_timeout / 2)
+            interval = max(0.05, interval)
             self._tick_timer = loop.call_later(interval, self._on_timer, loop, interval)
 
     def _on_timer(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
@@ -320,10 +330,32 @@ class Producer(EventEmitter):
         for stream in self.streams:
             if stream.sample(now):
                 changed = True
+        if self.stop_timeout > 0 and self.type == "simulcast" and self._stopped_encoding(now):
+            changed = True
         for consumer in self._sinks:
             consumer.producer_tick(now, changed)
         if changed:
             self._scores_changed()
+
+    def _stopped_encoding(self, now: float) -> bool:
+        """Deactivate the encodings silent for ``stop_timeout`` while a lower one
+        sends on; whether any was.  Both conditions: a pause of the whole source
+        (all silent) or of the link is not an encoding being turned off, and a
+        late frame of the top encoding (a key frame is paced out over ~100 ms)
+        is shorter than the timeout."""
+        timeout = self.stop_timeout
+        latest_lower = -1.0  # the latest packet of any lower encoding
+        stopped = False
+        for stream in self.streams:
+            last = stream.last_packet_at
+            if last is None:
+                continue
+            if stream.active and latest_lower - last > timeout and now - latest_lower < timeout:
+                stream.deactivate()
+                stopped = True
+            if last > latest_lower:
+                latest_lower = last
+        return stopped
 
     def stream_activity_changed(self, stream: RecvStream) -> None:
         """A stream got its first packet after silence (called from its hot path, once)."""

@@ -509,9 +509,7 @@ class RecvStream:
             elif new:
                 buf[pos] = new
                 zeros = -1
-            elif stamp and (
-                length > 3 or (length == 3 and pos + 3 < start and not buf[pos + 3])
-            ):
+            elif stamp and (length > 3 or (length == 3 and pos + 3 < start and not buf[pos + 3])):
                 # Read now: the packet leaves in this loop iteration, with
                 # every consumer's copy carrying the same value.
                 _pack_send_time(buf, pos, _SEND_TIME | _send_time_now())
@@ -701,15 +699,20 @@ class RecvStream:
             and self.last_packet_at is not None
             and now - self.last_packet_at > self._inactivity_timeout
         ):
-            self.active = False
-            self.scores.reset(0)
-            self.bitrate = 0
-            self.layer_bitrates = [0] * MAX_TEMPORAL_LAYERS
-            self._peaks.clear()
+            self.deactivate()
             return True
         if self.active:
             self._peaks.append((self.bitrate, *self.layer_bitrates))
         return False
+
+    def deactivate(self) -> None:
+        """Inactive (score 0, nothing measured) until its next packet: it went
+        silent, or the sender stopped it while sending others (``Producer.tick``)."""
+        self.active = False
+        self.scores.reset(0)
+        self.bitrate = 0
+        self.layer_bitrates = [0] * MAX_TEMPORAL_LAYERS
+        self._peaks.clear()
 
     def bitrate_up_to(self, temporal_layer: int) -> int:
         """Bits/s of temporal layers 0..``temporal_layer`` (all of it without layer info),

@@ -48,6 +48,9 @@ class WorkerSettings:
     """Per transport, DTLS datagrams waiting to be processed; more are dropped."""
     stream_inactivity_timeout: float = 0.5
     """A video encoding silent this long is inactive (simulcast consumers fall back)."""
+    encoding_stop_timeout: float = 0.25
+    """A simulcast encoding silent this long while a lower one sends is inactive
+    (the sender turned it off; 0: wait for ``stream_inactivity_timeout``)."""
     audio_stream_inactivity_timeout: float = 2.0
     """The same for audio (Opus DTX sends a packet every 400 ms in silence)."""
     initial_incoming_bitrate: int = 1_000_000
@@ -95,6 +98,7 @@ class WorkerSettings:
             "consent_resync_window": self.consent_resync_window,
             "max_queued_dtls_records": self.max_queued_dtls_records,
             "stream_inactivity_timeout": self.stream_inactivity_timeout,
+            "encoding_stop_timeout": self.encoding_stop_timeout,
             "audio_stream_inactivity_timeout": self.audio_stream_inactivity_timeout,
             "initial_incoming_bitrate": self.initial_incoming_bitrate,
             "max_incoming_bitrate": self.max_incoming_bitrate,

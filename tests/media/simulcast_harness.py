@@ -145,6 +145,7 @@ class Simulcast:
         scalability_mode: str | None = "L1T3",
         codec: str = "VP8",
         inactivity_timeout: float = 1.0,
+        stop_timeout: float = 0.0,
     ) -> None:
         self.clock = Clock()
         self.send_side = ProducerSide()
@@ -211,6 +212,7 @@ class Simulcast:
             key_frame_request_interval=0.0,
             app_data=None,
             inactivity_timeout=inactivity_timeout,
+            stop_timeout=stop_timeout,
             clock=self.clock,
         )
         self.pt = pt
@@ -315,13 +317,14 @@ class Simulcast:
         layers: tuple[int, ...] = (0, 1, 2),
         sizes: tuple[int, ...] = (100, 300, 2400),
         fps: int = 30,
+        tick: float = 0.25,
     ) -> None:
-        """Send ``fps`` frames a second of ``layers`` for ``seconds``, ticking every 0.25 s."""
-        next_tick = self.clock.now + 0.25
+        """Send ``fps`` frames a second of ``layers`` for ``seconds``, ticking every ``tick`` s."""
+        next_tick = self.clock.now + tick
         for _ in range(round(seconds * fps)):
             for index in layers:
                 self.send(index, size=sizes[index])
             self.clock.now += 1 / fps
             if self.clock.now >= next_tick:
                 self.producer.tick(self.clock.now)
-                next_tick += 0.25
+                next_tick += tick

@@ -142,6 +142,47 @@ def test_an_encoding_that_stops_is_left_within_about_a_second_and_taken_again_wh
     assert consumer.current_layers == layers(2, 2)
 
 
+def test_an_encoding_turned_off_while_a_lower_one_sends_is_left_within_the_stop_timeout() -> None:
+    sim = Simulcast(inactivity_timeout=0.5, stop_timeout=0.25)
+    consumer, side = sim.consumer()
+    forwarding(sim, side, 2)
+    stopped_at = sim.clock.now
+
+    sim.run(0.4, layers=(0, 1), tick=0.125)  # Chrome turned r2 off; r0 and r1 go on
+
+    assert not sim.producer.streams[2].active
+    assert consumer.target_layers == layers(1, 2)
+    assert 1002 in sim.send_side.key_frame_requests()
+    left_after = sim.clock.now - stopped_at
+    assert left_after <= 0.4
+
+
+def test_a_late_frame_of_the_top_encoding_is_not_taken_for_it_being_turned_off() -> None:
+    sim = Simulcast(inactivity_timeout=0.5, stop_timeout=0.25)
+    consumer, side = sim.consumer()
+    forwarding(sim, side, 2)
+
+    for _ in range(3):
+        sim.run(0.2, layers=(0, 1), tick=0.1)  # r2 late by 200 ms (a paced key frame)
+        sim.run(0.1, tick=0.1)
+
+    assert sim.producer.streams[2].active
+    assert consumer.target_layers == layers(2, 2)
+
+
+def test_a_pause_of_every_encoding_is_left_to_the_inactivity_timeout() -> None:
+    sim = Simulcast(inactivity_timeout=1.0, stop_timeout=0.25)
+    consumer, side = sim.consumer()
+    forwarding(sim, side, 2)
+
+    for _ in range(3):
+        sim.tick(0.25)  # the link stalls: nothing from any encoding for 0.75 s
+
+    assert [stream.active for stream in sim.producer.streams] == [True, True, True]
+    sim.send_all(3)
+    assert consumer.target_layers == layers(2, 2)
+
+
 def test_when_every_encoding_stops_nothing_is_forwarded() -> None:
     sim = Simulcast()
     consumer, side = sim.consumer()
