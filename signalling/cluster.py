@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -75,9 +76,29 @@ def haproxy_server_options(check_interval: str = "1s") -> str:
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port nothing listens on now, below the kernel's ephemeral range: a port
+    from that range (what binding port 0 gives) may become the local end of an
+    outgoing connection (a client, HAProxy, a node's Redis connection) before
+    the process it was picked for binds it, and that bind fails."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, kind) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:

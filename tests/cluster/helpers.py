@@ -147,7 +147,8 @@ async def room_holders(redis: Redis) -> dict[str, dict[str, str]]:
     """Every room lease in the directory: room id -> node, incarnation, epoch."""
     found = {}
     async for key in redis.scan_iter("ghostless:room:*"):
-        found[key.split(":", 2)[2]] = await hash_of(redis, key)
+        if lease := await hash_of(redis, key):  # not released since the scan
+            found[key.split(":", 2)[2]] = lease
     return found
 
 
@@ -155,7 +156,8 @@ async def sessions(redis: Redis) -> dict[str, dict[str, str]]:
     """Every session in the directory, by id."""
     found = {}
     async for key in redis.scan_iter("ghostless:session:*"):
-        found[key.rsplit(":", 1)[1]] = await hash_of(redis, key)
+        if session := await hash_of(redis, key):  # not removed since the scan
+            found[key.rsplit(":", 1)[1]] = session
     return found
 
 
