@@ -74,6 +74,8 @@ class ProtooClient:
             return await asyncio.wait_for(future, timeout)
         finally:
             self._pending.pop(request_id, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # a failed send leaves it unread: nobody else will read it
 
     async def notify(self, method: str, data: Any = None) -> None:
         await self.ws.send(

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError
-from redis.retry import Retry
 
 from signalling.cluster import Cluster
 
@@ -67,41 +68,81 @@ async def redis(redis_process: Cluster) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
+NODE_ARGS = (
+    "--log-level",
+    "INFO",
+    "--grace-period",
+    "1",
+    "--room-close-delay",
+    "2",
+    "--reconnect-delay",
+    "0.5",
+    "--max-connections-per-ip",
+    "off",
+    "--ip-connection-rate",
+    "1000/1000",
+    "--gc-freeze",
+    "false",
+)
+"""Every test node's options (default lease timings: 3 s lease renewed every 1 s,
+reaper every 1 s)."""
+
+ClusterFactory = Callable[..., Cluster]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Each phase's report on the test item, for fixtures to see how the test went."""
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
+
+
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    reports = request.node.stash.get(_REPORTS, {})
+    return "call" not in reports or any(report.failed for report in reports.values())
+
+
 @pytest.fixture
-def cluster(workdir: Path) -> Iterator[Cluster]:
-    """Redis, three nodes (default lease timings: 3 s lease renewed every 1 s,
-    reaper every 1 s) and HAProxy checking /readyz every 0.5 s."""
+def make_cluster(workdir: Path, request: pytest.FixtureRequest) -> Iterator[ClusterFactory]:
+    """Started clusters (Redis, ``nodes`` nodes, ``balancers`` HAProxy instances
+    checking /readyz every 0.5 s), each in its own directory under ``workdir``;
+    at teardown every process of each is killed, and when the test failed their
+    logs are printed."""
     _binaries()
-    cluster = Cluster(
-        workdir,
-        nodes=3,
-        free_ports=True,
-        check_interval="500ms",
-        node_args=(
-            "--log-level",
-            "INFO",
-            "--grace-period",
-            "1",
-            "--room-close-delay",
-            "2",
-            "--reconnect-delay",
-            "0.5",
-            "--max-connections-per-ip",
-            "off",
-            "--ip-connection-rate",
-            "1000/1000",
-            "--gc-freeze",
-            "false",
-        ),
-    )
-    try:
+    made: list[Cluster] = []
+
+    def make(*, nodes: int = 3, balancers: int = 1, node_args: tuple[str, ...] = ()) -> Cluster:
+        directory = workdir / f"cluster{len(made) + 1}"
+        directory.mkdir()
+        cluster = Cluster(
+            directory,
+            nodes=nodes,
+            balancers=balancers,
+            free_ports=True,
+            check_interval="500ms",
+            node_args=NODE_ARGS + node_args,
+        )
+        made.append(cluster)
         cluster.start()
-        yield cluster
-    except BaseException:
-        for name in ("redis", "haproxy", *(node.name for node in cluster.members)):
-            print(f"--- {name} ---\n{cluster.log(name)}")
-        raise
+        return cluster
+
+    try:
+        yield make
     finally:
-        for node in cluster.members:
-            cluster.kill_node(node.name)
-        cluster.stop()
+        for cluster in made:
+            for node in cluster.members:
+                cluster.kill_node(node.name)
+            cluster.stop()
+            if _failed(request):
+                for name in cluster.log_names():
+                    print(f"--- {name} ---\n{cluster.log(name)}")
+
+
+@pytest.fixture
+def cluster(make_cluster: ClusterFactory) -> Cluster:
+    """Redis, three nodes and one HAProxy."""
+    return make_cluster()

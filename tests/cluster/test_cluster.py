@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -20,6 +20,7 @@ from signalling.bot import Bot
 from signalling.cluster import Cluster
 from signalling.protocol import CloseCode
 from signalling.protoo_client import ProtooClient
+from tests.cluster.helpers import eventually, holder, records_of, sessions
 
 
 @pytest.fixture
@@ -39,45 +40,13 @@ async def bots() -> AsyncIterator[list[Bot]]:
         await bot.close()
 
 
-async def joined(cluster: Cluster, bots: list[Bot], room: str, peer: str, **kw: bool) -> Bot:
-    bot = Bot(cluster.url, room, peer, **kw)
+async def joined(
+    cluster: Cluster, bots: list[Bot], room: str, peer: str, *, video: bool = True
+) -> Bot:
+    bot = Bot(cluster.url, room, peer, video=video)
     bots.append(bot)
     await bot.join(retry_for=10)
     return bot
-
-
-async def holder(redis: Redis, room: str) -> str | None:
-    node: str | None = await redis.hget(f"ghostless:room:{room}", "node")
-    return node
-
-
-async def sessions(redis: Redis) -> dict[str, dict[str, str]]:
-    """Every session in the directory, by id."""
-    found = {}
-    async for key in redis.scan_iter("ghostless:session:*"):
-        found[key.rsplit(":", 1)[1]] = await redis.hgetall(key)
-    return found
-
-
-async def records_of(redis: Redis, node: str) -> list[str]:
-    """Whatever the directory still says about ``node``."""
-    left = [key async for key in redis.scan_iter(f"ghostless:node:{node}*")]
-    if node in await redis.smembers("ghostless:nodes"):
-        left.append("ghostless:nodes member")
-    async for key in redis.scan_iter("ghostless:room:*"):
-        if await redis.hget(key, "node") == node:
-            left.append(key)
-    left += [f"session {sid}" for sid, s in (await sessions(redis)).items() if s["node"] == node]
-    return left
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float) -> float:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
 
 
 async def test_a_rooms_clients_land_on_one_node_and_exchange_media_and_rooms_spread(

@@ -90,7 +90,7 @@ def die(directory: RedisDirectory) -> None:
 
 
 async def keys(redis: Redis) -> set[str]:
-    return {key for key in await redis.keys("ghostless:*") if key != "ghostless:epoch"}
+    return {str(key) for key in await redis.keys("ghostless:*") if key != "ghostless:epoch"}
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float) -> float:
@@ -266,3 +266,15 @@ async def test_a_node_id_in_use_by_a_live_process_claims_nothing(node: NodeFacto
 
     assert twin.conflict and not twin.up
     assert (await twin.claim_room("call")).outcome is ClaimOutcome.UNAVAILABLE
+
+
+async def test_a_connection_redis_dropped_is_tried_again_at_once(
+    node: NodeFactory, redis: Redis
+) -> None:
+    # Long timings: nothing of the directory's own loop touches Redis meanwhile.
+    a, _ = await node("a", LeaseTimings(ttl=10.0, renew_interval=5.0, reaper_interval=5.0))
+    assert (await a.claim_room("one")).outcome is ClaimOutcome.GRANTED
+    # Redis drops every client's connection (a failover, a proxy), this test's aside.
+    assert await redis.client_kill_filter(_type="normal") >= 1
+    assert (await a.claim_room("two")).outcome is ClaimOutcome.GRANTED  # not refused
+    assert a.errors == 0
