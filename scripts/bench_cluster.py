@@ -46,11 +46,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import math
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -65,12 +69,178 @@ for path in (str(SCRIPTS), str(REPO_ROOT)):
         sys.path.insert(0, path)  # spawn passes sys.path on to the children
 
 import bench_sfu  # noqa: E402
+import bench_signalling as sig  # noqa: E402
+
+from signalling.cluster import Cluster  # noqa: E402
 
 Json = dict[str, Any]
 
 FORWARDING_TARGET = 2.0
 SESSIONS_TARGET = 60_000
 PING_P99_TARGET = 0.020
+
+
+# =====================================================================================
+# Phase 1: sessions through several balancers
+# =====================================================================================
+
+NODE_ARGS = (
+    "--log-level", "WARNING",
+    "--room-close-delay", "1",
+    # Tens of thousands of simulated clients share a few loopback addresses.
+    "--max-connections", "off",
+    "--max-connections-per-ip", "off",
+    "--ip-connection-rate", "1e9/1e9",
+    "--heartbeat-rate", "1e9/1e9",
+    "--message-rate", "1e9/1e9",
+)  # fmt: skip
+
+
+def _node_stats(cluster: Cluster) -> dict[str, Json]:
+    stats = {}
+    for node in cluster.members:
+        status, body = sig.http_get(node.metrics_port, "/debug/stats", 20.0)
+        stats[node.name] = body if status == 200 and isinstance(body, dict) else {}
+    return stats
+
+
+def _cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += sig.cpu_seconds(pid)
+    return total
+
+
+def phase_sessions(args: argparse.Namespace) -> Json:
+    print(
+        f"\n=== sessions: {args.sessions:,} through {args.balancers} balancers to "
+        f"{args.nodes} nodes, app pings every {args.heartbeat:g} s ===",
+        flush=True,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="ghostless-bench-cluster-"))
+    cluster = Cluster(
+        workdir,
+        nodes=args.nodes,
+        balancers=args.balancers,
+        free_ports=True,
+        check_interval="2s",
+        node_args=(*NODE_ARGS, "--heartbeat-interval", str(args.heartbeat)),
+    )
+    workers: sig.Workers | None = None
+    result: Json = {}
+    try:
+        cluster.start(timeout=60)
+        count = max(args.balancers, math.ceil(args.sessions / args.per_worker))
+        workers = sig.Workers(count, -1)
+        specs = sig.split(sig.session_specs("c", args.sessions, args.room_size), count)
+        ports = [cluster.balancer(i % args.balancers).port for i in range(count)]
+        started = time.monotonic()
+        opened = workers.call(
+            "open",
+            [
+                {"host": "127.0.0.1", "port": ports[i], "source": sig.source_address(i),
+                 "sessions": specs[i], "concurrency": max(4, args.connect_concurrency // count),
+                 "timeout": 60.0, "heartbeat": args.heartbeat}
+                for i in range(count)
+            ],
+            per_worker=True,
+            timeout=300 + args.sessions / 50,
+        )  # fmt: skip
+        took = time.monotonic() - started
+        joined = sum(r["joined"] for r in opened)
+        errors: collections.Counter[str] = collections.Counter()
+        for reply in opened:
+            errors.update(reply["errors"])
+        print(
+            f"  {count} load generators (one balancer each, round robin); opened+joined "
+            f"{joined:,}/{args.sessions:,} in {took:.1f} s ({joined / took:,.0f}/s)"
+            + (f"; failures: {dict(errors)}" if errors else ""),
+            flush=True,
+        )
+        refused = {
+            k: v
+            for k, v in collections.Counter(
+                {k: v for c in workers.call("counters") for k, v in c.items()}
+            ).items()
+            if k.startswith(("closed_by_server", "handshake_"))
+        }
+        if refused:
+            print(f"  refused or closed by the server while joining: {refused}")
+        print(f"  settling {args.settle:g} s, then measuring {args.window:g} s ...", flush=True)
+        time.sleep(args.settle)
+        node_pids = [n.process.pid for n in cluster.members if n.process is not None]
+        lb_pids = [b.process.pid for b in cluster.haproxies if b.process is not None]
+        redis_pids = [cluster.redis.pid] if cluster.redis is not None else []
+        starts = workers.call("window_start")
+        wall0 = time.monotonic()
+        cpu0 = [_cpu(node_pids), _cpu(lb_pids), _cpu(redis_pids), workers.cpu()]
+        time.sleep(args.window)
+        wall = time.monotonic() - wall0
+        cpu1 = [_cpu(node_pids), _cpu(lb_pids), _cpu(redis_pids), workers.cpu()]
+        ends = workers.call("window_end", timeout=120)
+        samples = sorted(x for e in ends for x in e["samples"])
+        alive = sum(e["alive"] for e in ends)
+        counters: collections.Counter[str] = collections.Counter()
+        for reply in ends:
+            counters.update(reply["counters"])
+        stats = _node_stats(cluster)
+        per_node = {
+            name: (s.get("registry", {}).get("sessions", 0), s.get("rooms", 0))
+            for name, s in stats.items()
+        }
+        split_rooms = _rooms_on_several_nodes(stats)
+        p50, p99 = sig.percentile(samples, 50), sig.percentile(samples, 99)
+        p999 = sig.percentile(samples, 99.9)
+        worst = samples[-1] if samples else float("nan")
+        cpu = [100 * (b - a) / wall for a, b in zip(cpu0, cpu1, strict=True)]
+        print(
+            f"  sessions held: {alive:,} at the clients ({sum(s['alive'] for s in starts):,} at "
+            f"window start); per node (sessions, rooms): {per_node}; rooms on more than one "
+            f"node: {split_rooms}"
+        )
+        print(
+            f"  CPU % of one core over {wall:.0f} s: nodes {cpu[0]:.1f}, balancers {cpu[1]:.1f}, "
+            f"redis {cpu[2]:.1f}, load generators {cpu[3]:.1f}"
+        )
+        print(
+            f"  app pings in window: {sum(e['pings_sent'] for e in ends):,} sent, "
+            f"{len(samples):,} answered; sessions lost: {counters['lost_after_join']:,}"
+        )
+        print(
+            f"  app ping RTT through HAProxy: p50 {sig.fmt_ms(p50)}  p99 {sig.fmt_ms(p99)}  "
+            f"p99.9 {sig.fmt_ms(p999)}  max {sig.fmt_ms(worst)}  "
+            f"(target p99 < {PING_P99_TARGET * 1000:g} ms)",
+            flush=True,
+        )
+        result = {"held": alive, "p50": p50, "p99": p99, "split_rooms": split_rooms}
+        workers.call("close_all", timeout=120)
+        empty = sig.wait_for(
+            lambda: all(
+                s.get("registry", {}).get("sessions", 1) == 0 for s in _node_stats(cluster).values()
+            ),
+            60,
+            1.0,
+        )
+        print(f"  every node empty after the clients left: {'yes' if empty else 'NO'}")
+    finally:
+        if workers is not None:
+            workers.close()
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def _rooms_on_several_nodes(stats: dict[str, Json]) -> int:
+    """Rooms that more than one node says it has (``/debug/stats`` ``roomIds``, when
+    given); -1 when the nodes do not list their rooms."""
+    seen: collections.Counter[str] = collections.Counter()
+    for body in stats.values():
+        ids = body.get("roomIds")
+        if not isinstance(ids, list):
+            return -1
+        seen.update(ids)
+    return sum(1 for n in seen.values() if n > 1)
 
 
 # =====================================================================================
@@ -105,7 +275,8 @@ async def _forwarding_round(
         senders = [node_peers[0] for node_peers in peers]
         stats = [bench_sfu._SenderStats() for _ in controls]
         for sender, sender_stats in zip(senders, stats, strict=True):
-            tasks.append(asyncio.create_task(bench_sfu._pump(sender, args.rate, stop, sender_stats, idle=0.002)))
+            pump = bench_sfu._pump(sender, args.rate, stop, sender_stats, idle=0.002)
+            tasks.append(asyncio.create_task(pump))
         tasks.append(asyncio.create_task(bench_sfu._consent(senders, stop)))
         await asyncio.sleep(args.warmup)
         client0 = os.times()
@@ -158,9 +329,7 @@ async def _forwarding_client(conns: list[Connection], args: argparse.Namespace) 
                 rows = await _forwarding_round(controls[:count], certificate, args)
                 total = sum(row["forwarded"] for row in rows)
                 totals[count].append(total)
-                per_node = ", ".join(
-                    f"{row['forwarded']:,.0f}/s@{row['cpu']:.0f}%" for row in rows
-                )
+                per_node = ", ".join(f"{row['forwarded']:,.0f}/s@{row['cpu']:.0f}%" for row in rows)
                 print(
                     f"{count:>5}{total:>20,.0f}{per_node:>28}{rows[0]['client_cpu']:>13.0f}",
                     flush=True,
@@ -177,12 +346,13 @@ async def _forwarding_client(conns: list[Connection], args: argparse.Namespace) 
 def phase_forwarding(args: argparse.Namespace) -> Json:
     print(
         f"\n=== forwarding: 1 node against {args.nodes_forwarding}, 1->{args.fanout} each, "
-        f"{args.rate:,} pkt/s offered to each, {args.duration:g} s after {args.warmup:g} s, median of {args.repeat} ===",
+        f"{args.rate:,} pkt/s offered to each, {args.duration:g} s after {args.warmup:g} s, "
+        f"median of {args.repeat} ===",
         flush=True,
     )
     cores = sorted(os.sched_getaffinity(0))
     context = multiprocessing.get_context("spawn")
-    servers: list[multiprocessing.process.BaseProcess] = []
+    servers: list[Any] = []
     conns: list[Connection] = []
     for index in range(args.nodes_forwarding):
         parent, child = context.Pipe()
@@ -221,6 +391,18 @@ def phase_forwarding(args: argparse.Namespace) -> Json:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phases", default="sessions,forwarding")
+    group = parser.add_argument_group("sessions")
+    group.add_argument("--sessions", type=int, default=SESSIONS_TARGET)
+    group.add_argument("--nodes", type=int, default=4, help="ghostless nodes")
+    group.add_argument(
+        "--balancers", type=int, default=7, help="HAProxy instances (9,000 connections each)"
+    )
+    group.add_argument("--room-size", type=int, default=20)
+    group.add_argument("--heartbeat", type=float, default=30.0)
+    group.add_argument("--per-worker", type=int, default=9000)
+    group.add_argument("--connect-concurrency", type=int, default=400)
+    group.add_argument("--settle", type=float, default=30.0)
+    group.add_argument("--window", type=float, default=60.0)
     group = parser.add_argument_group("forwarding")
     group.add_argument("--nodes-forwarding", type=int, default=2)
     group.add_argument("--fanout", type=int, default=10)
@@ -240,14 +422,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     phases = set(args.phases.split(","))
     print(
-        f"bench_cluster: {time.strftime('%Y-%m-%d %H:%M')}; cores {sorted(os.sched_getaffinity(0))}; "
+        f"bench_cluster: {time.strftime('%Y-%m-%d %H:%M')}; "
+        f"cores {sorted(os.sched_getaffinity(0))}; "
         f"Python {sys.version.split()[0]}",
         flush=True,
     )
     results: Json = {}
+    if "sessions" in phases:
+        results["sessions"] = phase_sessions(args)
     if "forwarding" in phases:
         results["forwarding"] = phase_forwarding(args)
     print("\n=== summary " + "=" * 76)
+    if results.get("sessions"):
+        r = results["sessions"]
+        print(
+            f"sessions held through HAProxy: {r['held']:,} (target {SESSIONS_TARGET:,}); app ping "
+            f"p99 {sig.fmt_ms(r['p99'])} (target < {PING_P99_TARGET * 1000:g} ms)"
+        )
     if "forwarding" in results:
         f = results["forwarding"]
         print(

@@ -688,7 +688,7 @@ async def _pump(
     paced, it sleeps ``idle`` seconds when nothing is due (uvloop's timers have a
     millisecond's resolution: shorter sleeps spin)."""
     if layers > 1:
-        await _pump_simulcast(peer, rate, stop, stats, layers)
+        await _pump_simulcast(peer, rate, stop, stats, layers, idle)
         return
     tx = peer.dtls.tx_srtp
     assert tx is not None
@@ -732,7 +732,12 @@ async def _pump(
 
 
 async def _pump_simulcast(
-    peer: _Peer, rate: int, stop: asyncio.Event, stats: _SenderStats, layers: int
+    peer: _Peer,
+    rate: int,
+    stop: asyncio.Event,
+    stats: _SenderStats,
+    layers: int,
+    idle: float = 0.0005,
 ) -> None:
     """``_pump`` for a simulcast webcam: frames of every encoding, interleaved."""
     tx = peer.dtls.tx_srtp

@@ -45,7 +45,7 @@ def render_haproxy(
     local_peer: str = "lb1",
     stats_socket: str = "/run/haproxy-ghostless.sock",
     check_interval: str = "1s",
-    connect_timeout: str = "1s",
+    connect_timeout: str = "3s",
     stick_expire: str = "1h",
     maxconn: int = 9000,  # 2 descriptors each: stays under a 20,000 open-file limit
     template: Path = HAPROXY_TEMPLATE,

@@ -127,6 +127,12 @@ class Config:
     """How long a closing WebSocket waits for the client's close frame."""
     ws_max_queue: int = 16
     """Incoming frames websockets buffers per connection before it stops reading."""
+    listen_backlog: int = 4096
+    """Connections the kernel queues for the WebSocket port before they are
+    accepted (asyncio's default is 100): a reconnect storm (a node died, a
+    balancer redispatches its rooms) beyond it has SYNs dropped, each retried
+    after a second, and behind HAProxy's connect timeout that redispatches
+    the connection to another node.  Capped by the kernel's somaxconn."""
     ws_write_high_water: int = 1 << 15
     """websockets' write buffer high-water mark: above it, its own sends (close
     frames, keepalive pings) wait for the client to read."""
@@ -297,6 +303,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("probe_chunk", "int", "keepalive pings per slice of a tick"),
     _Option("ws_close_timeout", "float", "wait for the client's close frame (s)"),
     _Option("ws_max_queue", "int", "incoming WebSocket frames buffered per connection"),
+    _Option("listen_backlog", "int", "connections queued by the kernel before accept"),
     _Option("ws_write_high_water", "int", "WebSocket write buffer high-water mark (bytes)"),
     _Option("speech_interval", "optional_float", "how often rooms say who speaks (s)"),
     _Option("refusal_log_interval", "float", "at most one log line per refusal kind per (s)"),
@@ -438,6 +445,7 @@ def validate(config: Config) -> None:
     check(config.probe_chunk >= 1, "probe_chunk must be at least 1")
     check(config.ws_close_timeout > 0, "ws_close_timeout must be positive")
     check(config.ws_max_queue >= 1, "ws_max_queue must be at least 1")
+    check(config.listen_backlog >= 1, "listen_backlog must be at least 1")
     check(config.ws_write_high_water >= 1024, "ws_write_high_water must be at least 1024")
     check(
         config.speech_interval is None or config.speech_interval > 0,

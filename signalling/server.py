@@ -241,6 +241,7 @@ class Server:
             close_timeout=config.ws_close_timeout,
             server_header="ghostless",
             create_connection=ProbedSocket,
+            backlog=config.listen_backlog,
         )
         if config.metrics_port is not None:
             self._metrics_server = await serve(

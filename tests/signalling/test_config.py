@@ -137,6 +137,7 @@ OTHER_VALUES = {
     "probe_chunk": "64",
     "ws_close_timeout": "5",
     "ws_max_queue": "32",
+    "listen_backlog": "512",
     "ws_write_high_water": "65536",
     "speech_interval": "1.5",
     "refusal_log_interval": "30",
