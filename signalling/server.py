@@ -19,6 +19,7 @@ import re
 import resource
 import socket
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -100,7 +101,6 @@ PROTOCOL_ERROR_CODES = frozenset(
 )
 
 
-
 class QueueTimeout(Exception):
     """A queued client waited ``queue_timeout`` without a free seat."""
 
@@ -167,7 +167,7 @@ class Server:
         )
         self._queued: dict[Ticket, tuple[asyncio.Future[None], Connection]] = {}
         self._queue_wakeup = False
-        self.lobby = Lobby(config.listed_rooms, self.room_summary)
+        self.lobby = Lobby(config.listed_rooms, self.room_summary, lambda: self.rooms.keys())
         self.quality: QualityBoard[tuple[str, str]] | None = (
             QualityBoard(config.quality) if config.quality.interval is not None else None
         )
@@ -503,7 +503,8 @@ class Server:
     async def _serve_lobby(self, ws: ServerConnection, address: str) -> None:
         """A room-list viewer: the listed rooms, then their changes (coalesced)."""
         conn = self._connection(ws, address)
-        self.lobby.add(conn, self.rooms_summary(listed_only=True)["rooms"])
+        await self.lobby.prepare()  # with several nodes: theirs too
+        self.lobby.add(conn)
         try:
             async for raw in ws:
                 try:
@@ -657,10 +658,15 @@ class Server:
         }
 
     def rooms_summary(self, *, listed_only: bool) -> dict[str, Any]:
-        summaries = (self.room_summary(room_id) for room_id in sorted(self.rooms))
-        rooms = [summary for summary in summaries if summary is not None]
+        """The rooms (listed only: what the lobby lists, every node's with several
+        nodes; else every room of this node) and this node's load."""
+        if listed_only:
+            rooms = self.lobby.listing()
+        else:
+            summaries = (self.room_summary(room_id) for room_id in sorted(self.rooms))
+            rooms = [summary for summary in summaries if summary is not None]
         return {
-            "rooms": [room for room in rooms if room["listed"] or not listed_only],
+            "rooms": rooms,
             "sessions": len(self.registry),
             "capacity": self.config.max_sessions,
             "queued": len(self.queue),
@@ -815,7 +821,9 @@ class Server:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _http(self, ws: ServerConnection, request: Request) -> Response | None:
+    def _http(
+        self, ws: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
         path = urlsplit(request.path)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return self._upgrade_allowed(ws, request)
@@ -832,7 +840,7 @@ class Server:
             answer["directory"] = self.directory.status()
             return _json(ws, 503 if problems else 200, answer)
         if route == "/rooms":
-            return _json(ws, 200, self.rooms_summary(listed_only=True))
+            return self._public_rooms(ws)
         if route == "/leave":
             if request.method != "POST":
                 response = _json(ws, 405, {"error": "use POST"})
@@ -857,6 +865,11 @@ class Server:
             response.body = body
             return response
         return _json(ws, 404, {"error": "not found"})
+
+    async def _public_rooms(self, ws: ServerConnection) -> Response:
+        """``GET /rooms``: the listed rooms (with several nodes, every node's)."""
+        await self.lobby.prepare()
+        return _json(ws, 200, self.rooms_summary(listed_only=True))
 
     def _upgrade_allowed(self, ws: ServerConnection, request: Request) -> Response | None:
         """Refuse a WebSocket handshake before it costs more than this answer."""
