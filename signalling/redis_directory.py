@@ -33,9 +33,9 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry  # (the sync one would not retry a coroutine)
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from .directory import (
     Claim,
