@@ -19,7 +19,7 @@ import re
 import resource
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -34,6 +34,9 @@ import media
 from media.events import EventEmitter
 
 from . import dialect as dialects
+from .admission import AdmissionLedger
+from .admission import Request as ClusterRequest
+from .admission import Verdict as ClusterVerdict
 from .admission_queue import AdmissionQueue, Ticket
 from .config import Config, token_verifier
 from .connection import Connection, ProbedSocket
@@ -256,7 +259,16 @@ class Server:
                 address=config.node_address or f"{config.host}:{self.port}",
                 timings=config.lease_timings,
                 prefix=config.redis_prefix,
+                admission=AdmissionLedger(
+                    count_connections=config.cluster_connections_per_ip,
+                    max_connections_per_ip=config.max_connections_per_ip,
+                    max_sessions=config.cluster_max_sessions,
+                    release_delay=config.cluster_release_delay,
+                ),
+                lobby_linger=config.lobby_linger,
+                lobby_max_rooms=config.lobby_max_remote_rooms,
             )
+        self.directory.attach_lobby(self.lobby)
         await self.directory.start(self.lifecycle)
         self._ticker = asyncio.ensure_future(self._tick_forever())
         self.accepting = True
@@ -425,12 +437,36 @@ class Server:
             await ws.close(CloseCode.GOING_AWAY, "server shutting down")
             return
         conn = self._connection(ws, address)
+        held: list[ClusterRequest] = []  # its share of the cluster-wide counts
+        try:
+            await self._seat(conn, held, room_id, user_id, peer_id, param, dialect, verified_name)
+        finally:
+            for request in held:
+                self.directory.release(request)
+
+    async def _seat(
+        self,
+        conn: Connection,
+        held: list[ClusterRequest],
+        room_id: str,
+        user_id: str,
+        peer_id: str,
+        param: Callable[[str], str | None],
+        dialect: dialects.Dialect,
+        verified_name: str | None,
+    ) -> None:
+        """Admit an identified connection: capacity, the waiting queue, the
+        cluster-wide counts, the room (claimed in the directory), the registry."""
+        address = conn.remote
         # A takeover or resume keeps the seat its identity already holds.
         seated = self.lifecycle.seated(room_id, user_id, peer_id)
         from_queue = False
         if not seated:
             full = self.lifecycle.full(room_id)
             if self.config.when_full == "queue" and (full is not None or len(self.queue)):
+                # Counted as a connection while it waits; its session once admitted.
+                if not await self._counted(conn, held, address, session=False):
+                    return
                 if not await self._wait_in_queue(conn, room_id):
                     await conn.wait_closed()
                     return
@@ -442,6 +478,12 @@ class Server:
                 await conn.wait_closed()
                 return
         try:
+            # One Redis call (at most) for the connection and its session slot.
+            counted_already = bool(held)
+            if not await self._counted(
+                conn, held, None if counted_already else address, session=not seated
+            ):
+                return
             room = await self.lifecycle.room(room_id)
         except RoomRefused as refused:
             # Another node holds the room, or it cannot be registered now: the
@@ -467,6 +509,8 @@ class Server:
             resume_token=resume_token,
             now=now,
         )
+        for request in held:  # the registry counts its session from now on
+            self.directory.settle(request)
         if admission.outcome is AdmissionOutcome.REJECTED or admission.session is None:
             refusal = admission.refusal or Refusal.IDENTITY_IN_USE
             self._refuse(refusal.value)
@@ -500,10 +544,44 @@ class Server:
             # default 1000 when the handler returns.
             await conn.wait_closed()
 
+    async def _counted(
+        self,
+        conn: Connection,
+        held: list[ClusterRequest],
+        address: str | None,
+        *,
+        session: bool,
+    ) -> bool:
+        """Count the connection (``address``) and/or a session slot in the
+        cluster-wide limits; False when refused (the connection is closed with
+        the codes of the local limits: 4429, 4503)."""
+        request = await self.directory.admit(address, session=session)
+        held.append(request)
+        if request.verdict is ClusterVerdict.CONNECTIONS_PER_IP:
+            self._refuse("cluster_connections_per_ip", conn.remote)
+            conn.close(CloseCode.RATE_LIMITED, "too many connections from this address")
+        elif request.verdict is ClusterVerdict.FULL:
+            self._refuse("cluster_full")
+            conn.close(CloseCode.SERVER_FULL, "server is full")
+        else:
+            return True
+        await conn.wait_closed()
+        return False
+
     async def _serve_lobby(self, ws: ServerConnection, address: str) -> None:
         """A room-list viewer: the listed rooms, then their changes (coalesced)."""
         conn = self._connection(ws, address)
-        await self.lobby.prepare()  # with several nodes: theirs too
+        held: list[ClusterRequest] = []
+        try:
+            if await self._counted(conn, held, address, session=False):
+                await self.lobby.prepare()  # with several nodes: theirs too
+                await self._view_lobby(conn)
+        finally:
+            for request in held:
+                self.directory.release(request)
+
+    async def _view_lobby(self, conn: Connection) -> None:
+        ws = conn.ws
         self.lobby.add(conn)
         try:
             async for raw in ws:
