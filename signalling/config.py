@@ -159,6 +159,22 @@ class Config:
     """How often the elected cluster reaper removes what dead nodes left."""
     redis_timeout: float = 0.5
     """Longest wait for one Redis call (connect or answer)."""
+    cluster_connections_per_ip: bool = True
+    """With ``redis_url``: ``max_connections_per_ip`` counts a client address's
+    connections on every node (one Redis call per accepted connection); while
+    Redis is unreachable each node applies it alone.  False: per node only."""
+    cluster_max_sessions: int | None = None
+    """With ``redis_url``: sessions of the whole deployment (newcomers beyond it
+    get 4503); not enforced while Redis is unreachable (``max_sessions`` is)."""
+    cluster_release_delay: float = 0.1
+    """Connections and sessions that end are taken off the cluster-wide counts
+    in batches, at most this late (at once when a newcomer is being admitted)."""
+    lobby_linger: float = 30.0
+    """With ``redis_url``: how long a node keeps following the other nodes'
+    listed rooms after its last lobby viewer left."""
+    lobby_max_remote_rooms: int = 10000
+    """With ``redis_url``: at most this many rooms of other nodes are kept for
+    the lobby (memory bound; beyond it new ones are not listed here)."""
 
     @property
     def lease_timings(self) -> LeaseTimings:
@@ -315,6 +331,15 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("lease_renew_interval", "float", "renew the node's lease this often (s)"),
     _Option("reaper_interval", "float", "the cluster reaper runs this often (s)"),
     _Option("redis_timeout", "float", "longest wait for one Redis call (s)"),
+    _Option(
+        "cluster_connections_per_ip",
+        "bool",
+        "with --redis-url, --max-connections-per-ip counts every node's connections",
+    ),
+    _Option("cluster_max_sessions", "optional_int", "with --redis-url, sessions of all nodes"),
+    _Option("cluster_release_delay", "float", "batch releases of cluster-wide counts (s)"),
+    _Option("lobby_linger", "float", "follow other nodes' rooms after the last viewer left (s)"),
+    _Option("lobby_max_remote_rooms", "int", "other nodes' rooms kept for the lobby"),
 )
 
 _OFF = ("off", "none", "")
@@ -470,6 +495,8 @@ def validate(config: Config) -> None:
         "max_producers_per_peer",
         "max_data_producers_per_peer",
         "rtc_max_tcp_connections",
+        "cluster_max_sessions",
+        "lobby_max_remote_rooms",
     ):
         value = getattr(config, name)
         check(value is None or value >= 1, f"{name} must be at least 1")
@@ -505,6 +532,8 @@ def validate(config: Config) -> None:
     )
     check(bool(config.redis_prefix) and ":" not in config.redis_prefix, "redis_prefix: no ':'")
     check(config.node_id is None or "/" not in config.node_id, "node_id must not contain '/'")
+    check(0 <= config.cluster_release_delay <= 5, "cluster_release_delay must be within 0..5 s")
+    check(config.lobby_linger >= 0, "lobby_linger must not be negative")
     check(config.reconnect_delay >= 0, "reconnect_delay must not be negative")
     check(
         config.gc_collect_interval is None or config.gc_collect_interval >= 60,

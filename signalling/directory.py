@@ -10,6 +10,11 @@ follows the sessions through the lifecycle's observer.  Two implementations:
   fencing epochs and sessions in Redis, for several nodes behind HAProxy
   (docs/scaling.md).
 
+The directory also carries what spans nodes at the edge: the cluster-wide
+admission counts (connections per address, sessions: ``admit``, ``settle``,
+``release``; the policy is ``signalling.admission``) and the lobby's rooms of
+the other nodes (``attach_lobby``; the merging is ``signalling.lobby``).
+
 ``LeaseSchedule`` is the sans-I/O part of the Redis directory: when the node
 renews its liveness lease, when the cluster reaper runs, and what an answer
 (or its absence) means; it is fed ``now`` and tested with a fake clock.
@@ -21,8 +26,11 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .admission import Request, Verdict
+
 if TYPE_CHECKING:
     from .lifecycle import SessionLifecycle
+    from .lobby import Lobby
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -65,6 +73,22 @@ class Directory(Protocol):
     def room_closed(self, room_id: str) -> None:
         """``room_id`` closed here: give its lease up (in the background)."""
 
+    async def admit(self, address: str | None, *, session: bool) -> Request:
+        """Count a newcomer in the cluster-wide limits: its connection from
+        ``address`` (None: already counted) and, with ``session``, a session
+        slot.  The verdict says whether it may come in; an admitted request is
+        given back with ``release`` when its connection closes."""
+
+    def settle(self, request: Request) -> None:
+        """The admission reached the registry (or never will): its reserved
+        session slot is the registry's session from now on (or free)."""
+
+    def release(self, request: Request) -> None:
+        """The request's connection closed: give back what it holds (idempotent)."""
+
+    def attach_lobby(self, lobby: Lobby) -> None:
+        """Let ``lobby`` span the nodes (publish its rooms, merge the others')."""
+
     async def withdraw(self) -> None:
         """Draining: take no more rooms, give up every room and session now."""
 
@@ -94,6 +118,18 @@ class LocalDirectory:
         return Claim(ClaimOutcome.GRANTED, self._epoch)
 
     def room_closed(self, room_id: str) -> None:
+        return None
+
+    async def admit(self, address: str | None, *, session: bool) -> Request:
+        return Request(None, False, Verdict.LOCAL)  # one node: its own limits are all
+
+    def settle(self, request: Request) -> None:
+        return None
+
+    def release(self, request: Request) -> None:
+        return None
+
+    def attach_lobby(self, lobby: Lobby) -> None:
         return None
 
     async def withdraw(self) -> None:

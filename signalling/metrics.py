@@ -78,6 +78,8 @@ REFUSAL_REASONS = (
     "no_free_port",
     "room_elsewhere",
     "directory_unavailable",
+    "cluster_connections_per_ip",
+    "cluster_full",
 )
 """Every ``reason`` of ``ghostless_refusals_total`` (docs/operations.md)."""
 

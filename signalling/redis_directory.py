@@ -12,10 +12,20 @@ Keys (``P`` is ``--redis-prefix``, default ``ghostless``; docs/scaling.md):
 - ``P:epoch``                  the fencing counter, INCR'd by every acquisition
 - ``P:session:SID``            hash: node, room, peer, user, state, name
 - ``P:reaper``                 the cluster reaper's leadership (``SET NX PX``)
+- ``P:ip:ADDR``                hash: node -> connections from ADDR on it (cluster-wide
+                               per-address limit; ``signalling.admission``)
+- ``P:admitted``               hash: node -> sessions on it (``--cluster-max-sessions``)
+- ``P:node:ID:ips``            set of the addresses the node has a ``P:ip`` field for
+- ``P:node:ID:lobby``          hash: room -> JSON summary of the node's listed rooms
+- ``P:lobby``                  pub/sub channel: ``{"node", "rooms", "replace"}`` when a
+                               node's listed rooms change, ``{"node", "gone"}`` when its
+                               records are removed (``signalling.lobby``)
 
 A room lease has no TTL of its own: it is bound to its node's liveness key
 (it counts only while ``P:node:ID:alive`` holds the same incarnation), so a
 node that dies frees all its rooms at once, when Redis expires that key.
+The admission counts and the lobby are kept per node too, so that removing
+a dead node's records (the reaper's one script) removes its share of them.
 Every change is one Lua script, atomic in Redis; each checks that the
 caller's liveness key is still its own, so a node whose lease expired
 cannot write a record the reaper would have to find again.
@@ -32,11 +42,13 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
+from redis.asyncio.retry import Retry  # (the sync one would not retry a coroutine)
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from .admission import AdmissionLedger, Batch, Request
 from .directory import (
     Claim,
     ClaimOutcome,
@@ -45,10 +57,12 @@ from .directory import (
     LeaseTimings,
     RenewResult,
 )
+from .lobby import RemoteRooms, RoomSummary, WatchSchedule
 
 if TYPE_CHECKING:
     from .lifecycle import SessionLifecycle
     from .liveness import Session
+    from .lobby import Lobby
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +82,14 @@ local function purge(p, node, inc)
     redis.call('DEL', p .. ':session:' .. sid)
   end
   redis.call('DEL', sessions)
+  local ips = p .. ':node:' .. node .. ':ips'
+  for _, ip in ipairs(redis.call('SMEMBERS', ips)) do
+    redis.call('HDEL', p .. ':ip:' .. ip, node)
+  end
+  redis.call('DEL', ips)
+  redis.call('HDEL', p .. ':admitted', node)
+  redis.call('DEL', p .. ':node:' .. node .. ':lobby')
+  redis.call('PUBLISH', p .. ':lobby', cjson.encode({node = node, gone = true}))
 end
 """
 
@@ -157,6 +179,110 @@ end
 return 1
 """
 
+ADMIT = """
+-- ARGV: prefix, node, incarnation, per-address limit ('' = not counted), session limit
+-- ('' = not counted), then ops: 'i' ADDR n: add n to this node's field of P:ip:ADDR;
+-- 'I' ADDR n: set it; 's' '' n / 'S' '' n: the same for P:admitted; 'a' ADDR s: admit
+-- a newcomer (ADDR '' = its connection is counted already; s '1': it takes a session).
+-- Returns {1, cluster sessions (-1: not counted), verdict per 'a': ok, ip, full},
+-- or {0} when the node's lease is not its own (nothing written).
+local p, node, inc = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('GET', p .. ':node:' .. node .. ':alive') ~= inc then
+  return {0}
+end
+local ip_limit, session_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+local index = p .. ':node:' .. node .. ':ips'
+local admitted = p .. ':admitted'
+local function put(key, member, value)
+  if value > 0 then
+    redis.call('HSET', key, node, value)
+    if member then redis.call('SADD', index, member) end
+  else
+    redis.call('HDEL', key, node)
+    if member then redis.call('SREM', index, member) end
+  end
+end
+local function field(key)
+  return tonumber(redis.call('HGET', key, node) or '0')
+end
+local function sum(key)
+  local total = 0
+  for _, value in ipairs(redis.call('HVALS', key)) do
+    total = total + tonumber(value)
+  end
+  return total
+end
+local sessions = nil
+local answer = {1, -1}
+local i = 6
+while i <= #ARGV do
+  local op, addr, n = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local key = p .. ':ip:' .. addr
+  if op == 'i' then
+    put(key, addr, field(key) + tonumber(n))
+  elseif op == 'I' then
+    put(key, addr, tonumber(n))
+  elseif op == 's' then
+    put(admitted, nil, field(admitted) + tonumber(n))
+    sessions = nil
+  elseif op == 'S' then
+    put(admitted, nil, tonumber(n))
+    sessions = nil
+  else
+    local verdict = 'ok'
+    if addr ~= '' and ip_limit and sum(key) >= ip_limit then
+      verdict = 'ip'
+    end
+    local wants = n == '1' and session_limit
+    if verdict == 'ok' and wants then
+      sessions = sessions or sum(admitted)
+      if sessions >= session_limit then
+        verdict = 'full'
+      end
+    end
+    if verdict == 'ok' then
+      if addr ~= '' and ip_limit then
+        put(key, addr, field(key) + 1)
+      end
+      if wants then
+        put(admitted, nil, field(admitted) + 1)
+        sessions = sessions + 1
+      end
+    end
+    table.insert(answer, verdict)
+  end
+  i = i + 3
+end
+if session_limit then
+  answer[2] = sessions or sum(admitted)
+end
+return answer
+"""
+
+LOBBY = """
+-- ARGV: prefix, node, incarnation, message to publish, mode ('update' or 'replace': these
+-- are all the node's listed rooms), then pairs: room, JSON summary ('' = closed)
+local p, node, inc = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('GET', p .. ':node:' .. node .. ':alive') ~= inc then
+  return 0
+end
+local key = p .. ':node:' .. node .. ':lobby'
+if ARGV[5] == 'replace' then
+  redis.call('DEL', key)
+end
+local i = 6
+while i <= #ARGV do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', key, ARGV[i])
+  else
+    redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+  end
+  i = i + 2
+end
+redis.call('PUBLISH', p .. ':lobby', ARGV[4])
+return 1
+"""
+
 LEAVE = (
     _PURGE
     + """
@@ -223,7 +349,14 @@ class RedisDirectory:
         address: str,
         timings: LeaseTimings,
         prefix: str = "ghostless",
+        admission: AdmissionLedger | None = None,
+        lobby_linger: float = 30.0,
+        lobby_max_rooms: int = 10000,
     ) -> None:
+        """``admission``: the cluster-wide limits to count (by default none);
+        ``lobby_linger``: how long to keep following the other nodes' rooms after
+        the last lobby viewer left; ``lobby_max_rooms``: at most this many of
+        them are kept."""
         self.node_id = node_id
         self.address = address
         self.timings = timings
@@ -247,6 +380,25 @@ class RedisDirectory:
         self._sessions = self.redis.register_script(SESSIONS)
         self._leave = self.redis.register_script(LEAVE)
         self._reap = self.redis.register_script(REAP)
+        self._admit = self.redis.register_script(ADMIT)
+        self._lobby_write = self.redis.register_script(LOBBY)
+        self._url = url
+        self.ledger = admission or AdmissionLedger(False, None, None)
+        """This node's share of the cluster-wide admission counts (sans-I/O)."""
+        self._waiters: dict[Request, asyncio.Future[None]] = {}
+        self._pump_wake = asyncio.Event()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._lobby: Lobby | None = None
+        self._lobby_max_rooms = lobby_max_rooms
+        self._pending_lobby: dict[str, RoomSummary | None] = {}
+        self._lobby_replace = False
+        self._watch = WatchSchedule(lobby_linger)
+        self._watch_task: asyncio.Task[None] | None = None
+        self._watch_pending = 0
+        self._lobby_viewers = 0
+        self._lobby_ready = asyncio.Event()
+        self._subscriber: Redis | None = None
+        self.lobby_errors = 0
         self.held: dict[str, int] = {}
         """Rooms this node holds, and the fencing epoch of each lease."""
         self._pending_sessions: dict[str, Session | None] = {}
@@ -271,6 +423,9 @@ class RedisDirectory:
         for event in ("sessionstarted", "sessionjoined", "sessionresumed", "sessionreconnecting"):
             observer.on(event, self._session_changed)
         observer.on("sessionended", self._session_ended)
+        if self.ledger.count_sessions:
+            observer.on("sessionstarted", self._sessions_counted)
+            observer.on("sessionended", self._sessions_counted)
         await self._renew_lease()
         if not self.up:
             logger.warning(
@@ -278,6 +433,8 @@ class RedisDirectory:
                 self.last_error,
             )
         self._task = asyncio.ensure_future(self._run())
+        if self.ledger.enabled:
+            self._pump_task = asyncio.ensure_future(self._pump())
 
     async def claim_room(self, room_id: str) -> Claim:
         if self.draining or self.conflict:
@@ -308,6 +465,8 @@ class RedisDirectory:
         self.held.clear()
         self._pending_sessions.clear()
         self._pending_releases.clear()
+        self._pending_lobby.clear()
+        self._decided(self.ledger.stop())
         try:
             await self._call(self._leave, self.node_id, self.incarnation, "withdraw")
         except _ERRORS as exc:
@@ -315,15 +474,19 @@ class RedisDirectory:
 
     async def close(self) -> None:
         self.draining = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._pump_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._decided(self.ledger.stop())  # (after the pump: its call in flight too)
         try:
             await self._call(self._leave, self.node_id, self.incarnation, "close")
         except _ERRORS as exc:
             self._failed("close", exc)
         await self.redis.aclose()
+        if self._subscriber is not None:
+            await self._subscriber.aclose()
 
     @property
     def up(self) -> bool:
@@ -331,6 +494,8 @@ class RedisDirectory:
         return self.reachable and not self.conflict and state is LeaseState.HELD
 
     def status(self) -> dict[str, Any]:
+        ledger = self.ledger
+        remote = self._lobby.remote if self._lobby is not None else None
         return {
             "kind": "redis",
             "nodeId": self.node_id,
@@ -343,6 +508,22 @@ class RedisDirectory:
             "pendingWrites": len(self._pending_sessions) + len(self._pending_releases),
             "errors": self.errors,
             "lastError": self.last_error,
+            "admission": {
+                "connectionsPerIp": ledger.count_connections,
+                "maxSessions": ledger.max_sessions,
+                "clusterSessions": ledger.cluster_sessions,
+                "addresses": len(ledger.counted),
+                "waiting": len(ledger.waiting),
+                "resyncNeeded": ledger.resync_needed,
+                "calls": ledger.calls,
+            },
+            "lobby": {
+                "following": self._watch_task is not None and not self._watch_task.done(),
+                "remoteRooms": len(remote) if remote is not None else 0,
+                "dropped": remote.dropped if remote is not None else 0,
+                "invalid": remote.invalid if remote is not None else 0,
+                "errors": self.lobby_errors,
+            },
         }
 
     # -- sessions, through the lifecycle's observer ---------------------------------------
@@ -357,6 +538,285 @@ class RedisDirectory:
             self._pending_sessions[session.id] = None
             self._wake.set()
 
+    def _sessions_counted(self, *_: Any) -> None:
+        """A session started or ended: the node's session count moved (batched)."""
+        self.ledger.changed(self._loop.time())
+        self._pump_wake.set()
+
+    # -- cluster-wide admission (signalling.admission) ------------------------------------
+
+    async def admit(self, address: str | None, *, session: bool) -> Request:
+        ledger = self.ledger
+        request = ledger.request(address, session=session)
+        if request.verdict is not None:
+            return request  # nothing counted across the cluster
+        if not self.up or self.draining:
+            ledger.local(request, self._loop.time())  # the node's own limits
+            return request
+        answered = self._loop.create_future()
+        self._waiters[request] = answered
+        ledger.enqueue(request)
+        self._pump_wake.set()
+        try:
+            await answered
+        except asyncio.CancelledError:
+            self._waiters.pop(request, None)
+            ledger.abandon(request, self._loop.time())
+            self._pump_wake.set()
+            raise
+        return request
+
+    def settle(self, request: Request) -> None:
+        self.ledger.settle(request)
+
+    def release(self, request: Request) -> None:
+        if request.counted or request.reserved:
+            self.ledger.release(request, self._loop.time())
+            self._pump_wake.set()
+
+    def _decided(self, requests: list[Request]) -> None:
+        for request in requests:
+            waiter = self._waiters.pop(request, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _pump(self) -> None:
+        """The admission calls: one in flight at a time (so the node knows which of
+        its writes Redis applied), each carrying every newcomer waiting and the
+        changes of the node's share made since the last one."""
+        ledger = self.ledger
+        while True:
+            self._pump_wake.clear()
+            try:
+                await self._pump_once()
+            except Exception:  # never let the pump die
+                logger.exception("admission pump failed")
+                self._decided(ledger.failed(self._loop.time()))
+            now = self._loop.time()
+            deadline = ledger.next_deadline(now)
+            timeout = None if deadline is None else deadline - now
+            if timeout is not None and (not self.up or ledger.resync_needed):
+                timeout = max(timeout, 0.25)  # Redis away: retry on a slower clock
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pump_wake.wait(), timeout)
+
+    async def _pump_once(self) -> None:
+        ledger = self.ledger
+        while True:
+            now = self._loop.time()
+            if self.draining:
+                self._decided(ledger.stop())
+                return
+            if not self.up:
+                self._decided(ledger.fall_back(now))
+                return
+            if ledger.resync_needed:
+                if not await self._resync_admission():
+                    return
+                continue
+            lifecycle = self._lifecycle
+            sessions = len(lifecycle.registry) if lifecycle is not None else 0
+            batch = ledger.next_batch(now, sessions)
+            if batch is None or not await self._send_admission(batch):
+                return
+
+    async def _resync_admission(self) -> bool:
+        """Write this node's share again, as absolute values from its live state."""
+        ledger = self.ledger
+        listed: set[str] = set()
+        try:
+            if ledger.count_connections:
+                index = f"{self.prefix}:node:{self.node_id}:ips"
+                listed = set(await self._op(self.redis.smembers(index)))
+        except _ERRORS as exc:
+            self._failed("admission resync", exc)
+            self._decided(ledger.failed(self._loop.time()))
+            return False
+        lifecycle = self._lifecycle
+        sessions = len(lifecycle.registry) if lifecycle is not None else 0
+        for batch in ledger.resync_batches(listed, sessions):
+            ledger.sending(batch)
+            if not await self._send_admission(batch):
+                return False
+        ledger.resynced(self._loop.time())
+        logger.info("directory: admission counts written again (%d addresses)", len(listed))
+        return True
+
+    async def _send_admission(self, batch: Batch) -> bool:
+        ledger = self.ledger
+        args: list[Any] = [
+            self.node_id,
+            self.incarnation,
+            ledger.max_connections_per_ip if ledger.count_connections else "",
+            ledger.max_sessions if ledger.max_sessions is not None else "",
+        ]
+        for kind, address, n in batch.ops:
+            args += (kind, address, n)
+        for request in batch.acquire:
+            args += ("a", request.address or "", int(request.session))
+        try:
+            answer = await self._call(self._admit, *args)
+        except _ERRORS as exc:
+            self._failed("admit", exc)
+            answer = None
+        now = self._loop.time()
+        if not answer or not answer[0]:  # no answer, or our lease is not ours any more
+            self._decided(ledger.failed(now, batch))
+            return False
+        total = int(answer[1])
+        verdicts = [str(verdict) for verdict in answer[2:]]
+        self._decided(ledger.answered(batch, verdicts, total if total >= 0 else None, now))
+        return True
+
+    # -- the lobby across nodes (signalling.lobby) ----------------------------------------
+
+    def attach_lobby(self, lobby: Lobby) -> None:
+        self._lobby = lobby
+        lobby.share(self, RemoteRooms(self.node_id, self._lobby_max_rooms))
+
+    def lobby_publish(self, rooms: dict[str, RoomSummary | None]) -> None:
+        if not self.draining:
+            self._pending_lobby.update(rooms)
+            self._wake.set()
+
+    def lobby_watch(self, viewers: int) -> None:
+        self._lobby_viewers = viewers
+        now = self._loop.time()
+        self._watch.viewers_changed(viewers + self._watch_pending, now)
+        if self._watch.wanted(now) and (self._watch_task is None or self._watch_task.done()):
+            self._lobby_ready.clear()
+            self._watch_task = asyncio.ensure_future(self._follow_lobby())
+
+    async def lobby_ready(self) -> None:
+        """Follow the other nodes' rooms, and wait (a bounded time) until their
+        current state is loaded: a new viewer's first list is the whole cluster's."""
+        self._watch_pending += 1
+        try:
+            self.lobby_watch(self._lobby_viewers)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lobby_ready.wait(), self.timings.timeout * 2)
+        finally:
+            self._watch_pending -= 1
+            self.lobby_watch(self._lobby_viewers)
+
+    async def _write_lobby(self) -> None:
+        """This node's listed rooms that changed (or all of them, after Redis lost
+        them), into its hash and onto the channel, in one script."""
+        lobby = self._lobby
+        replace = self._lobby_replace and lobby is not None
+        rooms: dict[str, RoomSummary | None]
+        if replace and lobby is not None:
+            rooms = dict(lobby.local_listing())
+            self._pending_lobby.clear()
+        else:
+            rooms, self._pending_lobby = self._pending_lobby, {}
+        message = orjson.dumps({"node": self.node_id, "rooms": rooms, "replace": replace})
+        args: list[Any] = [self.node_id, self.incarnation, message, "update"]
+        if replace:
+            args[3] = "replace"
+        for room_id, summary in rooms.items():
+            args += (room_id, orjson.dumps(summary) if summary is not None else "")
+        try:
+            written = await self._call(self._lobby_write, *args)
+        except _ERRORS as exc:
+            self._failed("lobby write", exc)
+            written = None
+        if written:
+            if replace:
+                self._lobby_replace = False
+            return
+        if not replace:  # again later, unless something newer is queued
+            for room_id, summary in rooms.items():
+                self._pending_lobby.setdefault(room_id, summary)
+
+    def _subscriber_client(self) -> Redis:
+        """A client of its own for pub/sub: no read timeout (a quiet channel is fine)."""
+        if self._subscriber is None:
+            self._subscriber = Redis.from_url(
+                self._url,
+                decode_responses=True,
+                socket_connect_timeout=self.timings.timeout,
+                socket_keepalive=True,
+            )
+        return self._subscriber
+
+    async def _follow_lobby(self) -> None:
+        """While the lobby has viewers (and ``linger`` after): the other nodes'
+        rooms, loaded once, then followed on the channel.  After a lost
+        connection (Redis away) it subscribes and loads them again."""
+        lobby = self._lobby
+        if lobby is None or lobby.remote is None:
+            return
+        remote = lobby.remote
+        channel = f"{self.prefix}:lobby"
+        timeout = self.timings.timeout * 2
+        lost = False
+        try:
+            while self._watch.wanted(self._loop.time()) and not self.draining:
+                if not self.reachable:
+                    self._lobby_ready.set()  # viewers see this node's rooms meanwhile
+                    await asyncio.sleep(0.25)
+                    continue
+                if lost:
+                    # After an outage the other nodes write their rooms again within
+                    # one renewal: loading before would close them for a moment.
+                    lost = False
+                    await asyncio.sleep(self.timings.renew_interval)
+                    continue
+                pubsub = self._subscriber_client().pubsub()
+                try:
+                    await asyncio.wait_for(pubsub.subscribe(channel), timeout)
+                    # Loaded only once subscribed: no change falls between the two.
+                    while True:
+                        message = await pubsub.get_message(timeout=timeout)
+                        if message is None:
+                            raise TimeoutError("no subscription confirmation")
+                        if message["type"] == "subscribe":
+                            break
+                    lobby.remote_changed(remote.load(await self._lobby_snapshot()))
+                    self._lobby_ready.set()
+                    while self._watch.wanted(self._loop.time()) and self.reachable:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=0.25
+                        )
+                        if message is not None and message["type"] == "message":
+                            lobby.remote_changed(remote.message(message["data"]))
+                except _ERRORS as exc:
+                    self.lobby_errors += 1
+                    logger.info("directory: lobby subscription lost (%s): again", exc)
+                    self._lobby_ready.set()
+                    lost = True
+                    await asyncio.sleep(0.25)
+                finally:
+                    with contextlib.suppress(*_ERRORS):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        finally:
+            self._watch.stopped()
+            self._lobby_ready.clear()
+            lobby.remote_changed(remote.clear())
+
+    async def _lobby_snapshot(self) -> dict[str, dict[str, RoomSummary]]:
+        """Every other node's listed rooms, as Redis has them now (two round trips)."""
+        nodes = [
+            node
+            for node in await self._op(self.redis.smembers(f"{self.prefix}:nodes"))
+            if node != self.node_id
+        ]
+        pipeline = self.redis.pipeline(transaction=False)
+        for node in nodes:
+            pipeline.hgetall(f"{self.prefix}:node:{node}:lobby")
+        hashes = await self._op(pipeline.execute()) if nodes else []
+        snapshot: dict[str, dict[str, RoomSummary]] = {}
+        for node, rooms in zip(nodes, hashes, strict=True):
+            decoded = {}
+            for room_id, raw in rooms.items():
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    summary = orjson.loads(raw)
+                    if isinstance(summary, dict):
+                        decoded[room_id] = summary
+            snapshot[node] = decoded
+        return snapshot
+
     # -- the loop: renew, reconcile, reap, write ------------------------------------------
 
     async def _run(self) -> None:
@@ -370,14 +830,14 @@ class RedisDirectory:
                     await self._reconcile()
                 if schedule.reap_due(self._loop.time()):
                     await self._run_reaper()
-                if (self._pending_sessions or self._pending_releases) and self.up:
+                if self._writes_pending and self.up:
                     await self._flush()
             except Exception:  # never let the directory's loop die
                 logger.exception("directory loop failed")
             self._wake.clear()
             now = self._loop.time()
             delay = schedule.next_deadline(now) - now
-            if (self._pending_sessions or self._pending_releases) and not self.up:
+            if self._writes_pending and not self.up:
                 delay = min(delay, 0.5)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, delay))
@@ -420,6 +880,11 @@ class RedisDirectory:
             self.conflict = True
             return
         self.conflict = False
+        if schedule.reconcile_needed:
+            # Our records may be gone: no increment of the admission counts
+            # before they are written again whole (the reconcile follows).
+            self.ledger.lost()
+            self._pump_wake.set()
         if not was_up and self.up:
             logger.info("directory: registered as %s in Redis", self.node_id)
 
@@ -457,6 +922,11 @@ class RedisDirectory:
                 self._pending_sessions[session.id] = session
         for session_id in set(listed_sessions) - set(registry.by_id):
             self._pending_sessions.setdefault(session_id, None)
+        # The admission counts and the lobby listing are written again from the
+        # node's live state (absolute values: what Redis had of them may be gone).
+        self.ledger.lost()
+        self._pump_wake.set()
+        self._lobby_replace = self._lobby is not None
         self.schedule.reconciled()
         self._wake.set()
 
@@ -472,7 +942,18 @@ class RedisDirectory:
             self.reaped_nodes += len(dead)
             logger.warning("directory: reaped the records of dead nodes %s", ", ".join(dead))
 
+    @property
+    def _writes_pending(self) -> bool:
+        return bool(
+            self._pending_sessions
+            or self._pending_releases
+            or self._pending_lobby
+            or self._lobby_replace
+        )
+
     async def _flush(self) -> None:
+        if self._pending_lobby or self._lobby_replace:
+            await self._write_lobby()
         batch, self._pending_sessions = self._pending_sessions, {}
         releases, self._pending_releases = self._pending_releases, {}
         items = list(batch.items())

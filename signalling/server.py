@@ -19,6 +19,7 @@ import re
 import resource
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -33,6 +34,9 @@ import media
 from media.events import EventEmitter
 
 from . import dialect as dialects
+from .admission import AdmissionLedger
+from .admission import Request as ClusterRequest
+from .admission import Verdict as ClusterVerdict
 from .admission_queue import AdmissionQueue, Ticket
 from .config import Config, token_verifier
 from .connection import Connection, ProbedSocket
@@ -167,7 +171,7 @@ class Server:
         )
         self._queued: dict[Ticket, tuple[asyncio.Future[None], Connection]] = {}
         self._queue_wakeup = False
-        self.lobby = Lobby(config.listed_rooms, self.room_summary)
+        self.lobby = Lobby(config.listed_rooms, self.room_summary, lambda: self.rooms.keys())
         self.quality: QualityBoard[tuple[str, str]] | None = (
             QualityBoard(config.quality) if config.quality.interval is not None else None
         )
@@ -260,7 +264,16 @@ class Server:
                 address=config.node_address or f"{config.host}:{self.port}",
                 timings=config.lease_timings,
                 prefix=config.redis_prefix,
+                admission=AdmissionLedger(
+                    count_connections=config.cluster_connections_per_ip,
+                    max_connections_per_ip=config.max_connections_per_ip,
+                    max_sessions=config.cluster_max_sessions,
+                    release_delay=config.cluster_release_delay,
+                ),
+                lobby_linger=config.lobby_linger,
+                lobby_max_rooms=config.lobby_max_remote_rooms,
             )
+        self.directory.attach_lobby(self.lobby)
         await self.directory.start(self.lifecycle)
         self._ticker = asyncio.ensure_future(self._tick_forever())
         self.accepting = True
@@ -429,12 +442,36 @@ class Server:
             await ws.close(CloseCode.GOING_AWAY, "server shutting down")
             return
         conn = self._connection(ws, address)
+        held: list[ClusterRequest] = []  # its share of the cluster-wide counts
+        try:
+            await self._seat(conn, held, room_id, user_id, peer_id, param, dialect, verified_name)
+        finally:
+            for request in held:
+                self.directory.release(request)
+
+    async def _seat(
+        self,
+        conn: Connection,
+        held: list[ClusterRequest],
+        room_id: str,
+        user_id: str,
+        peer_id: str,
+        param: Callable[[str], str | None],
+        dialect: dialects.Dialect,
+        verified_name: str | None,
+    ) -> None:
+        """Admit an identified connection: capacity, the waiting queue, the
+        cluster-wide counts, the room (claimed in the directory), the registry."""
+        address = conn.remote
         # A takeover or resume keeps the seat its identity already holds.
         seated = self.lifecycle.seated(room_id, user_id, peer_id)
         from_queue = False
         if not seated:
             full = self.lifecycle.full(room_id)
             if self.config.when_full == "queue" and (full is not None or len(self.queue)):
+                # Counted as a connection while it waits; its session once admitted.
+                if not await self._counted(conn, held, address, session=False):
+                    return
                 if not await self._wait_in_queue(conn, room_id):
                     await conn.wait_closed()
                     return
@@ -446,6 +483,12 @@ class Server:
                 await conn.wait_closed()
                 return
         try:
+            # One Redis call (at most) for the connection and its session slot.
+            counted_already = bool(held)
+            if not await self._counted(
+                conn, held, None if counted_already else address, session=not seated
+            ):
+                return
             room = await self.lifecycle.room(room_id)
         except RoomRefused as refused:
             # Another node holds the room, or it cannot be registered now: the
@@ -471,6 +514,8 @@ class Server:
             resume_token=resume_token,
             now=now,
         )
+        for request in held:  # the registry counts its session from now on
+            self.directory.settle(request)
         if admission.outcome is AdmissionOutcome.REJECTED or admission.session is None:
             refusal = admission.refusal or Refusal.IDENTITY_IN_USE
             self._refuse(refusal.value)
@@ -504,10 +549,45 @@ class Server:
             # default 1000 when the handler returns.
             await conn.wait_closed()
 
+    async def _counted(
+        self,
+        conn: Connection,
+        held: list[ClusterRequest],
+        address: str | None,
+        *,
+        session: bool,
+    ) -> bool:
+        """Count the connection (``address``) and/or a session slot in the
+        cluster-wide limits; False when refused (the connection is closed with
+        the codes of the local limits: 4429, 4503)."""
+        request = await self.directory.admit(address, session=session)
+        held.append(request)
+        if request.verdict is ClusterVerdict.CONNECTIONS_PER_IP:
+            self._refuse("cluster_connections_per_ip", conn.remote)
+            conn.close(CloseCode.RATE_LIMITED, "too many connections from this address")
+        elif request.verdict is ClusterVerdict.FULL:
+            self._refuse("cluster_full")
+            conn.close(CloseCode.SERVER_FULL, "server is full")
+        else:
+            return True
+        await conn.wait_closed()
+        return False
+
     async def _serve_lobby(self, ws: ServerConnection, address: str) -> None:
         """A room-list viewer: the listed rooms, then their changes (coalesced)."""
         conn = self._connection(ws, address)
-        self.lobby.add(conn, self.rooms_summary(listed_only=True)["rooms"])
+        held: list[ClusterRequest] = []
+        try:
+            if await self._counted(conn, held, address, session=False):
+                await self.lobby.prepare()  # with several nodes: theirs too
+                await self._view_lobby(conn)
+        finally:
+            for request in held:
+                self.directory.release(request)
+
+    async def _view_lobby(self, conn: Connection) -> None:
+        ws = conn.ws
+        self.lobby.add(conn)
         try:
             async for raw in ws:
                 try:
@@ -661,10 +741,15 @@ class Server:
         }
 
     def rooms_summary(self, *, listed_only: bool) -> dict[str, Any]:
-        summaries = (self.room_summary(room_id) for room_id in sorted(self.rooms))
-        rooms = [summary for summary in summaries if summary is not None]
+        """The rooms (listed only: what the lobby lists, every node's with several
+        nodes; else every room of this node) and this node's load."""
+        if listed_only:
+            rooms = self.lobby.listing()
+        else:
+            summaries = (self.room_summary(room_id) for room_id in sorted(self.rooms))
+            rooms = [summary for summary in summaries if summary is not None]
         return {
-            "rooms": [room for room in rooms if room["listed"] or not listed_only],
+            "rooms": rooms,
             "sessions": len(self.registry),
             "capacity": self.config.max_sessions,
             "queued": len(self.queue),
@@ -830,7 +915,9 @@ class Server:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _http(self, ws: ServerConnection, request: Request) -> Response | None:
+    def _http(
+        self, ws: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
         path = urlsplit(request.path)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return self._upgrade_allowed(ws, request)
@@ -847,7 +934,7 @@ class Server:
             answer["directory"] = self.directory.status()
             return _json(ws, 503 if problems else 200, answer)
         if route == "/rooms":
-            return _json(ws, 200, self.rooms_summary(listed_only=True))
+            return self._public_rooms(ws)
         if route == "/leave":
             if request.method != "POST":
                 response = _json(ws, 405, {"error": "use POST"})
@@ -872,6 +959,11 @@ class Server:
             response.body = body
             return response
         return _json(ws, 404, {"error": "not found"})
+
+    async def _public_rooms(self, ws: ServerConnection) -> Response:
+        """``GET /rooms``: the listed rooms (with several nodes, every node's)."""
+        await self.lobby.prepare()
+        return _json(ws, 200, self.rooms_summary(listed_only=True))
 
     def _upgrade_allowed(self, ws: ServerConnection, request: Request) -> Response | None:
         """Refuse a WebSocket handshake before it costs more than this answer."""

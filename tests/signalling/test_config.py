@@ -199,6 +199,11 @@ OTHER_VALUES = {
     "lease_renew_interval": "2",
     "reaper_interval": "2",
     "redis_timeout": "0.25",
+    "cluster_connections_per_ip": "false",
+    "cluster_max_sessions": "5000",
+    "cluster_release_delay": "0.5",
+    "lobby_linger": "5",
+    "lobby_max_remote_rooms": "100",
 }
 
 
@@ -544,6 +549,10 @@ def test_the_per_peer_options_default_to_the_peer_limits() -> None:
         ["--redis-url", "http://127.0.0.1:6379"],
         ["--redis-prefix", "a:b"],
         ["--node-id", "a/b"],
+        ["--cluster-max-sessions", "0"],
+        ["--cluster-release-delay", "-1"],
+        ["--lobby-linger", "-1"],
+        ["--lobby-max-remote-rooms", "0"],
     ],
 )
 def test_directory_options_are_validated(argv: list[str]) -> None:
@@ -555,3 +564,5 @@ def test_the_directory_is_off_by_default() -> None:
     config = parse_config([], environ={})
     assert config.redis_url is None and config.node_id is None
     assert (config.lease_ttl, config.lease_renew_interval, config.reaper_interval) == (3, 1, 1)
+    # With --redis-url: the per-address limit spans the nodes; the session capacity is opt-in.
+    assert config.cluster_connections_per_ip and config.cluster_max_sessions is None
