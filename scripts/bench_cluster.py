@@ -227,7 +227,10 @@ def phase_sessions(args: argparse.Namespace) -> Json:
         if workers is not None:
             workers.close()
         cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep_logs:
+            print(f"  logs of every process in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
@@ -403,6 +406,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--connect-concurrency", type=int, default=400)
     group.add_argument("--settle", type=float, default=30.0)
     group.add_argument("--window", type=float, default=60.0)
+    group.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     group = parser.add_argument_group("forwarding")
     group.add_argument("--nodes-forwarding", type=int, default=2)
     group.add_argument("--fanout", type=int, default=10)
