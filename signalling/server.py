@@ -19,6 +19,7 @@ import re
 import resource
 import socket
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -36,7 +37,7 @@ from . import dialect as dialects
 from .admission_queue import AdmissionQueue, Ticket
 from .config import Config, token_verifier
 from .connection import Connection, ProbedSocket
-from .directory import ClaimOutcome, Directory, RoomRefused
+from .directory import HOLDER_HEADER, ClaimOutcome, Directory, RoomRefused
 from .lifecycle import SessionLifecycle
 from .liveness import (
     AdmissionOutcome,
@@ -232,6 +233,7 @@ class Server:
             config.port,
             subprotocols=["protoo"],  # type: ignore[list-item]
             process_request=self._http,
+            process_response=self._handshake_response,
             compression=None,  # small JSON: permessage-deflate would triple memory
             max_size=config.max_message_size,
             max_queue=config.ws_max_queue,
@@ -871,6 +873,26 @@ class Server:
             response.body = body
             return response
         return _json(ws, 404, {"error": "not found"})
+
+    def _handshake_response(
+        self, ws: ServerConnection, request: Request, response: Response
+    ) -> Awaitable[None] | None:
+        """A WebSocket accepted for a room that is not open here: when another live
+        node holds it, the 101 names that node (``X-Ghostless-Holder``), so HAProxy
+        keeps (or repairs) the room's stick entry; the session is refused 4421
+        after the handshake all the same (the claim decides)."""
+        if response.status_code != 101:
+            return None
+        values = parse_qs(urlsplit(request.path).query).get("roomId")
+        room_id = values[0] if values else None
+        if room_id is None or room_id in self.rooms or not _ID.match(room_id):
+            return None
+        return self._name_holder(room_id, response)
+
+    async def _name_holder(self, room_id: str, response: Response) -> None:
+        holder = await self.directory.holder(room_id)
+        if holder is not None:
+            response.headers[HOLDER_HEADER] = holder
 
     def _upgrade_allowed(self, ws: ServerConnection, request: Request) -> Response | None:
         """Refuse a WebSocket handshake before it costs more than this answer."""
