@@ -839,14 +839,17 @@ class Server:
         if route == "/healthz":
             return _json(ws, 200, {"status": "ok", "loopLag": round(self.loop_lag, 4)})
         if route == "/readyz":
-            problems = self.readiness_problems()
+            lost, full = self.readiness()
+            problems = lost + full
             answer: dict[str, Any] = (
                 {"status": "not ready", "problems": problems} if problems else {"status": "ready"}
             )
             # A node whose directory is down still serves its rooms (it stays
             # ready): it says so here and refuses new rooms (4504).
             answer["directory"] = self.directory.status()
-            return _json(ws, 503 if problems else 200, answer)
+            # 404 (HAProxy's http-check disable-on-404): no new rooms, but keep
+            # routing the rooms held here; 503: this node is to lose them.
+            return _json(ws, 503 if lost else 404 if full else 200, answer)
         if route == "/rooms":
             return _json(ws, 200, self.rooms_summary(listed_only=True))
         if route == "/leave":
@@ -913,18 +916,25 @@ class Server:
             return response
         return None
 
-    def readiness_problems(self) -> list[str]:
-        """Why a load balancer should not send new clients here (empty: ready)."""
-        problems = []
+    def readiness(self) -> tuple[list[str], list[str]]:
+        """Why a load balancer should send nothing here, not even the rooms this
+        node holds (draining, or a directory that has not registered the node:
+        it holds no room), and why it should send no new room here (out of
+        media ports or open files, while the rooms held here stay reachable)."""
+        lost = []
         if not self.accepting or self.worker.closed:
-            problems.append("not accepting")
+            lost.append("not accepting")
+        directory = self.directory.status()
+        if directory.get("conflict") or directory.get("lease") == "unregistered":
+            lost.append("not registered in the directory")
+        full = []
         in_use, total = self.worker.port_usage()
         if total and in_use >= total * self.config.ready_max_port_use:
-            problems.append(f"media ports {in_use}/{total} in use")
+            full.append(f"media ports {in_use}/{total} in use")
         open_fds, max_fds = open_files()
         if max_fds and open_fds >= max_fds * self.config.ready_max_fd_use:
-            problems.append(f"open files {open_fds}/{max_fds}")
-        return problems
+            full.append(f"open files {open_fds}/{max_fds}")
+        return lost, full
 
     def debug_stats(self) -> dict[str, Any]:
         return {
