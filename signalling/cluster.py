@@ -44,6 +44,7 @@ def render_haproxy(
     peers: Sequence[tuple[str, str]] = (("lb1", "127.0.0.1:10000"),),
     local_peer: str = "lb1",
     stats_socket: str = "/run/haproxy-ghostless.sock",
+    holders_map: str = "/etc/haproxy/ghostless-holders.map",
     check_interval: str = "1s",
     connect_timeout: str = "3s",
     stick_expire: str = "1h",
@@ -52,13 +53,16 @@ def render_haproxy(
 ) -> str:
     """The HAProxy configuration for ``servers`` (name, host:port) behind ``bind``;
     ``peers`` (name, host:port) are every HAProxy instance sharing the stick table,
-    this one being ``local_peer``."""
+    this one being ``local_peer``.  ``holders_map`` must exist (empty is fine):
+    HAProxy fills it at runtime (room -> holder, learnt from the nodes); the
+    server names must be the nodes' ``--node-id``."""
     if not servers:
         raise ValueError("no servers")
     return Template(template.read_text()).substitute(
         maxconn=maxconn,
         local_peer=local_peer,
         stats_socket=stats_socket,
+        holders_map=holders_map,
         connect_timeout=connect_timeout,
         bind=bind,
         stick_expire=stick_expire,
@@ -71,8 +75,11 @@ def render_haproxy(
 def haproxy_server_options(check_interval: str = "1s") -> str:
     """Every node's server options: the template's ``default-server``, and what
     ``Cluster.add_node`` gives a server added at runtime (which does not inherit
-    ``default-server`` in HAProxy 2.6)."""
-    return f"check inter {check_interval} fastinter {check_interval} fall 2 rise 2"
+    ``default-server`` in HAProxy 2.6).  Three failed checks (each may take up to
+    ``timeout check``, 2 s) mark a node down: a live node slow to answer under
+    load is not taken for dead at once, and a dead one is skipped anyway at its
+    first refused connection (``option redispatch``)."""
+    return f"check inter {check_interval} fastinter {check_interval} fall 3 rise 2"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -395,12 +402,15 @@ class Cluster:
         return self.directory / f"{self.balancer(which).log_name}.sock"
 
     def _haproxy_config(self, balancer: Balancer) -> str:
+        holders = self.directory / f"{balancer.log_name}.map"
+        holders.touch()  # HAProxy fills it in memory; the file only has to exist
         return render_haproxy(
             [(node.name, node.address) for node in self.members],
             bind=f"127.0.0.1:{balancer.port}",
             peers=[(peer.name, peer.peer_address) for peer in self.haproxies],
             local_peer=balancer.name,
             stats_socket=str(self.stats_socket(balancer.name)),
+            holders_map=str(holders),
             check_interval=self.check_interval,
         )
 
@@ -634,6 +644,11 @@ def _render(argv: list[str]) -> int:
     parser.add_argument("--peer", action="append", help="NAME=HOST:PORT of each HAProxy")
     parser.add_argument("--local-peer", default="lb1")
     parser.add_argument("--stats-socket", default="/run/haproxy-ghostless.sock")
+    parser.add_argument(
+        "--holders-map",
+        default="/etc/haproxy/ghostless-holders.map",
+        help="a file that must exist (empty): HAProxy keeps room -> holder hints there",
+    )
     parser.add_argument("--check-interval", default="1s")
     args = parser.parse_args(argv)
 
@@ -647,6 +662,7 @@ def _render(argv: list[str]) -> int:
             peers=pairs(args.peer or [f"{args.local_peer}=127.0.0.1:10000"]),
             local_peer=args.local_peer,
             stats_socket=args.stats_socket,
+            holders_map=args.holders_map,
             check_interval=args.check_interval,
         ),
         end="",

@@ -33,6 +33,12 @@ if TYPE_CHECKING:
     from .lobby import Lobby
 
 
+HOLDER_HEADER = "X-Ghostless-Holder"
+"""On a node's handshake response (101): the live node that holds the room
+instead of this one.  HAProxy then stores no stick entry for this node and
+remembers the holder for the room's next connection (docs/scaling.md)."""
+
+
 class ClaimOutcome(enum.StrEnum):
     GRANTED = "granted"  # the room is this node's: create it
     ELSEWHERE = "elsewhere"  # another live node holds it: refuse (4421), the client retries
@@ -69,6 +75,11 @@ class Directory(Protocol):
 
     async def claim_room(self, room_id: str) -> Claim:
         """Take the lease of ``room_id`` for this node (before creating it)."""
+
+    async def holder(self, room_id: str) -> str | None:
+        """The live node that holds ``room_id``, when it is another one than this
+        (None: no other node, or the directory cannot tell now).  Only a look:
+        the claim decides."""
 
     def room_closed(self, room_id: str) -> None:
         """``room_id`` closed here: give its lease up (in the background)."""
@@ -116,6 +127,9 @@ class LocalDirectory:
     async def claim_room(self, room_id: str) -> Claim:
         self._epoch += 1
         return Claim(ClaimOutcome.GRANTED, self._epoch)
+
+    async def holder(self, room_id: str) -> str | None:
+        return None
 
     def room_closed(self, room_id: str) -> None:
         return None

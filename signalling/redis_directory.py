@@ -139,6 +139,16 @@ redis.call('SADD', p .. ':node:' .. node .. ':rooms', room)
 return {'granted', tostring(epoch)}
 """
 
+HOLDER = """
+-- ARGV: prefix, room.  The node whose lease of the room is live, or ''.
+local p, room = ARGV[1], ARGV[2]
+local owner = redis.call('HMGET', p .. ':room:' .. room, 'node', 'incarnation')
+if owner[1] and redis.call('GET', p .. ':node:' .. owner[1] .. ':alive') == owner[2] then
+  return owner[1]
+end
+return ''
+"""
+
 RELEASE = """
 -- ARGV: prefix, node, room, epoch ('*': whichever epoch this node holds)
 local p, node, room, epoch = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -376,6 +386,7 @@ class RedisDirectory:
         )
         self._renew = self.redis.register_script(RENEW)
         self._claim = self.redis.register_script(CLAIM)
+        self._holder = self.redis.register_script(HOLDER)
         self._release = self.redis.register_script(RELEASE)
         self._sessions = self.redis.register_script(SESSIONS)
         self._leave = self.redis.register_script(LEAVE)
@@ -453,6 +464,16 @@ class RedisDirectory:
         if outcome == "elsewhere":
             return Claim(ClaimOutcome.ELSEWHERE, owner=str(detail))
         return Claim(ClaimOutcome.UNAVAILABLE)
+
+    async def holder(self, room_id: str) -> str | None:
+        if room_id in self.held or not self.reachable:
+            return None  # ours, or Redis known away: no wait for an answer
+        try:
+            node = await self._call(self._holder, room_id)
+        except _ERRORS as exc:
+            self._failed("holder", exc)
+            return None
+        return str(node) if node and node != self.node_id else None
 
     def room_closed(self, room_id: str) -> None:
         epoch = self.held.pop(room_id, None)

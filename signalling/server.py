@@ -40,7 +40,7 @@ from .admission import Verdict as ClusterVerdict
 from .admission_queue import AdmissionQueue, Ticket
 from .config import Config, token_verifier
 from .connection import Connection, ProbedSocket
-from .directory import ClaimOutcome, Directory, RoomRefused
+from .directory import HOLDER_HEADER, ClaimOutcome, Directory, RoomRefused
 from .lifecycle import SessionLifecycle
 from .liveness import (
     AdmissionOutcome,
@@ -236,6 +236,7 @@ class Server:
             config.port,
             subprotocols=["protoo"],  # type: ignore[list-item]
             process_request=self._http,
+            process_response=self._handshake_response,
             compression=None,  # small JSON: permessage-deflate would triple memory
             max_size=config.max_message_size,
             max_queue=config.ws_max_queue,
@@ -925,14 +926,17 @@ class Server:
         if route == "/healthz":
             return _json(ws, 200, {"status": "ok", "loopLag": round(self.loop_lag, 4)})
         if route == "/readyz":
-            problems = self.readiness_problems()
+            lost, full = self.readiness()
+            problems = lost + full
             answer: dict[str, Any] = (
                 {"status": "not ready", "problems": problems} if problems else {"status": "ready"}
             )
             # A node whose directory is down still serves its rooms (it stays
             # ready): it says so here and refuses new rooms (4504).
             answer["directory"] = self.directory.status()
-            return _json(ws, 503 if problems else 200, answer)
+            # 404 (HAProxy's http-check disable-on-404): no new rooms, but keep
+            # routing the rooms held here; 503: this node is to lose them.
+            return _json(ws, 503 if lost else 404 if full else 200, answer)
         if route == "/rooms":
             return self._public_rooms(ws)
         if route == "/leave":
@@ -965,6 +969,26 @@ class Server:
         await self.lobby.prepare()
         return _json(ws, 200, self.rooms_summary(listed_only=True))
 
+    def _handshake_response(
+        self, ws: ServerConnection, request: Request, response: Response
+    ) -> Awaitable[None] | None:
+        """A WebSocket accepted for a room that is not open here: when another live
+        node holds it, the 101 names that node (``X-Ghostless-Holder``), so HAProxy
+        keeps (or repairs) the room's stick entry; the session is refused 4421
+        after the handshake all the same (the claim decides)."""
+        if response.status_code != 101:
+            return None
+        values = parse_qs(urlsplit(request.path).query).get("roomId")
+        room_id = values[0] if values else None
+        if room_id is None or room_id in self.rooms or not _ID.match(room_id):
+            return None
+        return self._name_holder(room_id, response)
+
+    async def _name_holder(self, room_id: str, response: Response) -> None:
+        holder = await self.directory.holder(room_id)
+        if holder is not None:
+            response.headers[HOLDER_HEADER] = holder
+
     def _upgrade_allowed(self, ws: ServerConnection, request: Request) -> Response | None:
         """Refuse a WebSocket handshake before it costs more than this answer."""
         if not self.accepting:
@@ -984,18 +1008,25 @@ class Server:
             return response
         return None
 
-    def readiness_problems(self) -> list[str]:
-        """Why a load balancer should not send new clients here (empty: ready)."""
-        problems = []
+    def readiness(self) -> tuple[list[str], list[str]]:
+        """Why a load balancer should send nothing here, not even the rooms this
+        node holds (draining, or a directory that has not registered the node:
+        it holds no room), and why it should send no new room here (out of
+        media ports or open files, while the rooms held here stay reachable)."""
+        lost = []
         if not self.accepting or self.worker.closed:
-            problems.append("not accepting")
+            lost.append("not accepting")
+        directory = self.directory.status()
+        if directory.get("conflict") or directory.get("lease") == "unregistered":
+            lost.append("not registered in the directory")
+        full = []
         in_use, total = self.worker.port_usage()
         if total and in_use >= total * self.config.ready_max_port_use:
-            problems.append(f"media ports {in_use}/{total} in use")
+            full.append(f"media ports {in_use}/{total} in use")
         open_fds, max_fds = open_files()
         if max_fds and open_fds >= max_fds * self.config.ready_max_fd_use:
-            problems.append(f"open files {open_fds}/{max_fds}")
-        return problems
+            full.append(f"open files {open_fds}/{max_fds}")
+        return lost, full
 
     def debug_stats(self) -> dict[str, Any]:
         return {

@@ -115,7 +115,15 @@ def make_cluster(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Clus
     _binaries()
     made: list[Cluster] = []
 
-    def make(*, nodes: int = 3, balancers: int = 1, node_args: tuple[str, ...] = ()) -> Cluster:
+    def make(
+        *,
+        nodes: int = 3,
+        balancers: int = 1,
+        node_args: tuple[str, ...] = (),
+        rtc_ports: dict[str, tuple[int, int]] | None = None,
+    ) -> Cluster:
+        """``rtc_ports``: a media port range for some nodes (the others let the
+        kernel pick ports: no pool, so no readiness threshold on ports)."""
         directory = workdir / f"cluster{len(made) + 1}"
         directory.mkdir()
         cluster = Cluster(
@@ -126,6 +134,8 @@ def make_cluster(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Clus
             check_interval="500ms",
             node_args=NODE_ARGS + node_args,
         )
+        for name, ports in (rtc_ports or {}).items():
+            cluster.node(name).rtc_ports = ports
         made.append(cluster)
         cluster.start()
         return cluster

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,7 +18,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError
 
 from signalling.bot import FINAL_CODES
-from signalling.cluster import Cluster, Node, http_get
+from signalling.cluster import Cluster, Node, free_port, http_get
 from signalling.protoo_client import ProtooClient
 
 
@@ -108,6 +109,25 @@ class LightClient:
             if not client.closed.done():
                 client.abort()
             await client._wait_reader()
+
+
+def free_udp_ports(size: int) -> tuple[int, int]:
+    """A run of ``size`` UDP ports free on 127.0.0.1 now: (first, last)."""
+    for _ in range(200):
+        low = free_port(socket.SOCK_DGRAM)
+        probes = []
+        try:
+            for port in range(low, low + size):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                probes.append(probe)
+                probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+        return low, low + size - 1
+    raise AssertionError(f"no {size} free UDP ports in a row")
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float) -> float:

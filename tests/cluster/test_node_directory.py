@@ -9,7 +9,7 @@ import asyncio
 import orjson
 
 from signalling.cluster import Cluster, http_get
-from signalling.directory import LocalDirectory
+from signalling.directory import HOLDER_HEADER, LocalDirectory
 from signalling.protocol import CloseCode
 from signalling.protoo_client import ProtooClient, ProtooError
 from tests.signalling import conftest as signalling
@@ -96,3 +96,26 @@ async def test_without_redis_url_the_node_is_alone_as_before(make_server: Server
     assert status == 200 and body["directory"] == {"kind": "local", "nodeId": "local", "up": True}
     client = await admitted(url(server, "room", "alice"))
     await client.close()
+
+
+async def test_a_node_names_the_live_holder_of_a_room_in_its_handshake(
+    redis_process: Cluster, make_server: ServerFactory
+) -> None:
+    """X-Ghostless-Holder on the 101, for HAProxy (docs/scaling.md); the claim
+    still decides: the session is refused 4421."""
+    one = await make_server(redis_url=redis_process.redis_url, node_id="one", **SHORT)
+    two = await make_server(redis_url=redis_process.redis_url, node_id="two", **SHORT)
+    alice = await admitted(url(one, "call", "alice"))
+    assert alice.ws.response is not None
+    assert HOLDER_HEADER not in alice.ws.response.headers  # a new room: nobody else holds it
+    bob = await admitted(url(one, "call", "bob"))
+    assert bob.ws.response is not None
+    assert HOLDER_HEADER not in bob.ws.response.headers  # it holds the room
+
+    carol = await ProtooClient.connect(url(two, "call", "carol"))
+    assert carol.ws.response is not None
+    assert carol.ws.response.headers[HOLDER_HEADER] == "one"
+    code, _ = await asyncio.wait_for(carol.closed, 5)
+    assert code == CloseCode.ROOM_ELSEWHERE
+    for client in (alice, bob):
+        await client.close()

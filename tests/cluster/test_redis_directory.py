@@ -148,6 +148,23 @@ async def test_a_dead_nodes_lease_expires_in_redis_and_a_stale_release_is_fenced
     assert (await redis.hgetall("ghostless:room:call"))["node"] == "b"
 
 
+async def test_a_nodes_look_at_a_room_names_the_live_holder_only(
+    node: NodeFactory, redis: Redis
+) -> None:
+    """What a node names in its handshake (X-Ghostless-Holder) for HAProxy."""
+    (a, _), (b, _) = await node("a"), await node("b")
+    assert await b.holder("call") is None  # nobody holds it
+    assert (await a.claim_room("call")).outcome is ClaimOutcome.GRANTED
+    assert await b.holder("call") == "a"
+    assert await a.holder("call") is None  # its own
+    # A lease left by an earlier run of a (another incarnation) names nobody.
+    await redis.hset("ghostless:room:old", mapping={"node": "a", "incarnation": "x", "epoch": 1})
+    assert await b.holder("old") is None
+    die(a)
+    await eventually(lambda: redis_has_no(redis, "ghostless:node:a:alive"), 3)
+    assert await b.holder("call") is None  # nor does the lease of a dead node
+
+
 async def test_the_elected_reaper_removes_everything_a_dead_node_left(
     node: NodeFactory, redis: Redis
 ) -> None:
