@@ -51,6 +51,7 @@ import contextlib
 import math
 import multiprocessing
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -115,7 +116,9 @@ def _cpu(pids: list[int]) -> float:
 def phase_sessions(args: argparse.Namespace) -> Json:
     print(
         f"\n=== sessions: {args.sessions:,} through {args.balancers} balancers to "
-        f"{args.nodes} nodes, app pings every {args.heartbeat:g} s ===",
+        f"{args.nodes} nodes, app pings every {args.heartbeat:g} s"
+        + (f"; nodes run with {args.node_args}" if args.node_args else "")
+        + " ===",
         flush=True,
     )
     workdir = Path(tempfile.mkdtemp(prefix="ghostless-bench-cluster-"))
@@ -125,7 +128,12 @@ def phase_sessions(args: argparse.Namespace) -> Json:
         balancers=args.balancers,
         free_ports=True,
         check_interval="2s",
-        node_args=(*NODE_ARGS, "--heartbeat-interval", str(args.heartbeat)),
+        node_args=(
+            *NODE_ARGS,
+            "--heartbeat-interval",
+            str(args.heartbeat),
+            *shlex.split(args.node_args),
+        ),
     )
     workers: sig.Workers | None = None
     result: Json = {}
@@ -407,6 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--settle", type=float, default=30.0)
     group.add_argument("--window", type=float, default=60.0)
     group.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
+    group.add_argument("--node-args", default="", help="more options for every node")
     group = parser.add_argument_group("forwarding")
     group.add_argument("--nodes-forwarding", type=int, default=2)
     group.add_argument("--fanout", type=int, default=10)

@@ -863,6 +863,14 @@ class RedisDirectory:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, delay))
 
+    async def _renew_if_due(self) -> None:
+        """Renew now if it is time, from inside a long task of the loop (a flush of
+        thousands of sessions, a reconcile of hundreds of rooms): the lease must
+        not wait behind them, or it expires under a live node (measured: 15,000
+        joins per node flushed at once cost every node its 3 s lease)."""
+        if self.schedule.renewal_due(self._loop.time()):
+            await self._renew_lease()
+
     async def _renew_lease(self) -> None:
         schedule = self.schedule
         schedule.renewing(self._loop.time())
@@ -926,7 +934,9 @@ class RedisDirectory:
             return
         for room_id in set(listed_rooms) - set(lifecycle.rooms):
             self._pending_releases[room_id] = "*"
-        for room_id in list(lifecycle.rooms):
+        for index, room_id in enumerate(list(lifecycle.rooms)):
+            if index % _SESSION_BATCH == 0:
+                await self._renew_if_due()
             claim = await self.claim_room(room_id)
             if claim.outcome is ClaimOutcome.UNAVAILABLE:
                 return  # again at the next renewal
@@ -980,6 +990,7 @@ class RedisDirectory:
         items = list(batch.items())
         try:
             for start in range(0, len(items), _SESSION_BATCH):
+                await self._renew_if_due()
                 ops: list[str] = []
                 for session_id, session in items[start : start + _SESSION_BATCH]:
                     if session is None or not session.open:
