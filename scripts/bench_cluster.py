@@ -149,7 +149,7 @@ def phase_sessions(args: argparse.Namespace) -> Json:
             [
                 {"host": "127.0.0.1", "port": ports[i], "source": sig.source_address(i),
                  "sessions": specs[i], "concurrency": max(4, args.connect_concurrency // count),
-                 "timeout": 60.0, "heartbeat": args.heartbeat}
+                 "timeout": 60.0, "heartbeat": args.heartbeat, "retries": 5}
                 for i in range(count)
             ],
             per_worker=True,

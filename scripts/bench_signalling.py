@@ -331,7 +331,7 @@ class WsConn(asyncio.Protocol):
     """One protoo session: handshake, join, heartbeat pings or closed-loop pings."""
 
     __slots__ = (
-        "buf", "gen", "inflight", "joined", "last_rtt", "lost", "next_id", "path",
+        "buf", "close_code", "gen", "inflight", "joined", "last_rtt", "lost", "next_id", "path",
         "ping_id", "ping_sent", "ready", "timer", "transport", "upgraded",
     )  # fmt: skip
 
@@ -343,6 +343,7 @@ class WsConn(asyncio.Protocol):
         self.upgraded = False
         self.joined = False
         self.lost = False
+        self.close_code: int | None = None
         self.ready: asyncio.Future[bool] = gen.loop.create_future()
         self.next_id = JOIN_ID
         self.ping_id = 0  # the heartbeat ping in flight (0: none)
@@ -424,6 +425,7 @@ class WsConn(asyncio.Protocol):
                 self.gen.counters["probes_answered"] += 1
             elif opcode == 8:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.close_code = code
                 self.gen.counters[f"closed_by_server_{code}"] += 1
                 out.append(client_frame(8, payload[:2]))
                 transport.write(b"".join(out))
@@ -557,24 +559,37 @@ class LoadGen:
         started = time.perf_counter()
         loop = self.loop
 
+        retries: int = arg.get("retries", 0)
+
         async def one(room: str, peer: str) -> None:
-            async with semaphore:
-                conn = WsConn(self, room, peer)
-                try:
-                    await asyncio.wait_for(
-                        loop.create_connection(
-                            lambda: conn, self.host, self.port, local_addr=(source, 0)
-                        ),
-                        timeout,
-                    )
-                    ok = await asyncio.wait_for(asyncio.shield(conn.ready), timeout)
-                except (OSError, TimeoutError) as exc:
-                    errors[type(exc).__name__] += 1
-                    conn.abort()
-                    return
-            if not ok:
-                errors["join_failed"] += 1
+            for attempt in range(retries + 1):
+                async with semaphore:
+                    conn = WsConn(self, room, peer)
+                    try:
+                        await asyncio.wait_for(
+                            loop.create_connection(
+                                lambda conn=conn: conn,
+                                self.host,
+                                self.port,
+                                local_addr=(source, 0),
+                            ),
+                            timeout,
+                        )
+                        ok = await asyncio.wait_for(asyncio.shield(conn.ready), timeout)
+                    except (OSError, TimeoutError) as exc:
+                        errors[type(exc).__name__] += 1
+                        conn.abort()
+                        return
+                if ok:
+                    break
                 conn.abort()
+                if conn.close_code in RETRIED_CLOSE_CODES and attempt < retries:
+                    # As the ghostless client and bot do: the room is on another
+                    # node (4421) or the directory is away (4504): again, backing off.
+                    errors[f"retried_{conn.close_code}"] += 1
+                    await asyncio.sleep(random.uniform(0.5, 1.5) * (attempt + 1))
+                    continue
+                errors["join_failed"] += 1
                 return
             self.conns.append(conn)
             if heartbeat:
@@ -645,6 +660,10 @@ class LoadGen:
         if command == "counters":
             return dict(self.counters)
         raise ValueError(f"unknown command {command!r}")
+
+
+RETRIED_CLOSE_CODES = (4421, 4504)
+"""Refusals a client retries (several nodes: the room is elsewhere, the directory away)."""
 
 
 def worker_main(pipe: Pipe, core: int) -> None:

@@ -232,14 +232,17 @@ async def test_the_tcp_listener_takes_the_udp_port_number_when_free(router: Rout
 
 
 async def test_the_tcp_listener_takes_another_port_of_the_range_when_its_number_is_taken() -> None:
-    port_range = free_udp_range(2)
-    low, high = port_range.min_port, port_range.max_port
-    holder = socket.socket()  # someone else listens on ``low`` in TCP's space
-    try:
-        holder.bind(("127.0.0.1", low))
-    except OSError:
-        holder.close()
-        pytest.skip(f"TCP port {low} is busy")
+    for _ in range(20):  # a range whose low port is free in TCP's space too
+        port_range = free_udp_range(2)
+        low, high = port_range.min_port, port_range.max_port
+        holder = socket.socket()  # someone else listens on ``low`` in TCP's space
+        try:
+            holder.bind(("127.0.0.1", low))
+            break
+        except OSError:
+            holder.close()
+    else:
+        raise AssertionError("no port range with a free TCP port in 20 tries")
     holder.listen()
     worker = Worker(WorkerSettings(consent_timeout=10.0, port_range=port_range))
     try:
