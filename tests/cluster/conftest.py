@@ -10,6 +10,7 @@ and scripts/cluster install them).
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,6 +24,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError
 
 from signalling.cluster import Cluster
+
+from .helpers import LightClient
 
 
 def _binaries() -> None:
@@ -156,3 +159,11 @@ def make_cluster(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Clus
 def cluster(make_cluster: ClusterFactory) -> Cluster:
     """Redis, three nodes and one HAProxy."""
     return make_cluster()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[LightClient]]:
+    """Light protoo clients a test makes (``helpers.LightClient``), closed at teardown."""
+    made: list[LightClient] = []
+    yield made
+    await asyncio.gather(*(client.close() for client in made))

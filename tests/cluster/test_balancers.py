@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
 from signalling.cluster import Cluster
@@ -27,13 +25,6 @@ from tests.cluster.helpers import (
     records_of,
     sessions,
 )
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[LightClient]]:
-    made: list[LightClient] = []
-    yield made
-    await asyncio.gather(*(client.close() for client in made))
 
 
 async def joined(clients: list[LightClient], url: str, room: str, peer: str) -> LightClient:

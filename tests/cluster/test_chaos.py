@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -39,13 +38,6 @@ from tests.cluster.helpers import (
     rooms_open,
     sessions,
 )
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[LightClient]]:
-    made: list[LightClient] = []
-    yield made
-    await asyncio.gather(*(client.close() for client in made))
 
 
 class TwoHolders:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -29,13 +28,6 @@ from tests.cluster.helpers import (
     free_udp_ports,
     holder,
 )
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[LightClient]]:
-    made: list[LightClient] = []
-    yield made
-    await asyncio.gather(*(client.close() for client in made))
 
 
 async def joined(

@@ -31,6 +31,7 @@ import pytest
 
 from signalling.bot import Bot
 from signalling.server import Server
+from tests.cluster.helpers import free_udp_ports as free_udp_block
 from tests.signalling import conftest as signalling
 from tests.signalling.conftest import ServerFactory
 
@@ -61,29 +62,6 @@ def free_tcp_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def free_udp_block(size: int) -> tuple[int, int]:
-    """``size`` consecutive UDP ports free on loopback right now (found by binding them)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            low = int(probe.getsockname()[1])
-        if low + size - 1 > 65535:
-            continue
-        held: list[socket.socket] = []
-        try:
-            for port in range(low, low + size):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                held.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-        return low, low + size - 1
-    raise AssertionError(f"no {size} consecutive free UDP ports on 127.0.0.1")
 
 
 class Prometheus:

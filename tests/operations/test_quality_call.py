@@ -271,9 +271,12 @@ async def test_the_room_is_told_when_a_peer_turns_poor_and_the_gauge_counts_it(
                 break
         assert "loss" in data["reasons"]
         counts = server.quality.counts_by_grade()
-        assert counts[Quality.GOOD] == 1 and counts[Quality.GOOD] + sum(
-            n for grade, n in counts.items() if grade is not Quality.GOOD
-        ) == 2
+        assert (
+            counts[Quality.GOOD] == 1
+            and counts[Quality.GOOD]
+            + sum(n for grade, n in counts.items() if grade is not Quality.GOOD)
+            == 2
+        )
         room = server.rooms[ROOM]
         assert room.peers["bob"].quality == data["quality"]
     finally:
