@@ -83,6 +83,7 @@ class Consumer(EventEmitter):
         self.fraction_lost = 0
         self.highest_seq_reported = 0
         self.jitter = 0
+        self.upstream_jitter = 0.0  # the forwarded stream's jitter at us when it came
         self.reports_received = 0
         self.sent_at_report = 0  # our packet_count when the latest report came
         self.clock_rate: int = codecs[0]["clockRate"]
@@ -289,6 +290,7 @@ class Consumer(EventEmitter):
         self.packets_lost = block.cumulative_lost
         self.highest_seq_reported = block.highest_seq
         self.jitter = block.jitter
+        self.upstream_jitter = self._stream.jitter
         self.reports_received += 1
         # The round trip needs our SR the report refers to (LSR) and how long
         # the client held it (DLSR, in 1/65536 s).
@@ -306,8 +308,14 @@ class Consumer(EventEmitter):
         """The latest receiver report as cumulative counters (None before the first).
 
         A reader diffs two of these (``media.link.LinkMonitor``) for the loss
-        between them; jitter is converted from timestamp units with the
-        codec's clock rate.
+        between them.  Jitter is the client's less the jitter the stream
+        already had when it reached us (read when the report came): an SFU
+        forwards at once, so the sender's uplink jitter reaches the receiver
+        unchanged, and like the sender's loss it is not this link's.  Delay
+        variations add, so the client's jitter is at most the sum of both
+        links' (RFC 3550 jitter is a mean absolute deviation): the difference
+        is the least this link must have, a floor that never blames it for the
+        sender's.  Converted from timestamp units with the codec's clock rate.
         """
         if self.reports_received == 0:
             return None
@@ -316,7 +324,7 @@ class Consumer(EventEmitter):
             kind=self.kind,
             expected=self.highest_seq_reported,
             lost=self.packets_lost,
-            jitter_ms=self.jitter * 1000 / self.clock_rate,
+            jitter_ms=max(0.0, self.jitter - self.upstream_jitter) * 1000 / self.clock_rate,
             rtt_ms=None if rtt is None else rtt * 1000,
             reports=self.reports_received,
             sent=self.sent_at_report,

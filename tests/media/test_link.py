@@ -415,10 +415,48 @@ async def test_downlink_loss_jitter_and_round_trip_come_from_the_clients_reports
 
     assert baseline.downlink_loss is None
     assert (sample.downlink_loss, sample.downlink_packets) == (0.1, 200)
-    assert sample.downlink_jitter_ms == pytest.approx(20.0)  # 1800 at 90 kHz
+    # 1800 at 90 kHz, less the little the stream had on arrival (sent back to back).
+    assert sample.downlink_jitter_ms == pytest.approx(20.0, abs=1.0)
     assert sample.rtt_ms is not None and 0 <= sample.rtt_ms < 1000
     stats = await consumer.get_stats()
     assert stats[0]["highestSeqReported"] == 1200 and stats[0]["reportsReceived"] == 2
+
+
+async def test_jitter_the_stream_had_on_reaching_the_server_is_not_downlink_jitter(
+    raw_call: RawCall,
+) -> None:
+    loop = asyncio.get_running_loop()
+    [consumer] = raw_call.recv_transport.consumers.values()
+
+    async def send(count: int) -> None:
+        # Back to back with timestamps 10 ms apart every other packet: the
+        # sender's link "jittered" them by 10 ms (900 units at 90 kHz).
+        start = consumer.packet_count
+        for seq in range(start, start + count):
+            await raw_call.sender.send_srtp(bytes(rtp(seq, 900 * (seq % 2))))
+        await wait_until(lambda: consumer.packet_count == start + count)
+
+    async def receiver_reports(jitter: int) -> LinkSample:
+        reports = consumer.reports_received + 1
+        block = report_block(consumer.ssrc, 0, 0, consumer.packet_count, jitter, 0, 0)
+        await raw_call.receiver.send_srtp(build_receiver_report(0x2222, [block]))
+        await wait_until(lambda: consumer.reports_received == reports)
+        return raw_call.recv_transport.link_sample(loop.time())
+
+    await send(150)
+    assert raw_call.producer.jitter == pytest.approx(900, abs=90)
+    await receiver_reports(900)  # the baseline
+    # The receiver has 25 ms: 15 ms of it (at least) is its own link's.
+    await send(50)
+    sample = await receiver_reports(2250)
+    assert sample.downlink_jitter_ms == pytest.approx(15.0, abs=1.0)
+    # The receiver has no more than the stream had on arrival: none of it is its link's.
+    await send(50)
+    sample = await receiver_reports(800)
+    assert sample.downlink_jitter_ms == 0.0
+    # The stats still say what the client reported (as mediasoup's do).
+    stats = await consumer.get_stats()
+    assert stats[0]["jitter"] == 800
 
 
 # -- a real call on loopback: what a healthy link looks like -----------------------------------
