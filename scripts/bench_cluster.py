@@ -98,10 +98,15 @@ NODE_ARGS = (
 
 
 def _node_stats(cluster: Cluster) -> dict[str, Json]:
+    """Each node's ``/debug/stats``, with ``roomIds`` from its ``/rooms`` (both on
+    the operators' listener)."""
     stats = {}
     for node in cluster.members:
         status, body = sig.http_get(node.metrics_port, "/debug/stats", 20.0)
         stats[node.name] = body if status == 200 and isinstance(body, dict) else {}
+        status, rooms = sig.http_get(node.metrics_port, "/rooms", 20.0)
+        if status == 200 and isinstance(rooms, dict):
+            stats[node.name]["roomIds"] = [room["roomId"] for room in rooms["rooms"]]
     return stats
 
 
@@ -243,8 +248,8 @@ def phase_sessions(args: argparse.Namespace) -> Json:
 
 
 def _rooms_on_several_nodes(stats: dict[str, Json]) -> int:
-    """Rooms that more than one node says it has (``/debug/stats`` ``roomIds``, when
-    given); -1 when the nodes do not list their rooms."""
+    """Rooms that more than one node says it has; -1 when a node did not list its
+    rooms."""
     seen: collections.Counter[str] = collections.Counter()
     for body in stats.values():
         ids = body.get("roomIds")

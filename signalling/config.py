@@ -109,6 +109,9 @@ class Config:
     """/readyz says not ready when this share of the media port pool is in use..."""
     ready_max_fd_use: float = 0.9
     """... or this share of the process's open-file limit."""
+    open_files_relist_interval: float = 5.0
+    """Kernels before Linux 6.2 can only count open files by listing them (a
+    stall at thousands): at most one listing per this many seconds."""
     shutdown_timeout: float = 10.0
     reconnect_delay: float = 2.0
     """Told to clients in ``serverShutdown``: when to reconnect."""
@@ -309,6 +312,9 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("consent_resync_window", "float", "after a stall, time for a consent check (s)"),
     _Option("ready_max_port_use", "float", "/readyz fails above this media port pool use"),
     _Option("ready_max_fd_use", "float", "/readyz fails above this open-file use"),
+    _Option(
+        "open_files_relist_interval", "float", "list open files at most this often (s, Linux < 6.2)"
+    ),
     _Option("shutdown_timeout", "float", "graceful shutdown bound (s)"),
     _Option("reconnect_delay", "float", "reconnect delay advertised in serverShutdown (s)"),
     _Option("log_format", "choice", "log format", ("text", "json")),
@@ -509,6 +515,7 @@ def validate(config: Config) -> None:
     check(config.queue_timeout > 0, "queue_timeout must be positive")
     check(config.lobby_update_interval > 0, "lobby_update_interval must be positive")
     check(config.token_max_lifetime > 0, "token_max_lifetime must be positive")
+    check(config.open_files_relist_interval > 0, "open_files_relist_interval must be positive")
     for name in ("ready_max_port_use", "ready_max_fd_use"):
         check(0 < getattr(config, name) <= 1, f"{name} must be within (0, 1]")
     try:

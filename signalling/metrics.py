@@ -18,7 +18,6 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -26,6 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from .liveness import ActivityLevel, EndReason, SessionState
+from .process_stats import OpenFiles, ProcessCollector
 
 if TYPE_CHECKING:
     from media.api import Router, WebRtcTransport, Worker
@@ -53,6 +53,7 @@ class Observed(Protocol):
     queue: AdmissionQueue
     quality: QualityBoard[tuple[str, str]] | None
     lobby: Lobby
+    open_files: OpenFiles
 
     @property
     def rooms(self) -> dict[str, Room]: ...
@@ -200,7 +201,7 @@ class Metrics:
         self._loop = server.loop
         collectors.register(_SessionCollector(server))
         # process_open_fds, process_max_fds, process_resident_memory_bytes...
-        ProcessCollector(registry=collectors)
+        collectors.register(ProcessCollector(server.open_files))
         self.media = Gauge(
             "ghostless_media_objects", "Open media objects", ["kind"], registry=collectors
         )

@@ -14,9 +14,7 @@ import contextlib
 import gc
 import ipaddress
 import logging
-import os
 import re
-import resource
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +53,7 @@ from .liveness import (
 from .lobby import Lobby
 from .logs import LogThrottle, log_session
 from .metrics import Metrics
+from .process_stats import OpenFiles
 from .protocol import (
     CloseCode,
     ErrorCode,
@@ -171,6 +170,7 @@ class Server:
         )
         self._queued: dict[Ticket, tuple[asyncio.Future[None], Connection]] = {}
         self._queue_wakeup = False
+        self.open_files = OpenFiles(relist_interval=config.open_files_relist_interval)
         self.lobby = Lobby(config.listed_rooms, self.room_summary, lambda: self.rooms.keys())
         self.quality: QualityBoard[tuple[str, str]] | None = (
             QualityBoard(config.quality) if config.quality.interval is not None else None
@@ -1023,7 +1023,7 @@ class Server:
         in_use, total = self.worker.port_usage()
         if total and in_use >= total * self.config.ready_max_port_use:
             full.append(f"media ports {in_use}/{total} in use")
-        open_fds, max_fds = open_files()
+        open_fds, max_fds = self.open_files.count(), self.open_files.limit()
         if max_fds and open_fds >= max_fds * self.config.ready_max_fd_use:
             full.append(f"open files {open_fds}/{max_fds}")
         return lost, full
@@ -1065,16 +1065,6 @@ class Server:
 
     async def _handle_metrics_ws(self, ws: ServerConnection) -> None:
         await ws.close(CloseCode.BAD_REQUEST, "metrics are served over plain HTTP")
-
-
-def open_files() -> tuple[int, int]:
-    """This process's open file descriptors and their soft limit (0, 0 if unknown)."""
-    try:
-        count = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return 0, 0
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return count, (soft if soft != resource.RLIM_INFINITY else 0)
 
 
 def _is_loopback(host: str) -> bool:

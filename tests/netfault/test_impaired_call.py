@@ -323,16 +323,6 @@ async def test_5_percent_loss_100ms_rtt_jitter_reordering_for_3_minutes(
     check(call, seconds)
 
 
-SIMULCAST = (
-    "Simulcast on this link: Alice's Chrome (5 % loss, 100 ms RTT on her uplink) "
-    "turns an encoding off now and then; the consumer falls back once it has been "
-    "silent for the encoding stop timeout (0.25 s) while a lower one sends, plus a "
-    "key frame of that one across her link.  8 runs of 8 met the check here "
-    "(2026-11-29), but a CI run had its last 5 s window at 17 fps in both "
-    "directions at once; the check wants 20 fps in 9 windows of 10 (all 6 of 30 s)"
-)
-
-
 class DownlinkLog:
     """Every 0.5 s, each peer's video consumer as the server sees it: the client's
     REMB, the downlink estimate, the loss it reports, the consumer's target layers."""
@@ -388,14 +378,19 @@ class DownlinkLog:
         return " ".join(shown)
 
 
-@pytest.mark.xfail(strict=False, reason=SIMULCAST)  # a frame-rate bound: not deterministic
 async def test_the_same_link_with_simulcast(
     network: ClientNetwork,
     netfault_server: ServerStarter,
     browsers: BrowserFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    seconds = 30.0
+    # Alice's Chrome (5 % loss, 100 ms RTT on her uplink) turns an encoding
+    # off now and then; the consumer falls back once it has been silent for
+    # the encoding stop timeout (0.25 s) while a lower one sends, plus a key
+    # frame of that one across her link.  60 s: the check's 9 windows in 10
+    # then allow one 5 s window of a busy 2-core machine (a CI run had one at
+    # 17 fps in both directions at once, which 30 s, all 6 windows, did not).
+    seconds = 60.0
     log = DownlinkLog()
 
     async def logged_server(*args: Any, **kwargs: Any) -> Server:

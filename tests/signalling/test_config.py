@@ -188,6 +188,7 @@ OTHER_VALUES = {
     "quality.forget_after": "60",
     "ready_max_port_use": "0.5",
     "ready_max_fd_use": "0.5",
+    "open_files_relist_interval": "30",
     "liveness.join_timeout": "31",
     "liveness.stall_tolerance": "2",
     "liveness.stall_resync": "6",
