@@ -158,6 +158,10 @@ class Config:
     rooms free to take."""
     lease_renew_interval: float = 1.0
     """How often the node renews its lease (and writes its load)."""
+    lease_stall_limit: float = 15.0
+    """The lease is renewed from a thread of its own while the event loop has
+    run within this many seconds (a busy loop keeps its rooms, a wedged one
+    loses them)."""
     reaper_interval: float = 1.0
     """How often the elected cluster reaper removes what dead nodes left."""
     redis_timeout: float = 0.5
@@ -185,6 +189,7 @@ class Config:
         return LeaseTimings(
             ttl=self.lease_ttl,
             renew_interval=self.lease_renew_interval,
+            stall_limit=self.lease_stall_limit,
             reaper_interval=self.reaper_interval,
             timeout=self.redis_timeout,
         )
@@ -335,6 +340,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("node_address", "optional_str", "address recorded for this node (default host:port)"),
     _Option("lease_ttl", "float", "node liveness lease in Redis (s)"),
     _Option("lease_renew_interval", "float", "renew the node's lease this often (s)"),
+    _Option("lease_stall_limit", "float", "stop renewing after the loop stalled this long (s)"),
     _Option("reaper_interval", "float", "the cluster reaper runs this often (s)"),
     _Option("redis_timeout", "float", "longest wait for one Redis call (s)"),
     _Option(

@@ -172,6 +172,9 @@ class LeaseTimings:
     renew_interval: float = 1.0
     reaper_interval: float = 1.0
     timeout: float = 0.5
+    stall_limit: float = 15.0
+    """The lease is renewed from a thread (``lease_keeper``), while the event
+    loop has run within this many seconds: a wedged loop lets it expire."""
 
     def __post_init__(self) -> None:
         if not 0 < self.renew_interval < self.ttl:
@@ -180,6 +183,8 @@ class LeaseTimings:
             raise ValueError("reaper_interval must be positive")
         if not 0 < self.timeout <= self.renew_interval:
             raise ValueError("redis_timeout must be positive and at most lease_renew_interval")
+        if not self.stall_limit >= self.renew_interval:
+            raise ValueError("lease_stall_limit must be at least lease_renew_interval")
 
     @property
     def reaper_ttl(self) -> float:

@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import threading
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -57,6 +58,7 @@ from .directory import (
     LeaseTimings,
     RenewResult,
 )
+from .lease_keeper import LeaseKeeper, Outcome
 from .lobby import RemoteRooms, RoomSummary, WatchSchedule
 
 if TYPE_CHECKING:
@@ -374,6 +376,11 @@ class RedisDirectory:
         self.incarnation = secrets.token_hex(8)
         """This run of the node: a restart under the same node id is another owner."""
         self.schedule = LeaseSchedule(timings)
+        self._schedule_lock = threading.Lock()
+        """The schedule is kept by the lease keeper's thread; the loop's changes
+        to it take this lock too."""
+        self._keeper: LeaseKeeper | None = None
+        self._beat: asyncio.TimerHandle | None = None
         self.redis: Redis = Redis.from_url(
             url,
             decode_responses=True,
@@ -437,12 +444,13 @@ class RedisDirectory:
         if self.ledger.count_sessions:
             observer.on("sessionstarted", self._sessions_counted)
             observer.on("sessionended", self._sessions_counted)
-        await self._renew_lease()
+        await self._renew_lease()  # the first one before serving; then the keeper's thread
         if not self.up:
             logger.warning(
                 "directory: Redis unreachable at start (%s): serving no new room until it is",
                 self.last_error,
             )
+        self._start_keeper()
         self._task = asyncio.ensure_future(self._run())
         if self.ledger.enabled:
             self._pump_task = asyncio.ensure_future(self._pump())
@@ -495,6 +503,10 @@ class RedisDirectory:
 
     async def close(self) -> None:
         self.draining = True
+        if self._beat is not None:
+            self._beat.cancel()
+        if self._keeper is not None:
+            await self._keeper.stop()
         for task in (self._task, self._pump_task, self._watch_task):
             if task is not None:
                 task.cancel()
@@ -844,9 +856,6 @@ class RedisDirectory:
         schedule = self.schedule
         while True:
             try:
-                now = self._loop.time()
-                if schedule.renewal_due(now):
-                    await self._renew_lease()
                 if schedule.reconcile_needed and self.up:
                     await self._reconcile()
                 if schedule.reap_due(self._loop.time()):
@@ -863,43 +872,78 @@ class RedisDirectory:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, delay))
 
-    async def _renew_if_due(self) -> None:
-        """Renew now if it is time, from inside a long task of the loop (a flush of
-        thousands of sessions, a reconcile of hundreds of rooms): the lease must
-        not wait behind them, or it expires under a live node (measured: 15,000
-        joins per node flushed at once cost every node its 3 s lease)."""
-        if self.schedule.renewal_due(self._loop.time()):
-            await self._renew_lease()
+    def _start_keeper(self) -> None:
+        """The lease from now on renewed by a thread (``lease_keeper``)."""
+        self._keeper = LeaseKeeper(
+            url=self._url,
+            script=RENEW,
+            schedule=self.schedule,
+            lock=self._schedule_lock,
+            arguments=self._renew_arguments,
+            on_outcome=self._lease_outcome,
+            loop=self._loop,
+            stall_limit=self.timings.stall_limit,
+            name=f"lease-{self.node_id}",
+        )
+        self._keeper.start()
+        if self._beat is None:
+            self._loop_alive()
 
-    async def _renew_lease(self) -> None:
-        schedule = self.schedule
-        schedule.renewing(self._loop.time())
+    def _loop_alive(self) -> None:
+        """Tell the lease keeper the loop runs, every renewal interval (a timer:
+        the loop's tasks may sit in long Redis exchanges meanwhile)."""
+        if self._keeper is not None:
+            self._keeper.loop_alive()
+        self._beat = self._loop.call_later(self.timings.renew_interval, self._loop_alive)
+
+    def _renew_arguments(self) -> list[Any]:
+        """The renewal script's arguments (read by the keeper's thread: plain
+        attributes and ``len`` only)."""
         lifecycle = self._lifecycle
         sessions = len(lifecycle.registry) if lifecycle is not None else 0
         rooms = len(lifecycle.rooms) if lifecycle is not None else 0
+        return [
+            self.prefix,
+            self.node_id,
+            self.incarnation,
+            int(self.timings.ttl * 1000),
+            "address",
+            self.address,
+            "sessions",
+            sessions,
+            "rooms",
+            rooms,
+            "draining",
+            int(self.draining),
+        ]
+
+    async def _renew_lease(self) -> None:
+        """Renew from the loop: only at start, before the keeper's thread runs."""
+        with self._schedule_lock:
+            self.schedule.renewing(self._loop.time())
+            was_held = self.schedule.state(self._loop.time()) is LeaseState.HELD
+        outcome: Outcome
         try:
-            answer = await self._call(
-                self._renew,
-                self.node_id,
-                self.incarnation,
-                int(self.timings.ttl * 1000),
-                "address",
-                self.address,
-                "sessions",
-                sessions,
-                "rooms",
-                rooms,
-                "draining",
-                int(self.draining),
-            )
+            outcome = RenewResult(await self._op(self._renew(args=self._renew_arguments())))
         except _ERRORS as exc:
-            schedule.failed(self._loop.time())
-            self._failed("renew", exc)
+            outcome = exc
+        with self._schedule_lock:
+            if isinstance(outcome, RenewResult):
+                self.schedule.renewed(self._loop.time(), outcome)
+            else:
+                self.schedule.failed(self._loop.time())
+        self._lease_outcome(outcome, was_held)
+
+    def _lease_outcome(self, outcome: Outcome, was_held: bool) -> None:
+        """What follows from a renewal (on the loop; the schedule has it already)."""
+        if not isinstance(outcome, RenewResult):
+            self._failed("renew", outcome)
             return
-        result = RenewResult(answer)
-        was_up = self.up
-        schedule.renewed(self._loop.time(), result)
-        if result is RenewResult.CONFLICT:
+        if not self.reachable:
+            logger.info("directory: Redis reachable")
+        was_up = was_held and self.reachable and not self.conflict
+        self.reachable = True
+        if outcome is RenewResult.CONFLICT:
             if not self.conflict:
                 logger.error(
                     "directory: node id %s is in use by another live process: no room is"
@@ -909,11 +953,12 @@ class RedisDirectory:
             self.conflict = True
             return
         self.conflict = False
-        if schedule.reconcile_needed:
+        if self.schedule.reconcile_needed:
             # Our records may be gone: no increment of the admission counts
             # before they are written again whole (the reconcile follows).
             self.ledger.lost()
             self._pump_wake.set()
+            self._wake.set()
         if not was_up and self.up:
             logger.info("directory: registered as %s in Redis", self.node_id)
 
@@ -934,9 +979,7 @@ class RedisDirectory:
             return
         for room_id in set(listed_rooms) - set(lifecycle.rooms):
             self._pending_releases[room_id] = "*"
-        for index, room_id in enumerate(list(lifecycle.rooms)):
-            if index % _SESSION_BATCH == 0:
-                await self._renew_if_due()
+        for room_id in list(lifecycle.rooms):
             claim = await self.claim_room(room_id)
             if claim.outcome is ClaimOutcome.UNAVAILABLE:
                 return  # again at the next renewal
@@ -958,11 +1001,13 @@ class RedisDirectory:
         self.ledger.lost()
         self._pump_wake.set()
         self._lobby_replace = self._lobby is not None
-        self.schedule.reconciled()
+        with self._schedule_lock:
+            self.schedule.reconciled()
         self._wake.set()
 
     async def _run_reaper(self) -> None:
-        self.schedule.reaped(self._loop.time())
+        with self._schedule_lock:
+            self.schedule.reaped(self._loop.time())
         try:
             answer = await self._call(self._reap, self.node_id, int(self.timings.reaper_ttl * 1000))
         except _ERRORS as exc:
@@ -990,7 +1035,6 @@ class RedisDirectory:
         items = list(batch.items())
         try:
             for start in range(0, len(items), _SESSION_BATCH):
-                await self._renew_if_due()
                 ops: list[str] = []
                 for session_id, session in items[start : start + _SESSION_BATCH]:
                     if session is None or not session.open:

@@ -47,6 +47,8 @@ def die(server: Server) -> None:
     for task in (found._task, found._pump_task, found._watch_task):
         if task is not None:
             task.cancel()
+    if found._keeper is not None:
+        found._keeper.halt()  # the thread renewing its lease dies with it
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> float:

@@ -1,5 +1,6 @@
-"""RedisDirectory against a real redis-server: node leases, room leases with
-fencing epochs, sessions, the elected reaper, Redis going away and coming back.
+"""RedisDirectory against a real redis-server: node leases (renewed from a
+thread, through a busy loop), room leases with fencing epochs, sessions, the
+elected reaper, Redis going away and coming back.
 
 The directory is given a stand-in of the lifecycle (what it reads: observer,
 registry, rooms, room_lost); short timings (1 s lease renewed every 0.25 s).
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from media.events import EventEmitter
@@ -81,12 +83,16 @@ async def node(redis_process: Cluster) -> AsyncIterator[NodeFactory]:
             await directory.close()
         else:
             await directory.redis.aclose()
+            if directory._keeper is not None:
+                await directory._keeper.stop()
 
 
 def die(directory: RedisDirectory) -> None:
-    """The node stops without a word (as after SIGKILL): its loop is gone."""
-    assert directory._task is not None
+    """The node stops without a word (as after SIGKILL): its loop and the lease
+    keeper's thread are gone."""
+    assert directory._task is not None and directory._keeper is not None
     directory._task.cancel()
+    directory._keeper.halt()
 
 
 async def keys(redis: Redis) -> set[str]:
@@ -272,9 +278,74 @@ async def test_a_room_taken_while_the_node_was_away_is_dropped_there(
     await eventually(lambda: redis_has_no(redis, "ghostless:node:a"), 3)
     assert (await b.claim_room("call")).outcome is ClaimOutcome.GRANTED
 
-    a._task = asyncio.ensure_future(a._run())  # a comes back
+    assert a._keeper is not None
+    await a._keeper.stop()
+    a._start_keeper()  # a comes back
+    a._task = asyncio.ensure_future(a._run())
     await eventually(lambda: _async(stage_a.lost == ["call"]), 3)
     assert (await redis.hgetall("ghostless:room:call"))["node"] == "b"
+
+
+def watch_alive_key(url: str, node_id: str, seconds: float) -> list[float]:
+    """From a thread: when, within ``seconds``, the node's liveness key was
+    missing in Redis (while the test blocks the loop)."""
+    client = SyncRedis.from_url(url)
+    missing: list[float] = []
+    started = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - started) < seconds:
+            if not client.exists(f"ghostless:node:{node_id}:alive"):
+                missing.append(elapsed)
+            time.sleep(0.02)
+    finally:
+        client.close()
+    return missing
+
+
+async def test_a_loop_busy_for_longer_than_the_lease_keeps_it_and_its_rooms(
+    node: NodeFactory, redis: Redis, redis_process: Cluster
+) -> None:
+    (a, stage_a), (b, _) = await node("a"), await node("b")
+    await a.claim_room("call")
+    stage_a.rooms["call"] = object()
+    watching = asyncio.ensure_future(
+        asyncio.to_thread(watch_alive_key, redis_process.redis_url, "a", 3.0)
+    )
+    await asyncio.sleep(0.1)
+
+    time.sleep(2.5)  # the loop busy 2.5 s (thousands of sockets closing): 2.5 lease ttls
+
+    assert await watching == []  # renewed throughout, from the keeper's thread
+    assert (await b.claim_room("call")).outcome is ClaimOutcome.ELSEWHERE
+    await asyncio.sleep(0.5)
+    assert a.up and stage_a.lost == [] and not a.schedule.reconcile_needed
+    assert a._keeper is not None and a._keeper.renewals >= 5
+
+
+async def test_a_wedged_loop_stops_the_renewals_and_the_lease_expires(
+    node: NodeFactory, redis: Redis, redis_process: Cluster
+) -> None:
+    timings = LeaseTimings(
+        ttl=1.0, renew_interval=0.25, reaper_interval=0.25, timeout=0.2, stall_limit=1.0
+    )
+    a, stage_a = await node("a", timings)
+    await a.claim_room("call")
+    stage_a.rooms["call"] = object()
+    watching = asyncio.ensure_future(
+        asyncio.to_thread(watch_alive_key, redis_process.redis_url, "a", 4.0)
+    )
+    await asyncio.sleep(0.1)
+
+    time.sleep(3.5)  # wedged: past the stall limit, then past the lease
+
+    missing = await watching
+    # The last renewal at most stall_limit after the loop's last sign of life,
+    # then the ttl: gone by 1.0 + 0.25 + 1.0 s (slack for a loaded machine).
+    assert missing and missing[0] <= 3.0, missing
+    # The loop back: the node registers anew and claims its room again.
+    await eventually(lambda: _async(a.up and not a.schedule.reconcile_needed), 3)
+    assert (await redis.hgetall("ghostless:room:call"))["node"] == "a"
+    assert stage_a.lost == []
 
 
 async def test_a_node_id_in_use_by_a_live_process_claims_nothing(node: NodeFactory) -> None:

@@ -198,6 +198,7 @@ OTHER_VALUES = {
     "node_address": "10.0.0.1:8765",
     "lease_ttl": "5",
     "lease_renew_interval": "2",
+    "lease_stall_limit": "30",
     "reaper_interval": "2",
     "redis_timeout": "0.25",
     "cluster_connections_per_ip": "false",
