@@ -186,7 +186,7 @@ async def test_without_a_release_message_the_backstop_admits(
 async def test_the_queue_timeout_and_leaving_the_queue_leave_nothing_behind(
     redis_process: Cluster, redis: Redis, make_server: ServerFactory
 ) -> None:
-    a = await node(make_server, redis_process, "a", queue_timeout=1.0, **QUEUE)
+    a = await node(make_server, redis_process, "a", queue_timeout=1.0, max_queue_length=2, **QUEUE)
     b = await node(make_server, redis_process, "b", **QUEUE)
     on_a = [await admitted(url(a, "ra", f"p{i}")) for i in range(2)]
     on_b = [await admitted(url(b, "rb", "p2"))]
@@ -194,6 +194,11 @@ async def test_the_queue_timeout_and_leaving_the_queue_leave_nothing_behind(
     dave = await ProtooClient.connect(url(a, "ra", "dave"))
     erin = await ProtooClient.connect(url(a, "ra", "erin"))
     assert await position(dave) == 1 and await position(erin) == 2
+    frank = await ProtooClient.connect(url(a, "ra", "frank"))  # beyond --max-queue-length
+    assert await asyncio.wait_for(frank.closed, 5) == (
+        CloseCode.SERVER_FULL,
+        "the waiting queue is full",
+    )
     await erin.close()  # leaves while queued
     code, reason = await asyncio.wait_for(dave.closed, 4)
     assert (code, reason) == (CloseCode.SESSION_TIMEOUT, "queue_timeout")
