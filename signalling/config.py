@@ -172,7 +172,12 @@ class Config:
     Redis is unreachable each node applies it alone.  False: per node only."""
     cluster_max_sessions: int | None = None
     """With ``redis_url``: sessions of the whole deployment (newcomers beyond it
-    get 4503); not enforced while Redis is unreachable (``max_sessions`` is)."""
+    get 4503, or wait in the queue with ``when_full`` queue); not enforced while
+    Redis is unreachable (``max_sessions`` is)."""
+    cluster_queue_retry: float = 1.0
+    """With ``cluster_max_sessions`` and ``when_full`` queue: a queue waiting for
+    a slot of the cluster asks Redis again after this long even when no release
+    message came (they are lossy); a heard release makes it ask at once."""
     cluster_release_delay: float = 0.1
     """Connections and sessions that end are taken off the cluster-wide counts
     in batches, at most this late (at once when a newcomer is being admitted)."""
@@ -350,6 +355,11 @@ OPTIONS: tuple[_Option, ...] = (
     ),
     _Option("cluster_max_sessions", "optional_int", "with --redis-url, sessions of all nodes"),
     _Option("cluster_release_delay", "float", "batch releases of cluster-wide counts (s)"),
+    _Option(
+        "cluster_queue_retry",
+        "float",
+        "queued for a cluster slot: ask Redis again at least this often (s)",
+    ),
     _Option("lobby_linger", "float", "follow other nodes' rooms after the last viewer left (s)"),
     _Option("lobby_max_remote_rooms", "int", "other nodes' rooms kept for the lobby"),
 )
@@ -546,6 +556,7 @@ def validate(config: Config) -> None:
     check(bool(config.redis_prefix) and ":" not in config.redis_prefix, "redis_prefix: no ':'")
     check(config.node_id is None or "/" not in config.node_id, "node_id must not contain '/'")
     check(0 <= config.cluster_release_delay <= 5, "cluster_release_delay must be within 0..5 s")
+    check(0.05 <= config.cluster_queue_retry <= 60, "cluster_queue_retry must be within 0.05..60 s")
     check(config.lobby_linger >= 0, "lobby_linger must not be negative")
     check(config.reconnect_delay >= 0, "reconnect_delay must not be negative")
     check(

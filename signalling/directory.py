@@ -23,6 +23,7 @@ renews its liveness lease, when the cluster reaper runs, and what an answer
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -90,6 +91,19 @@ class Directory(Protocol):
         slot.  The verdict says whether it may come in; an admitted request is
         given back with ``release`` when its connection closes."""
 
+    async def admit_sessions(self, count: int) -> list[Request]:
+        """``count`` session slots of the cluster for queued newcomers (their
+        connections are counted already), asked for in one call: each request's
+        verdict says whether it got one (in order: the first ones do)."""
+
+    @property
+    def counts_sessions(self) -> bool:
+        """Whether a session needs a slot of the cluster (``admit_sessions``)."""
+
+    def follow_releases(self, freed: Callable[[], None] | None) -> None:
+        """While ``freed`` is given: call it when another node gives session
+        slots back (best effort: a message may be lost); None: stop following."""
+
     def settle(self, request: Request) -> None:
         """The admission reached the registry (or never will): its reserved
         session slot is the registry's session from now on (or free)."""
@@ -136,6 +150,16 @@ class LocalDirectory:
 
     async def admit(self, address: str | None, *, session: bool) -> Request:
         return Request(None, False, Verdict.LOCAL)  # one node: its own limits are all
+
+    async def admit_sessions(self, count: int) -> list[Request]:
+        return [Request(None, False, Verdict.LOCAL) for _ in range(count)]
+
+    @property
+    def counts_sessions(self) -> bool:
+        return False
+
+    def follow_releases(self, freed: Callable[[], None] | None) -> None:
+        return None
 
     def settle(self, request: Request) -> None:
         return None

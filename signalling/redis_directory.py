@@ -20,6 +20,10 @@ Keys (``P`` is ``--redis-prefix``, default ``ghostless``; docs/scaling.md):
 - ``P:lobby``                  pub/sub channel: ``{"node", "rooms", "replace"}`` when a
                                node's listed rooms change, ``{"node", "gone"}`` when its
                                records are removed (``signalling.lobby``)
+- ``P:freed``                  pub/sub channel: a node's id when an admission call left
+                               its field of ``P:admitted`` lower (one message per call,
+                               not per session), or the field was removed: the queues of
+                               the other nodes waiting for a cluster slot ask again
 
 A room lease has no TTL of its own: it is bound to its node's liveness key
 (it counts only while ``P:node:ID:alive`` holds the same incarnation), so a
@@ -41,6 +45,7 @@ import contextlib
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -89,7 +94,9 @@ local function purge(p, node, inc)
     redis.call('HDEL', p .. ':ip:' .. ip, node)
   end
   redis.call('DEL', ips)
-  redis.call('HDEL', p .. ':admitted', node)
+  if redis.call('HDEL', p .. ':admitted', node) == 1 then
+    redis.call('PUBLISH', p .. ':freed', node)
+  end
   redis.call('DEL', p .. ':node:' .. node .. ':lobby')
   redis.call('PUBLISH', p .. ':lobby', cjson.encode({node = node, gone = true}))
 end
@@ -197,7 +204,9 @@ ADMIT = """
 -- 'I' ADDR n: set it; 's' '' n / 'S' '' n: the same for P:admitted; 'a' ADDR s: admit
 -- a newcomer (ADDR '' = its connection is counted already; s '1': it takes a session).
 -- Returns {1, cluster sessions (-1: not counted), verdict per 'a': ok, ip, full},
--- or {0} when the node's lease is not its own (nothing written).
+-- or {0} when the node's lease is not its own (nothing written).  When the call leaves
+-- the node's field of P:admitted lower than it found it (sessions ended, and no
+-- newcomer took their slots in the same call), the node's id is published on P:freed.
 local p, node, inc = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('GET', p .. ':node:' .. node .. ':alive') ~= inc then
   return {0}
@@ -225,6 +234,7 @@ local function sum(key)
   return total
 end
 local sessions = nil
+local before = session_limit and field(admitted)
 local answer = {1, -1}
 local i = 6
 while i <= #ARGV do
@@ -267,6 +277,9 @@ while i <= #ARGV do
 end
 if session_limit then
   answer[2] = sessions or sum(admitted)
+end
+if before and field(admitted) < before then
+  redis.call('PUBLISH', p .. ':freed', node)
 end
 return answer
 """
@@ -417,6 +430,11 @@ class RedisDirectory:
         self._lobby_ready = asyncio.Event()
         self._subscriber: Redis | None = None
         self.lobby_errors = 0
+        self._on_freed: Callable[[], None] | None = None
+        self._releases_task: asyncio.Task[None] | None = None
+        self.releases_heard = 0
+        """Release messages of other nodes received (``P:freed``)."""
+        self.releases_errors = 0
         self.held: dict[str, int] = {}
         """Rooms this node holds, and the fencing epoch of each lease."""
         self._pending_sessions: dict[str, Session | None] = {}
@@ -503,11 +521,12 @@ class RedisDirectory:
 
     async def close(self) -> None:
         self.draining = True
+        self._on_freed = None
         if self._beat is not None:
             self._beat.cancel()
         if self._keeper is not None:
             await self._keeper.stop()
-        for task in (self._task, self._pump_task, self._watch_task):
+        for task in (self._task, self._pump_task, self._watch_task, self._releases_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -549,6 +568,8 @@ class RedisDirectory:
                 "waiting": len(ledger.waiting),
                 "resyncNeeded": ledger.resync_needed,
                 "calls": ledger.calls,
+                "followingReleases": self.following_releases,
+                "releasesHeard": self.releases_heard,
             },
             "lobby": {
                 "following": self._watch_task is not None and not self._watch_task.done(),
@@ -579,28 +600,100 @@ class RedisDirectory:
     # -- cluster-wide admission (signalling.admission) ------------------------------------
 
     async def admit(self, address: str | None, *, session: bool) -> Request:
+        request = self.ledger.request(address, session=session)
+        await self._decide([request])
+        return request
+
+    async def admit_sessions(self, count: int) -> list[Request]:
+        requests = [self.ledger.request(None, session=True) for _ in range(count)]
+        await self._decide(requests)
+        return requests
+
+    @property
+    def counts_sessions(self) -> bool:
+        return self.ledger.count_sessions
+
+    async def _decide(self, requests: list[Request]) -> None:
+        """Verdicts for ``requests``: those with nothing to count are decided
+        already; with Redis down, the node's own limits; else one call (the pump
+        sends every request waiting together)."""
         ledger = self.ledger
-        request = ledger.request(address, session=session)
-        if request.verdict is not None:
-            return request  # nothing counted across the cluster
+        asked = [request for request in requests if request.verdict is None]
+        if not asked:
+            return  # nothing counted across the cluster
         if not self.up or self.draining:
-            ledger.local(request, self._loop.time())  # the node's own limits
-            return request
-        answered = self._loop.create_future()
-        self._waiters[request] = answered
-        ledger.enqueue(request)
+            for request in asked:
+                ledger.local(request, self._loop.time())  # the node's own limits
+            return
+        waiters: list[asyncio.Future[None]] = []
+        for request in asked:
+            waiters.append(answered := self._loop.create_future())
+            self._waiters[request] = answered
+            ledger.enqueue(request)
         self._pump_wake.set()
         try:
-            await answered
+            for answered in waiters:
+                await answered
         except asyncio.CancelledError:
-            self._waiters.pop(request, None)
-            ledger.abandon(request, self._loop.time())
+            for request in asked:
+                self._waiters.pop(request, None)
+                ledger.abandon(request, self._loop.time())
             self._pump_wake.set()
             raise
-        return request
 
     def settle(self, request: Request) -> None:
         self.ledger.settle(request)
+
+    def follow_releases(self, freed: Callable[[], None] | None) -> None:
+        self._on_freed = freed
+        following = self._releases_task is not None and not self._releases_task.done()
+        if freed is not None and not following and not self.draining:
+            self._releases_task = asyncio.ensure_future(self._follow_releases())
+
+    @property
+    def following_releases(self) -> bool:
+        return self._releases_task is not None and not self._releases_task.done()
+
+    async def _follow_releases(self) -> None:
+        """While the queue waits for a cluster slot: the other nodes' release
+        messages (``P:freed``), each a reason to ask again.  Subscribed afresh
+        after a lost connection; once subscribed, one call is worth making (a
+        release before the subscription was not heard)."""
+        channel = f"{self.prefix}:freed"
+        timeout = self.timings.timeout * 2
+        while self._on_freed is not None and not self.draining:
+            if not self.reachable:
+                await asyncio.sleep(0.25)  # (the queue's backstop asks meanwhile)
+                continue
+            pubsub = self._subscriber_client().pubsub()
+            try:
+                await asyncio.wait_for(pubsub.subscribe(channel), timeout)
+                while True:
+                    message = await pubsub.get_message(timeout=timeout)
+                    if message is None:
+                        raise TimeoutError("no subscription confirmation")
+                    if message["type"] == "subscribe":
+                        break
+                self._slots_freed()
+                while self._on_freed is not None and self.reachable and not self.draining:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
+                    if message is None or message["type"] != "message":
+                        continue
+                    if message["data"] != self.node_id:  # our own releases are known here
+                        self.releases_heard += 1
+                        self._slots_freed()
+            except _ERRORS as exc:
+                self.releases_errors += 1
+                logger.info("directory: release subscription lost (%s): again", exc)
+                await asyncio.sleep(0.25)
+            finally:
+                with contextlib.suppress(*_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _slots_freed(self) -> None:
+        callback = self._on_freed
+        if callback is not None:
+            callback()
 
     def release(self, request: Request) -> None:
         if request.counted or request.reserved:

@@ -35,7 +35,7 @@ from . import dialect as dialects
 from .admission import AdmissionLedger
 from .admission import Request as ClusterRequest
 from .admission import Verdict as ClusterVerdict
-from .admission_queue import AdmissionQueue, Ticket
+from .admission_queue import AdmissionQueue, ClusterSlots, Ticket
 from .config import Config, token_verifier
 from .connection import Connection, ProbedSocket
 from .directory import HOLDER_HEADER, ClaimOutcome, Directory, RoomRefused
@@ -168,9 +168,16 @@ class Server:
         self.queue = AdmissionQueue(
             max_length=config.max_queue_length, timeout=config.queue_timeout
         )
-        self._queued: dict[Ticket, tuple[asyncio.Future[None], Connection]] = {}
+        self._queued: dict[
+            Ticket, tuple[asyncio.Future[None], Connection, list[ClusterRequest]]
+        ] = {}
+        """Each queued connection: its admission, and what it holds of the
+        cluster-wide counts (a cluster slot is added there when it is admitted)."""
         self._queue_wakeup = False
         self.open_files = OpenFiles(relist_interval=config.open_files_relist_interval)
+        self.cluster_slots: ClusterSlots[ClusterRequest] = ClusterSlots(config.cluster_queue_retry)
+        """When the queue asks the cluster for session slots (--cluster-max-sessions)."""
+        self._slot_call: asyncio.Task[None] | None = None
         self.lobby = Lobby(config.listed_rooms, self.room_summary, lambda: self.rooms.keys())
         self.quality: QualityBoard[tuple[str, str]] | None = (
             QualityBoard(config.quality) if config.quality.interval is not None else None
@@ -207,7 +214,7 @@ class Server:
         self.metrics = Metrics(self)
         observer = self.lifecycle.observer
         observer.on("roomchanged", self.lobby.changed)
-        observer.on("seatfreed", self._wake_queue)
+        observer.on("seatfreed", self._seat_freed)
         if self.quality is not None:
             board = self.quality
             observer.on("sessionjoined", lambda s: board.add((s.room_id, s.peer_id)))
@@ -312,9 +319,16 @@ class Server:
         logger.info("shutting down: %d sessions", len(self.registry))
         if self._ws_server is not None:
             self._ws_server.close(close_connections=False)
-        for admitted, conn in list(self._queued.values()):
+        for admitted, conn, _ in list(self._queued.values()):
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
             admitted.cancel()
+        self.directory.follow_releases(None)
+        if self._slot_call is not None:
+            self._slot_call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._slot_call
+        for spare in self.cluster_slots.surplus():
+            self.directory.release(spare)
         for viewer in list(self.lobby.viewers.values()):
             viewer.close(CloseCode.GOING_AWAY, "server shutting down")
         for index, session in enumerate(list(self.registry.by_id.values())):
@@ -466,15 +480,12 @@ class Server:
         address = conn.remote
         # A takeover or resume keeps the seat its identity already holds.
         seated = self.lifecycle.seated(room_id, user_id, peer_id)
+        queueing = self.config.when_full == "queue" and not seated
         from_queue = False
         if not seated:
             full = self.lifecycle.full(room_id)
-            if self.config.when_full == "queue" and (full is not None or len(self.queue)):
-                # Counted as a connection while it waits; its session once admitted.
-                if not await self._counted(conn, held, address, session=False):
-                    return
-                if not await self._wait_in_queue(conn, room_id):
-                    await conn.wait_closed()
+            if queueing and (full is not None or len(self.queue)):
+                if not await self._queue_for_seat(conn, held, address, room_id):
                     return
                 from_queue = True
             elif full is not None:
@@ -484,12 +495,24 @@ class Server:
                 await conn.wait_closed()
                 return
         try:
-            # One Redis call (at most) for the connection and its session slot.
-            counted_already = bool(held)
-            if not await self._counted(
-                conn, held, None if counted_already else address, session=not seated
-            ):
-                return
+            if not any(request.session for request in held):  # (a slot from the queue)
+                # One Redis call (at most) for the connection and its session slot.
+                counted = await self._counted(
+                    conn,
+                    held,
+                    None if held else address,
+                    session=not seated,
+                    queue_if_full=queueing and not from_queue,
+                )
+                if counted is None:
+                    # The cluster has its sessions: wait in the queue for a slot
+                    # to free on any node (docs/scaling.md).
+                    self.cluster_slots.refused(self.loop.time())
+                    from_queue = await self._queue_for_seat(conn, held, address, room_id)
+                    if not from_queue:
+                        return
+                elif not counted:
+                    return
             room = await self.lifecycle.room(room_id)
         except RoomRefused as refused:
             # Another node holds the room, or it cannot be registered now: the
@@ -557,16 +580,21 @@ class Server:
         address: str | None,
         *,
         session: bool,
-    ) -> bool:
+        queue_if_full: bool = False,
+    ) -> bool | None:
         """Count the connection (``address``) and/or a session slot in the
         cluster-wide limits; False when refused (the connection is closed with
-        the codes of the local limits: 4429, 4503)."""
+        the codes of the local limits: 4429, 4503); None when only the cluster's
+        session capacity refused it and ``queue_if_full``: nothing was counted
+        or closed, the caller queues it."""
         request = await self.directory.admit(address, session=session)
         held.append(request)
         if request.verdict is ClusterVerdict.CONNECTIONS_PER_IP:
             self._refuse("cluster_connections_per_ip", conn.remote)
             conn.close(CloseCode.RATE_LIMITED, "too many connections from this address")
         elif request.verdict is ClusterVerdict.FULL:
+            if queue_if_full:
+                return None
             self._refuse("cluster_full")
             conn.close(CloseCode.SERVER_FULL, "server is full")
         else:
@@ -628,7 +656,22 @@ class Server:
 
     # -- capacity and the waiting queue ---------------------------------------------
 
-    async def _wait_in_queue(self, conn: Connection, room_id: str) -> bool:
+    async def _queue_for_seat(
+        self, conn: Connection, held: list[ClusterRequest], address: str, room_id: str
+    ) -> bool:
+        """Count the connection (while it waits it holds nothing else), then hold
+        it in the queue: True when admitted (with a cluster slot in ``held``
+        when the cluster counts sessions)."""
+        if not await self._counted(conn, held, address, session=False):
+            return False
+        if not await self._wait_in_queue(conn, room_id, held):
+            await conn.wait_closed()
+            return False
+        return True
+
+    async def _wait_in_queue(
+        self, conn: Connection, room_id: str, held: list[ClusterRequest]
+    ) -> bool:
         """Hold ``conn`` in the queue until a seat is free: True when admitted.
 
         While queued the client has a WebSocket and nothing else: pings are
@@ -642,7 +685,7 @@ class Server:
             conn.close(CloseCode.SERVER_FULL, "the waiting queue is full")
             return False
         admitted: asyncio.Future[None] = self.loop.create_future()
-        self._queued[ticket] = (admitted, conn)
+        self._queued[ticket] = (admitted, conn, held)
         self.lobby.changed(room_id)
         self._wake_queue()
         outcome = "left"
@@ -673,6 +716,14 @@ class Server:
             if not ticket.admitted:
                 self.queue.remove(ticket)
                 self._wake_queue()  # positions moved
+            elif outcome != "admitted":
+                # Admitted as it went away: the seat held for it, and its slot of
+                # the cluster, are free again (for the next ticket at once).
+                self.lifecycle.seat_taken(room_id)
+                for slot in [request for request in held if request.session]:
+                    held.remove(slot)
+                    self.directory.release(slot)
+                self._seat_freed()
             self.observer.emit("queuewait", outcome, self.loop.time() - now)
             self.lobby.changed(room_id)
 
@@ -700,31 +751,78 @@ class Server:
 
     def _wake_queue(self) -> None:
         """Admit what can be admitted, soon (coalesced: one pass per loop iteration)."""
-        if self.queue and not self._queue_wakeup:
+        slots = self.cluster_slots
+        if (self.queue or slots.slots or slots.waiting) and not self._queue_wakeup:
             self._queue_wakeup = True
             self.loop.call_soon(self._drain_queue)
 
+    def _seat_freed(self) -> None:
+        """A session ended here (or a seat held for one is free): a seat of its
+        room, a session slot of the node and one of the cluster."""
+        self.cluster_slots.slot_freed()
+        self._wake_queue()
+
+    def _cluster_freed(self) -> None:
+        """Another node gave session slots of the cluster back."""
+        self.cluster_slots.slot_freed()
+        self._wake_queue()
+
     def _drain_queue(self) -> None:
         self._queue_wakeup = False
-        lifecycle = self.lifecycle
-        for ticket in self.queue.admit(
-            room_seats=lifecycle.free_seats, free_sessions=lifecycle.free_sessions()
-        ):
-            admitted, _ = self._queued[ticket]
+        if self._shutting_down:
+            return  # every queued connection is being closed
+        lifecycle, slots, directory = self.lifecycle, self.cluster_slots, self.directory
+        free = lifecycle.free_sessions()
+        if directory.counts_sessions:
+            # Each ticket also needs a session slot of the cluster: ask for as
+            # many as the node's own limits would admit, in one call, when one
+            # is worth making (ClusterSlots), and admit as many as were granted.
+            wanted = self.queue.admissible(room_seats=lifecycle.free_seats, free_sessions=free)
+            count = slots.ask(self.loop.time(), wanted)
+            if count:
+                self._slot_call = asyncio.ensure_future(self._ask_cluster(count))
+            free = len(slots.slots) if free is None else min(free, len(slots.slots))
+        for ticket in self.queue.admit(room_seats=lifecycle.free_seats, free_sessions=free):
+            admitted, _, held = self._queued[ticket]
+            if slots.slots:
+                held.append(slots.take())  # released with the connection, settled on joining
             lifecycle.hold_seat(ticket.room_id)
             admitted.set_result(None)
+        for spare in slots.surplus():  # their tickets left meanwhile
+            directory.release(spare)
+        if not self.queue:
+            slots.idle()
+        directory.follow_releases(self._cluster_freed if slots.waiting else None)
         self._tell_positions()
 
+    async def _ask_cluster(self, count: int) -> None:
+        """One call for ``count`` session slots of the cluster; the queue then
+        admits as many tickets as were granted."""
+        slots = self.cluster_slots
+        try:
+            requests = await self.directory.admit_sessions(count)
+        except asyncio.CancelledError:
+            slots.failed()
+            raise
+        except Exception:
+            logger.exception("asking the cluster for session slots failed")
+            slots.failed()
+            return
+        granted = [request for request in requests if request.admitted]
+        slots.answered(granted, len(requests) - len(granted))
+        self._wake_queue()
+
     def _tell_positions(self) -> None:
-        server_full = (free := self.lifecycle.free_sessions()) is not None and free <= 0
+        free = self.lifecycle.free_sessions()
+        server_full = (free is not None and free <= 0) or self.cluster_slots.waiting
         length = len(self.queue)
         for ticket, position in self.queue.moved(server_full=server_full):
-            _, conn = self._queued[ticket]
+            _, conn, _ = self._queued[ticket]
             conn.notify("queuePosition", {"position": position, "length": length})
 
     def _expire_queue(self, now: float) -> None:
         for ticket in self.queue.expired(now):
-            admitted, _ = self._queued[ticket]
+            admitted, _, _ = self._queued[ticket]
             if not admitted.done():
                 admitted.set_exception(QueueTimeout())
 
@@ -817,6 +915,8 @@ class Server:
                     next_lobby_flush = now + self.config.lobby_update_interval
                     self.lobby.flush()
                 self._grade_quality(now)
+                if self.cluster_slots.due(now):
+                    self._wake_queue()  # the backstop of the release messages
                 if now >= next_queue_check:
                     next_queue_check = now + 1.0
                     self._expire_queue(now)
@@ -1037,6 +1137,12 @@ class Server:
             "connections": len(self.connections),
             "queued": len(self.queue),
             "queuedConnections": len(self._queued),
+            "clusterQueue": {
+                "waiting": self.cluster_slots.waiting,
+                "asking": self.cluster_slots.in_flight,
+                "slots": len(self.cluster_slots.slots),
+                "attempts": self.cluster_slots.attempts,
+            },
             "admitting": self.lifecycle.admitting,
             "cancelledTasks": self.lifecycle.pending_tasks,
             "probeTasks": len(self._probe_tasks),

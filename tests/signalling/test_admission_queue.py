@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from signalling.admission_queue import AdmissionQueue, Ticket
+from signalling.admission_queue import AdmissionQueue, ClusterSlots, Ticket
 
 T0 = 100.0
 
@@ -91,3 +91,132 @@ def test_a_removed_ticket_is_marked_so() -> None:
     queue.remove(ticket)  # idempotent
 
     assert ticket.removed and len(queue) == 0 and queue.waiting_for("a") == 0
+
+
+def test_admissible_counts_what_admit_would_let_in_without_removing_anything() -> None:
+    queue = AdmissionQueue(max_length=10, timeout=60)
+    for room in ("full", "a", "a", "b"):
+        queue.enqueue(room, T0)
+
+    count = queue.admissible(room_seats=seats(full=0, a=1), free_sessions=None)  # type: ignore[arg-type]
+
+    assert count == 2 and len(queue) == 4
+    assert queue.admissible(room_seats=seats(), free_sessions=1) == 1  # type: ignore[arg-type]
+
+
+# -- ClusterSlots: when a queue asks the cluster for session slots --------------------------
+
+RETRY = 1.0
+
+
+def cluster_full_at(now: float) -> ClusterSlots[str]:
+    """A node's queue that found the cluster full at ``now``."""
+    slots: ClusterSlots[str] = ClusterSlots(RETRY)
+    slots.refused(now)
+    return slots
+
+
+def test_while_the_cluster_has_room_a_queue_asks_for_its_tickets_at_once() -> None:
+    slots: ClusterSlots[str] = ClusterSlots(RETRY)
+
+    assert slots.ask(T0, candidates=2) == 2
+    assert slots.ask(T0, candidates=2) == 0  # one call in flight at a time
+
+    slots.answered(["s1", "s2"], refused=0)
+    assert not slots.waiting and slots.in_flight == 0
+    assert [slots.take(), slots.take()] == ["s1", "s2"]
+
+
+def test_a_full_cluster_is_not_asked_again_until_a_slot_may_have_freed() -> None:
+    slots = cluster_full_at(T0)
+    assert slots.waiting
+
+    for now in (T0, T0 + 0.3, T0 + 0.9):
+        assert slots.ask(now, candidates=1) == 0
+        assert not slots.due(now)
+
+    slots.slot_freed()  # a release message, or a session ended here
+    assert slots.due(T0 + 0.9)
+    assert slots.ask(T0 + 0.9, candidates=1) == 1
+    assert slots.attempts == 1
+
+
+def test_the_backstop_asks_again_when_no_release_was_heard() -> None:
+    slots = cluster_full_at(T0)
+
+    assert not slots.due(T0 + RETRY - 0.01)
+    assert slots.due(T0 + RETRY)
+    assert slots.ask(T0 + RETRY, candidates=3) == 3
+    slots.answered([], refused=3)  # still full
+
+    assert slots.waiting
+    assert slots.ask(T0 + RETRY + 0.5, candidates=3) == 0
+    assert slots.due(T0 + 2 * RETRY)  # one interval after the last call left
+
+
+def test_releases_heard_during_a_call_make_one_more_call_not_one_each() -> None:
+    slots = cluster_full_at(T0)
+    slots.slot_freed()
+    assert slots.ask(T0 + 0.1, candidates=2) == 2
+
+    for _ in range(5):  # released meanwhile, maybe after Redis answered us
+        slots.slot_freed()
+    assert slots.ask(T0 + 0.1, candidates=2) == 0  # (in flight)
+    slots.answered(["s1"], refused=1)
+
+    # (The queue asks before its tickets take the granted slots: two tickets, one slot.)
+    assert slots.ask(T0 + 0.2, candidates=2) == 1  # once more, at once
+    assert slots.take() == "s1"
+    slots.answered([], refused=1)
+    assert slots.ask(T0 + 0.3, candidates=1) == 0
+    assert slots.attempts == 2
+
+
+def test_nothing_is_asked_for_tickets_the_node_itself_cannot_admit() -> None:
+    slots = cluster_full_at(T0)
+    slots.slot_freed()
+
+    assert slots.ask(T0 + 0.1, candidates=0) == 0  # (their rooms are full here)
+    # Nothing due until the backstop, counted from this look: no drain per tick.
+    assert not slots.due(T0 + 0.5)
+    assert slots.due(T0 + 0.1 + RETRY)
+    assert slots.attempts == 0
+
+
+def test_all_granted_means_the_cluster_had_room() -> None:
+    slots = cluster_full_at(T0)
+    slots.slot_freed()
+    slots.ask(T0 + 0.1, candidates=2)
+
+    slots.answered(["s1", "s2"], refused=0)
+
+    assert not slots.waiting and slots.retry_at is None and not slots.due(T0 + 10)
+    assert slots.ask(T0 + 0.2, candidates=2) == 0  # (the two tickets take them)
+    assert [slots.take(), slots.take()] == ["s1", "s2"]
+    assert slots.ask(T0 + 0.3, candidates=1) == 1  # the next ticket: asked at once
+
+
+def test_slots_no_ticket_can_take_are_given_back_and_an_empty_queue_forgets() -> None:
+    slots = cluster_full_at(T0)
+    slots.slot_freed()
+    slots.ask(T0 + 0.1, candidates=2)
+    slots.answered(["s1", "s2"], refused=0)
+    assert slots.take() == "s1"  # the other ticket left while the call was in flight
+
+    assert slots.surplus() == ["s2"] and not slots.slots
+
+    slots.refused(T0 + 1)
+    slots.idle()
+    assert not slots.waiting and not slots.due(T0 + 100)
+
+
+def test_a_call_that_never_came_back_is_asked_again_by_the_backstop() -> None:
+    slots = cluster_full_at(T0)
+    slots.slot_freed()
+    slots.ask(T0 + 0.1, candidates=1)
+
+    slots.failed()
+
+    assert slots.in_flight == 0 and slots.waiting
+    assert not slots.due(T0 + 0.5)
+    assert slots.due(T0 + 0.1 + RETRY)

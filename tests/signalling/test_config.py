@@ -204,6 +204,7 @@ OTHER_VALUES = {
     "cluster_connections_per_ip": "false",
     "cluster_max_sessions": "5000",
     "cluster_release_delay": "0.5",
+    "cluster_queue_retry": "2.5",
     "lobby_linger": "5",
     "lobby_max_remote_rooms": "100",
 }
@@ -386,6 +387,8 @@ def test_a_bad_choice_lists_the_choices() -> None:
         (["--inactivity-limit", "-60"], "inactivity_limit"),
         (["--idle-after", "600"], "background_after"),
         (["--background-after", "nan"], "background_after"),
+        (["--cluster-queue-retry", "0"], "cluster_queue_retry"),
+        (["--cluster-queue-retry", "nan"], "cluster_queue_retry"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else v,
 )
