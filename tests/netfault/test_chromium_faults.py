@@ -284,25 +284,37 @@ async def test_address_change_restarts_ice_in_the_same_session(
     video_back: float | None = None
     new_path: float | None = None  # when the server selected her new address on both transports
     transports: list[tuple[float, dict[str, str | None]]] = []
-    while time.monotonic() - started < 25:
-        now = time.monotonic() - started
-        if new_path is None and tuples_moved(server, alice_id, network.client_ip):
-            new_path = round(now, 2)
-        decoded = await chromium.decoded_frames(bob, "alice")
-        if decoded > frames:
-            first_frame = first_frame or round(now, 2)
-            if now - last_new > 0.5:
-                run_start, run_base = now, frames
-            last_new, frames = now, decoded
-            if frames - run_base >= FRAMES_BACK:
-                video_back = run_start
+
+    async def watch_transports() -> None:
+        # Apart from the frame count: a call into her page can take a second
+        # on a loaded machine (her renderer starved), which would hold up the
+        # sampling of Bob's frames and add to the time measured.
+        while True:
+            states = await chromium.transport_states(alice)
+            if not transports or transports[-1][1] != states:
+                transports.append((round(time.monotonic() - started, 2), states))
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch_transports())
+    try:
+        while time.monotonic() - started < 25:
+            now = time.monotonic() - started
+            if new_path is None and tuples_moved(server, alice_id, network.client_ip):
+                new_path = round(now, 2)
+            decoded = await chromium.decoded_frames(bob, "alice")
+            if decoded > frames:
+                first_frame = first_frame or round(now, 2)
+                if now - last_new > 0.5:
+                    run_start, run_base = now, frames
+                last_new, frames = now, decoded
+                if frames - run_base >= FRAMES_BACK:
+                    video_back = run_start
+                    break
+            if await about(bob, alice_id, "peerClosed", after=moved):
                 break
-        if await about(bob, alice_id, "peerClosed", after=moved):
-            break
-        states = await chromium.transport_states(alice)
-        if not transports or transports[-1][1] != states:
-            transports.append((round(time.monotonic() - started, 2), states))
-        await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)
+    finally:
+        watcher.cancel()
     closed = await about(bob, alice_id, "peerClosed", after=moved)
     tuples = selected_tuples(server, alice_id)
     print(
