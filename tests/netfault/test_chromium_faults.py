@@ -237,13 +237,17 @@ def tuples_moved(server: Server, peer_id: str, address: str) -> bool:
 # its ping goes unanswered (1 s), it drops the socket, resumes over a new one
 # and restarts ICE.  Link replaced: offline, then online, a resume within
 # about 0.5 s, and ICE restarted at once.  Either way Chromium gathers on the
-# new address only once its own network-change notifier has caught up (2-4 s
-# after the change here): that, not the client, is the floor.  After the new
-# path, often 1-2 s more: Chromium, its bandwidth estimate reset by the route
-# change, stops its upper simulcast encodings (or pauses), and Bob's consumer
-# moves down only after the stream inactivity timeout and a key frame of a
-# lower encoding (longer when RTX copies of packets from before the change,
-# Chromium's probing, keep the top encoding looking active): the SFU's part.
+# new address only once its own network-change notifier has caught up (2.1-2.8 s
+# after the change here): that, not the client, is the floor.  The server asks
+# for a key frame at the first packet on the new path and Bob usually decodes
+# 0.05-0.3 s later.  The slow runs (3.2-4.5 s: 6 of 15 same-link runs, 1 of 15
+# after a link change, 2026-11-29; docs/liveness.md) are Chromium's: its estimate
+# reset by the route change, it stops its top encoding after a frame or two
+# (the SFU leaves it after encoding_stop_timeout and a key frame of the next
+# one, 0.3-0.5 s; RTX copies of its lost packets, Chromium's probes, no longer
+# count as the encoding being sent), or it holds all of its video for
+# 0.4-1.7 s after the key frames while its audio and probes go on.  Hence the
+# 5 s bound; the 3 s target is reported (record_property).
 @pytest.mark.parametrize("how", ["same_link", "link_replaced"])
 async def test_address_change_restarts_ice_in_the_same_session(
     network: ClientNetwork,
