@@ -552,6 +552,18 @@ class RecvStream:
         Raises ValueError when its padding overruns the payload (the transport
         counts it as a malformed RTP datagram).  A padding-only packet, which
         browsers send to probe bandwidth, is dropped quietly.
+
+        A repair is not a sign that the encoding is being sent: it is a copy of
+        a packet sent earlier (RFC 4588 section 4), requested by a NACK or sent
+        by the browser as a bandwidth probe (libwebrtc probes with RTX copies of
+        recent packets when it has them).  So it neither refreshes the time of
+        the stream's last packet, which tells an encoding the sender turned off
+        (``Producer.stop_timeout``) or a silent stream (``inactivity_timeout``),
+        nor revives an inactive stream: it is dropped then.  After a network
+        change Chrome resets its estimate and stops its top encoding while it
+        probes with copies of that encoding's packets from before the change;
+        counted as activity, they kept consumers on it for 1.2-1.6 s with no
+        new picture coming (issue 12).
         """
         apt = self._rtx_payload_types.get(packet[1] & 0x7F)
         if apt is None:
@@ -566,6 +578,8 @@ class RecvStream:
         osn = (packet[start] << 8) | packet[start + 1]
         if self._cache_seq[osn & _RTX_CACHE_MASK] == osn:
             return  # already have it: a retransmission we did not need
+        if not self.active:
+            return  # stopped or silent: a copy of an old packet does not revive it
         original = bytearray(packet[:start])
         original[0] &= 0xDF  # the padding, if any, belonged to the RTX packet
         original[1] = (original[1] & 0x80) | apt
@@ -576,9 +590,9 @@ class RecvStream:
         self.packets_repaired += 1
         # A retransmission arrives late by design: it says nothing about the
         # path's jitter (RFC 4588 sends it as a stream of its own).
-        transit, jitter = self._transit, self.jitter
+        transit, jitter, last = self._transit, self.jitter, self.last_packet_at
         self.receive_rtp(original)
-        self._transit, self.jitter = transit, jitter
+        self._transit, self.jitter, self.last_packet_at = transit, jitter, last
 
     def cached_packet(self, seq: int) -> bytearray | None:
         """The packet ``seq`` if it is still cached.

@@ -133,6 +133,7 @@ class Layer:
     picture: int = field(default_factory=lambda: random.randrange(0x8000))
     tl0: int = field(default_factory=lambda: random.randrange(0x100))
     frame: int = 0
+    rtx_seq: int = field(default_factory=lambda: random.randrange(0x10000))
 
 
 class Simulcast:
@@ -287,6 +288,23 @@ class Simulcast:
     def receive(self, index: int, packet: bytearray) -> None:
         self.send_side.last_activity = self.clock.now
         self.producer.streams[index].receive_rtp(packet)
+
+    def retransmit(self, index: int, original: bytearray) -> None:
+        """An RTX copy (RFC 4588) of ``original``, a packet of encoding ``index``."""
+        layer = self.layers[index]
+        layer.rtx_seq = (layer.rtx_seq + 1) & 0xFFFF
+        start = header_length(original)
+        self.send_side.last_activity = self.clock.now
+        self.producer.streams[index].receive_rtx(
+            rtp(
+                ssrc=layer.ssrc + 100,
+                seq=layer.rtx_seq,
+                timestamp=struct.unpack_from("!I", original, 4)[0],
+                payload=bytes(original[2:4]) + bytes(original[start:]),
+                pt=RTX_PT,
+                marker=bool(original[1] & 0x80),
+            )
+        )
 
     def send(self, index: int, **kwargs: Any) -> bytearray:
         packet = self.packet(index, **kwargs)

@@ -157,6 +157,53 @@ def test_an_encoding_turned_off_while_a_lower_one_sends_is_left_within_the_stop_
     assert left_after <= 0.4
 
 
+def test_copies_of_old_packets_do_not_keep_an_encoding_the_sender_turned_off() -> None:
+    # After a network change Chrome stops its top encoding (its estimate was
+    # reset) and probes with RTX copies of that encoding's packets from before
+    # the change, which the old path lost.
+    sim = Simulcast(inactivity_timeout=0.5, stop_timeout=0.25)
+    consumer, side = sim.consumer()
+    forwarding(sim, side, 2)
+    lost = [sim.packet(2, size=1000) for _ in range(30)]  # never arrived
+    stopped_at = sim.clock.now
+    next_tick = stopped_at + 0.125
+
+    for copy in lost[:12]:  # 0.4 s: r0 and r1 go on, r2 comes only as copies
+        sim.send(0)
+        sim.send(1)
+        sim.retransmit(2, copy)
+        sim.clock.now += 1 / 30
+        if sim.clock.now >= next_tick:
+            sim.producer.tick(sim.clock.now)
+            next_tick += 0.125
+
+    stream = sim.producer.streams[2]
+    assert stream.packets_repaired > 0  # the copies were taken while it was active
+    assert not stream.active
+    assert consumer.target_layers == layers(1, 2)
+    assert 1002 in sim.send_side.key_frame_requests()
+
+    for copy in lost[12:]:  # more copies do not revive it ...
+        sim.retransmit(2, copy)
+    sim.tick(0.125)
+    assert not stream.active and consumer.target_layers == layers(1, 2)
+    sim.send(2)  # ... a packet of its own does
+    assert stream.active and consumer.target_layers == layers(2, 2)
+
+
+def test_retransmissions_do_not_hold_off_the_inactivity_timeout() -> None:
+    sim = Simulcast(inactivity_timeout=0.5)
+    _, side = sim.consumer(preferred_layers={"spatialLayer": 0})
+    forwarding(sim, side, 0)
+    lost = [sim.packet(0) for _ in range(10)]
+
+    for copy in lost:  # the sender stopped; only NACKed copies come, for 0.6 s
+        sim.retransmit(0, copy)
+        sim.tick(0.06)
+
+    assert not sim.producer.streams[0].active
+
+
 def test_a_late_frame_of_the_top_encoding_is_not_taken_for_it_being_turned_off() -> None:
     sim = Simulcast(inactivity_timeout=0.5, stop_timeout=0.25)
     consumer, side = sim.consumer()

@@ -237,13 +237,17 @@ def tuples_moved(server: Server, peer_id: str, address: str) -> bool:
 # its ping goes unanswered (1 s), it drops the socket, resumes over a new one
 # and restarts ICE.  Link replaced: offline, then online, a resume within
 # about 0.5 s, and ICE restarted at once.  Either way Chromium gathers on the
-# new address only once its own network-change notifier has caught up (2-4 s
-# after the change here): that, not the client, is the floor.  After the new
-# path, often 1-2 s more: Chromium, its bandwidth estimate reset by the route
-# change, stops its upper simulcast encodings (or pauses), and Bob's consumer
-# moves down only after the stream inactivity timeout and a key frame of a
-# lower encoding (longer when RTX copies of packets from before the change,
-# Chromium's probing, keep the top encoding looking active): the SFU's part.
+# new address only once its own network-change notifier has caught up (2.1-2.8 s
+# after the change here): that, not the client, is the floor.  The server asks
+# for a key frame at the first packet on the new path and Bob usually decodes
+# 0.05-0.3 s later.  The slow runs (3.2-4.5 s: 6 of 15 same-link runs, 1 of 15
+# after a link change, 2026-11-29; docs/liveness.md) are Chromium's: its estimate
+# reset by the route change, it stops its top encoding after a frame or two
+# (the SFU leaves it after encoding_stop_timeout and a key frame of the next
+# one, 0.3-0.5 s; RTX copies of its lost packets, Chromium's probes, no longer
+# count as the encoding being sent), or it holds all of its video for
+# 0.4-1.7 s after the key frames while its audio and probes go on.  Hence the
+# 5 s bound; the 3 s target is reported (record_property).
 @pytest.mark.parametrize("how", ["same_link", "link_replaced"])
 async def test_address_change_restarts_ice_in_the_same_session(
     network: ClientNetwork,
@@ -284,24 +288,41 @@ async def test_address_change_restarts_ice_in_the_same_session(
     video_back: float | None = None
     new_path: float | None = None  # when the server selected her new address on both transports
     transports: list[tuple[float, dict[str, str | None]]] = []
-    while time.monotonic() - started < 25:
-        now = time.monotonic() - started
-        if new_path is None and tuples_moved(server, alice_id, network.client_ip):
-            new_path = round(now, 2)
-        decoded = await chromium.decoded_frames(bob, "alice")
-        if decoded > frames:
-            first_frame = first_frame or round(now, 2)
-            if now - last_new > 0.5:
-                run_start, run_base = now, frames
-            last_new, frames = now, decoded
-            if frames - run_base >= FRAMES_BACK:
-                video_back = run_start
+
+    async def watch_transports() -> None:
+        # Apart from the frame count: a call into her page can take a second
+        # on a loaded machine (her renderer starved), which would hold up the
+        # sampling of Bob's frames and add to the time measured.
+        while True:
+            states = await chromium.transport_states(alice)
+            if not transports or transports[-1][1] != states:
+                transports.append((round(time.monotonic() - started, 2), states))
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch_transports())
+    try:
+        while time.monotonic() - started < 25:
+            now = time.monotonic() - started
+            if new_path is None and tuples_moved(server, alice_id, network.client_ip):
+                new_path = round(now, 2)
+            decoded = await chromium.decoded_frames(bob, "alice")
+            if decoded > frames:
+                first_frame = first_frame or round(now, 2)
+                if now - last_new > 0.5:
+                    run_start, run_base = now, frames
+                last_new, frames = now, decoded
+                if frames - run_base >= FRAMES_BACK:
+                    video_back = run_start
+                    break
+            if await about(bob, alice_id, "peerClosed", after=moved):
                 break
-        if await about(bob, alice_id, "peerClosed", after=moved):
-            break
-        states = await chromium.transport_states(alice)
-        if not transports or transports[-1][1] != states:
-            transports.append((round(time.monotonic() - started, 2), states))
+            await asyncio.sleep(0.05)
+    finally:
+        watcher.cancel()
+    # Video can be back (her send transport moved) a little before her receive
+    # transport is on the new address too (its checks or RTCP come next).
+    deadline = time.monotonic() + 5
+    while not tuples_moved(server, alice_id, network.client_ip) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     closed = await about(bob, alice_id, "peerClosed", after=moved)
     tuples = selected_tuples(server, alice_id)
