@@ -106,7 +106,11 @@ UPGRADE_CAP_RISE = 1.1
 FLAP_WINDOW = 10.0
 KEY_FRAME_RETRY_TICKS = 4
 """While waiting for the target's key frame, ask again every this many producer
-ticks (a tick is a quarter of the inactivity timeout: 1 s by default)."""
+ticks (a tick is the shorter of a quarter of the inactivity timeout and half the
+encoding stop timeout: 0.125 s by default, so every 0.5 s).  The encoding sends
+at most one request per ``key_frame_request_interval`` (1 s, as mediasoup's
+key frame request manager waits before asking again): a retry inside that
+interval waits for its end, so the sender gets at most one a second."""
 FRAME_TIME = 1 / 30
 """The timestamp step put between two encodings when their timestamps would
 otherwise not grow (mediasoup assumes 30 fps too)."""
