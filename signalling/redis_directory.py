@@ -660,20 +660,13 @@ class RedisDirectory:
         after a lost connection; once subscribed, one call is worth making (a
         release before the subscription was not heard)."""
         channel = f"{self.prefix}:freed"
-        timeout = self.timings.timeout * 2
         while self._on_freed is not None and not self.draining:
             if not self.reachable:
                 await asyncio.sleep(0.25)  # (the queue's backstop asks meanwhile)
                 continue
             pubsub = self._subscriber_client().pubsub()
             try:
-                await asyncio.wait_for(pubsub.subscribe(channel), timeout)
-                while True:
-                    message = await pubsub.get_message(timeout=timeout)
-                    if message is None:
-                        raise TimeoutError("no subscription confirmation")
-                    if message["type"] == "subscribe":
-                        break
+                await self._subscribe(pubsub, channel)
                 self._slots_freed()
                 while self._on_freed is not None and self.reachable and not self.draining:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
@@ -855,6 +848,18 @@ class RedisDirectory:
             for room_id, summary in rooms.items():
                 self._pending_lobby.setdefault(room_id, summary)
 
+    async def _subscribe(self, pubsub: Any, channel: str) -> None:
+        """Subscribe ``pubsub`` to ``channel`` and wait for Redis to confirm it
+        (a message published before the confirmation may not be heard)."""
+        timeout = self.timings.timeout * 2
+        await asyncio.wait_for(pubsub.subscribe(channel), timeout)
+        while True:
+            message = await pubsub.get_message(timeout=timeout)
+            if message is None:
+                raise TimeoutError("no subscription confirmation")
+            if message["type"] == "subscribe":
+                return
+
     def _subscriber_client(self) -> Redis:
         """A client of its own for pub/sub: no read timeout (a quiet channel is fine)."""
         if self._subscriber is None:
@@ -875,7 +880,6 @@ class RedisDirectory:
             return
         remote = lobby.remote
         channel = f"{self.prefix}:lobby"
-        timeout = self.timings.timeout * 2
         lost = False
         try:
             while self._watch.wanted(self._loop.time()) and not self.draining:
@@ -891,14 +895,8 @@ class RedisDirectory:
                     continue
                 pubsub = self._subscriber_client().pubsub()
                 try:
-                    await asyncio.wait_for(pubsub.subscribe(channel), timeout)
                     # Loaded only once subscribed: no change falls between the two.
-                    while True:
-                        message = await pubsub.get_message(timeout=timeout)
-                        if message is None:
-                            raise TimeoutError("no subscription confirmation")
-                        if message["type"] == "subscribe":
-                            break
+                    await self._subscribe(pubsub, channel)
                     lobby.remote_changed(remote.load(await self._lobby_snapshot()))
                     self._lobby_ready.set()
                     while self._watch.wanted(self._loop.time()) and self.reachable:

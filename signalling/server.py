@@ -757,13 +757,9 @@ class Server:
             self.loop.call_soon(self._drain_queue)
 
     def _seat_freed(self) -> None:
-        """A session ended here (or a seat held for one is free): a seat of its
-        room, a session slot of the node and one of the cluster."""
-        self.cluster_slots.slot_freed()
-        self._wake_queue()
-
-    def _cluster_freed(self) -> None:
-        """Another node gave session slots of the cluster back."""
+        """A session ended here (or a seat held for one is free: a seat of its
+        room, a session slot of the node and one of the cluster), or another
+        node gave session slots of the cluster back (its release message)."""
         self.cluster_slots.slot_freed()
         self._wake_queue()
 
@@ -792,7 +788,7 @@ class Server:
             directory.release(spare)
         if not self.queue:
             slots.idle()
-        directory.follow_releases(self._cluster_freed if slots.waiting else None)
+        directory.follow_releases(self._seat_freed if slots.waiting else None)
         self._tell_positions()
 
     async def _ask_cluster(self, count: int) -> None:

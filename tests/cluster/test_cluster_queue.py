@@ -86,6 +86,13 @@ async def queue_at_rest(*servers: Server) -> None:
     await eventually(rested)
 
 
+async def fill(a: Server, b: Server) -> tuple[list[ProtooClient], list[ProtooClient]]:
+    """The cluster's 3 slots (``QUEUE``) taken: two sessions on ``a``, one on ``b``."""
+    on_a = [await admitted(url(a, "ra", f"p{i}")) for i in range(2)]
+    on_b = [await admitted(url(b, "rb", "p2"))]
+    return on_a, on_b
+
+
 async def test_a_newcomer_waits_for_a_slot_freed_on_any_node(
     redis_process: Cluster, redis: Redis, make_server: ServerFactory
 ) -> None:
@@ -162,8 +169,7 @@ async def test_without_a_release_message_the_backstop_admits(
 ) -> None:
     a = await node(make_server, redis_process, "a", cluster_queue_retry=0.5, **QUEUE)
     b = await node(make_server, redis_process, "b", **QUEUE)
-    on_a = [await admitted(url(a, "ra", f"p{i}")) for i in range(2)]
-    on_b = [await admitted(url(b, "rb", "p2"))]
+    on_a, on_b = await fill(a, b)
     directory(a).follow_releases = lambda freed: None  # type: ignore[method-assign]
     dave = await ProtooClient.connect(url(a, "ra", "dave"))
     assert await position(dave) == 1
@@ -188,8 +194,7 @@ async def test_the_queue_timeout_and_leaving_the_queue_leave_nothing_behind(
 ) -> None:
     a = await node(make_server, redis_process, "a", queue_timeout=1.0, max_queue_length=2, **QUEUE)
     b = await node(make_server, redis_process, "b", **QUEUE)
-    on_a = [await admitted(url(a, "ra", f"p{i}")) for i in range(2)]
-    on_b = [await admitted(url(b, "rb", "p2"))]
+    on_a, on_b = await fill(a, b)
 
     dave = await ProtooClient.connect(url(a, "ra", "dave"))
     erin = await ProtooClient.connect(url(a, "ra", "erin"))
@@ -215,8 +220,7 @@ async def test_with_redis_away_a_queued_newcomer_gets_in_under_the_local_limits(
 ) -> None:
     a = await node(make_server, redis_process, "a", cluster_queue_retry=0.5, **QUEUE)
     b = await node(make_server, redis_process, "b", **QUEUE)
-    on_a = [await admitted(url(a, "ra", f"p{i}")) for i in range(2)]
-    on_b = [await admitted(url(b, "rb", "p2"))]
+    on_a, on_b = await fill(a, b)
     dave = await ProtooClient.connect(url(a, "ra", "dave"))
     assert await position(dave) == 1
 

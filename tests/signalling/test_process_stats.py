@@ -23,16 +23,36 @@ def open_some(descriptors: list[int], n: int) -> None:
     descriptors.extend(os.open(os.devnull, os.O_RDONLY) for _ in range(n))
 
 
-@pytest.mark.skipif(
-    os.stat("/proc/self/fd").st_size == 0, reason="Linux before 6.2: no count in st_size"
-)
-def test_the_count_is_the_kernels_own_and_follows_every_open(opened: list[int]) -> None:
-    files = OpenFiles(relist_interval=5.0)
+def test_the_count_follows_every_open_and_close(opened: list[int]) -> None:
+    # The clock moves past the relist interval before each count, so a kernel
+    # without the count in st_size (before Linux 6.2) lists anew too.
+    now = 0.0
+    files = OpenFiles(relist_interval=5.0, clock=lambda: now)
 
     before = files.count()
     assert before == len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
     open_some(opened, 300)
+    now += 5.0
     assert files.count() == before + 300
+    for fd in opened[:100]:
+        os.close(fd)
+    del opened[:100]
+    now += 5.0
+    assert files.count() == before + 200
+
+
+def test_this_kernel_counts_without_listing_or_falls_back_to_listing() -> None:
+    # Linux 6.2+: st_size is the count, and no listing is ever made (a clock
+    # that must not be read proves it); older kernels: 0, and OpenFiles lists.
+    size = os.stat("/proc/self/fd").st_size
+
+    def no_listing() -> float:
+        raise AssertionError("listed although the kernel gave the count")
+
+    if size > 0:
+        assert OpenFiles(relist_interval=5.0, clock=no_listing).count() > 0
+    else:
+        assert OpenFiles(relist_interval=5.0).count() == len(os.listdir("/proc/self/fd")) - 1
 
 
 def test_a_kernel_without_the_count_is_listed_at_most_once_per_interval(
