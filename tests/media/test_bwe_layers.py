@@ -76,7 +76,7 @@ def test_a_cap_far_below_the_layers_takes_them_down_at_once() -> None:
 
     consumer.available_bitrate = int(r2.bitrate / 1.6)
 
-    assert consumer.target_layers == layers(2, 1)
+    assert consumer.target_layers == layers(1, 2)
 
 
 def test_an_excess_that_lasts_the_grace_takes_them_down_one_that_ends_does_not() -> None:
@@ -95,7 +95,7 @@ def test_an_excess_that_lasts_the_grace_takes_them_down_one_that_ends_does_not()
     consumer.available_bitrate = int(bitrate / over)
     started = sim.clock.now
     [(when, target)] = run(sim, consumer, 2.0)
-    assert target == layers(2, 1)
+    assert target == layers(1, 2)
     assert DOWNGRADE_GRACE <= when - started <= DOWNGRADE_GRACE + 0.2
 
 
@@ -106,7 +106,7 @@ def test_after_a_downgrade_the_same_room_brings_them_back_only_after_the_hold() 
 
     # r2's frames grow by 40 %: over the cap (and its slack) for the grace.
     [(down, target)] = run(sim, consumer, 3.0, r2=BIG)
-    assert target == layers(2, 1)
+    assert target == layers(1, 2)
     # ... and shrink to half: it fits within a second, but the cap is the same one.
     [(up, target)] = run(sim, consumer, 4.0, r2=1200)
     assert target == layers(2, 2)
@@ -117,7 +117,7 @@ def test_new_room_brings_them_back_at_once() -> None:
     sim, consumer = forwarding_the_top()
     bitrate = sim.producer.streams[2].bitrate
     consumer.available_bitrate = int(bitrate / 1.6)
-    assert consumer.target_layers == layers(2, 1)
+    assert consumer.target_layers == layers(1, 2)
 
     consumer.available_bitrate = int(bitrate * 1.2)  # a higher estimate
 
@@ -146,7 +146,7 @@ def test_a_new_preference_or_encoding_is_taken_at_once_whatever_the_hold() -> No
     bitrate = sim.producer.streams[2].bitrate
     consumer.available_bitrate = bitrate
     run(sim, consumer, 3.0, r2=BIG)
-    assert consumer.target_layers == layers(2, 1)
+    assert consumer.target_layers == layers(1, 2)
 
     # r2 stops: what the consumer desires changes, and r1 fits at once.
     run(sim, consumer, 1.5, r2=None)

@@ -281,20 +281,37 @@ def test_a_bitrate_cap_takes_the_highest_layers_that_fit_and_lifting_it_goes_bac
     assert consumer.desired_bitrate == r2.bitrate
 
 
-def test_a_cap_that_only_cuts_temporal_layers_applies_without_a_key_frame() -> None:
+def test_a_cap_keeps_the_frame_rate_and_lowers_the_resolution() -> None:
     sim = Simulcast()
     consumer, side = sim.consumer()
     forwarding(sim, side, 2)
     sim.run(1.5)
-    r2 = sim.producer.streams[2]
+    r1, r2 = sim.producer.streams[1:]
+    assert r1.bitrate < r2.bitrate_up_to(1)
 
+    # r2 at 15 fps would fit; r1 at its full 30 fps is taken instead.
     consumer.available_bitrate = int(r2.bitrate_up_to(1) * 1.02)
-    assert consumer.target_layers == layers(2, 1)
+
+    assert consumer.target_layers == layers(1, 2)
+    assert 1002 in sim.send_side.key_frame_requests()
+
+
+def test_a_cap_below_the_lowest_encodings_frame_rate_cuts_temporal_layers_without_a_key_frame() -> (
+    None
+):
+    sim = Simulcast()
+    consumer, side = sim.consumer(preferred_layers={"spatialLayer": 0})
+    forwarding(sim, side, 0)
+    sim.run(1.5)
+    r0 = sim.producer.streams[0]
+
+    consumer.available_bitrate = int(r0.bitrate_up_to(1) * 1.02)
+    assert consumer.target_layers == layers(0, 1)
     assert sim.send_side.key_frame_requests() == []
 
-    sim.run(0.5, layers=(2,))
+    sim.run(0.5, layers=(0,))
     assert {s.vp8[2] for s in side.take()[-8:]} == {0, 1}
-    assert consumer.current_layers == layers(2, 1)
+    assert consumer.current_layers == layers(0, 1)
 
 
 # -- continuity -----------------------------------------------------------------------------------
