@@ -296,6 +296,22 @@ def test_a_cap_keeps_the_frame_rate_and_lowers_the_resolution() -> None:
     assert 1002 in sim.send_side.key_frame_requests()
 
 
+def test_a_low_cap_takes_the_lowest_encoding_at_full_rate_not_a_higher_ones_base_layer() -> None:
+    # A jittery downlink's REMB (68 kbit/s for a 2026-11-29 call): r1's base
+    # layer (7.5 fps) would fit, and so does r0 at 30 fps, which is taken.
+    sim = Simulcast()
+    consumer, side = sim.consumer()
+    forwarding(sim, side, 2)
+    sim.run(1.5)
+    r0, r1, _ = sim.producer.streams
+    cap = int(r0.bitrate * 1.1)
+    assert r1.bitrate_up_to(0) < cap < r1.bitrate_up_to(1)
+
+    consumer.available_bitrate = cap
+
+    assert consumer.target_layers == layers(0, 2)
+
+
 def test_a_cap_below_the_lowest_encodings_frame_rate_cuts_temporal_layers_without_a_key_frame() -> (
     None
 ):
