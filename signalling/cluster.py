@@ -49,17 +49,28 @@ def render_haproxy(
     connect_timeout: str = "3s",
     stick_expire: str = "1h",
     maxconn: int = 9000,  # 2 descriptors each: stays under a 20,000 open-file limit
+    threads: int | None = None,
     template: Path = HAPROXY_TEMPLATE,
 ) -> str:
     """The HAProxy configuration for ``servers`` (name, host:port) behind ``bind``;
     ``peers`` (name, host:port) are every HAProxy instance sharing the stick table,
     this one being ``local_peer``.  ``holders_map`` must exist (empty is fine):
     HAProxy fills it at runtime (room -> holder, learnt from the nodes); the
-    server names must be the nodes' ``--node-id``."""
+    server names must be the nodes' ``--node-id``.  ``threads`` sets ``nbthread``
+    (None: HAProxy's default, a thread per CPU it may run on, right for the one
+    balancer of a machine; several instances sharing a machine's cores, as the
+    local cluster and its benchmark run them, each take one)."""
     if not servers:
         raise ValueError("no servers")
+    if threads is not None and threads < 1:
+        raise ValueError("threads must be at least 1")
     return Template(template.read_text()).substitute(
         maxconn=maxconn,
+        threads=(
+            f"    nbthread {threads}\n"
+            if threads is not None
+            else "    # nbthread: HAProxy's default, one thread per CPU it may run on\n"
+        ),
         local_peer=local_peer,
         stats_socket=stats_socket,
         holders_map=holders_map,
@@ -183,6 +194,8 @@ class Cluster:
     peer_port: int = 10000
     node_args: tuple[str, ...] = ()
     check_interval: str = "1s"
+    balancer_threads: int | None = None
+    """Each balancer's ``nbthread`` (None: HAProxy's default, a thread per CPU)."""
     python: str = sys.executable
     members: list[Node] = field(default_factory=list)
     haproxies: list[Balancer] = field(default_factory=list)
@@ -412,6 +425,7 @@ class Cluster:
             stats_socket=str(self.stats_socket(balancer.name)),
             holders_map=str(holders),
             check_interval=self.check_interval,
+            threads=self.balancer_threads,
         )
 
     def start_balancers(self, timeout: float = 10.0) -> None:
@@ -542,6 +556,7 @@ _CLUSTER_OPTIONS = (
     "rtc_base_port",
     "rtc_ports_per_node",
     "peer_port",
+    "balancer_threads",
 )
 
 
@@ -625,6 +640,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--peer-port", type=int, default=10000, help="the first HAProxy's peers port (+1...)"
     )
+    parser.add_argument(
+        "--balancer-threads",
+        type=int,
+        help="each HAProxy's nbthread (default: HAProxy's, a thread per CPU); 1 when "
+        "several instances share this machine's cores",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the logs directory")
     args = parser.parse_args(argv)
     args.node_args = node_args
@@ -632,6 +653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--nodes must be at least 1")
     if args.balancers < 1:
         parser.error("--balancers must be at least 1")
+    if args.balancer_threads is not None and args.balancer_threads < 1:
+        parser.error("--balancer-threads must be at least 1")
     return _run(args)
 
 
@@ -650,7 +673,10 @@ def _render(argv: list[str]) -> int:
         help="a file that must exist (empty): HAProxy keeps room -> holder hints there",
     )
     parser.add_argument("--check-interval", default="1s")
+    parser.add_argument("--threads", type=int, help="nbthread (default: HAProxy's)")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
 
     def pairs(values: list[str]) -> list[tuple[str, str]]:
         return [(name, address) for name, _, address in (v.partition("=") for v in values)]
@@ -664,6 +690,7 @@ def _render(argv: list[str]) -> int:
             stats_socket=args.stats_socket,
             holders_map=args.holders_map,
             check_interval=args.check_interval,
+            threads=args.threads,
         ),
         end="",
     )

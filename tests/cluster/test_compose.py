@@ -16,7 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from signalling.cluster import ROOT, _binary
+import pytest
+
+from signalling.cluster import ROOT, _binary, render_haproxy
 from signalling.config import parse_config
 
 DOCKER = ROOT / "docker"
@@ -67,6 +69,24 @@ def test_haproxy_accepts_the_compose_configuration() -> None:
 
     assert check.returncode == 0, check.stdout + check.stderr
     assert "Configuration file is valid" in check.stdout + check.stderr
+
+
+def test_a_balancers_thread_count_is_rendered_and_haproxy_accepts_it() -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        holders = Path(directory) / "holders.map"
+        holders.write_text("")
+        text = render_haproxy([("n1", "127.0.0.1:8765")], holders_map=str(holders), threads=1)
+        config = Path(directory) / "haproxy.cfg"
+        config.write_text(text)
+        check = subprocess.run(
+            [_binary("haproxy"), "-c", "-f", str(config)], capture_output=True, text=True
+        )
+
+    assert "\n    nbthread 1\n" in text
+    assert "nbthread 1" not in render_haproxy([("n1", "127.0.0.1:8765")])  # HAProxy's default
+    assert check.returncode == 0, check.stdout + check.stderr
+    with pytest.raises(ValueError):
+        render_haproxy([("n1", "127.0.0.1:8765")], threads=0)
 
 
 def test_every_node_is_a_server_named_by_its_node_id_with_ports_of_its_own() -> None:
