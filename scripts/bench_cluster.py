@@ -355,16 +355,16 @@ async def _forwarding_round(
                 await _stop_reading(receiver)
         senders = [node_peers[0] for node_peers in peers]
         stats = [bench_sfu._SenderStats() for _ in controls]
-        if args.rate > 0:
+        if args.rate > 0 and not args.protect_live:
             # Enough for the warm-up, the window and the marks around them, and more.
             count = int(args.rate * (args.warmup + args.duration + 2) * 1.5)
             streams = [_protected_stream(sender, count) for sender in senders]
             for sender, stream, sender_stats in zip(senders, streams, stats, strict=True):
                 pump = _pump_protected(sender, stream, args.rate, stop, sender_stats)
                 tasks.append(asyncio.create_task(pump))
-        else:  # flat out: built and protected as they go (bench_sfu's client)
+        else:  # built and protected as they go (bench_sfu's client)
             for sender, sender_stats in zip(senders, stats, strict=True):
-                pump = bench_sfu._pump(sender, 0, stop, sender_stats, idle=0.002)
+                pump = bench_sfu._pump(sender, args.rate, stop, sender_stats, idle=0.002)
                 tasks.append(asyncio.create_task(pump))
         tasks.append(asyncio.create_task(bench_sfu._consent(senders, stop)))
         await asyncio.sleep(args.warmup)
@@ -436,7 +436,13 @@ def phase_forwarding(args: argparse.Namespace) -> Json:
     print(
         f"\n=== forwarding: 1 node against {args.nodes_forwarding}, 1->{args.fanout} each, "
         f"{args.rate:,} pkt/s offered to each, {args.duration:g} s after {args.warmup:g} s, "
-        f"median of {args.repeat} ===",
+        f"median of {args.repeat}; the client "
+        + (
+            "protects each packet as it sends it"
+            if args.protect_live
+            else "sends pre-protected packets"
+        )
+        + " ===",
         flush=True,
     )
     cores = sorted(os.sched_getaffinity(0))
@@ -509,6 +515,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=20_000,
         help="packets/s offered to each node (0: flat out); a little above what one node takes",
+    )
+    group.add_argument(
+        "--protect-live",
+        action="store_true",
+        help="build and SRTP-protect each packet as it is sent (bench_sfu's client), "
+        "not before the round: the client then takes more of the cores",
     )
     group.add_argument("--warmup", type=float, default=1.0)
     group.add_argument("--duration", type=float, default=5.0)
