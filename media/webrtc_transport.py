@@ -586,15 +586,22 @@ class WebRtcTransport(EventEmitter):
             self.emit("iceselectedtuplechange", self.ice_selected_tuple)
 
     def _select_path(self, path: Path | None) -> None:
-        self._tuple = path
+        previous, self._tuple = self._tuple, path
         if path is None:
             self._send_media = self._send_control = None
-        elif not isinstance(path, tuple):
+            return
+        if not isinstance(path, tuple):
             self._send_media = path.send_media
             self._send_control = path.send
         elif self._udp is not None:
             send = functools.partial(self._udp.sendto, addr=path)
             self._send_media = self._send_control = send
+        if path != previous:
+            # A new path (an address change, a lost TCP connection replaced):
+            # what the client sent into the old one is not reported as lost on
+            # this one (TransportCcFeedback.new_path says why).
+            for packet in self._transport_cc.new_path(self.rtcp_ssrc):
+                self.send_rtcp(packet)
 
     # -- ICE-TCP (media.tcp_listener) ---------------------------------------------
 

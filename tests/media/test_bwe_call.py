@@ -24,6 +24,7 @@ from media.rtp_parameters import ABS_SEND_TIME_URI, TRANSPORT_CC_URI
 from media.transport_cc import parse_feedback
 
 from .clients import Client, RawClient, count_frames, join
+from .test_ice_tcp import binding_request
 from .test_leaks import video_parameters
 
 INITIAL_INCOMING = 1_000_000  # TransportSettings.initial_incoming_bitrate
@@ -268,6 +269,78 @@ async def test_a_sender_with_transport_cc_gets_arrival_feedback_and_no_remb(
         await sender.close()
         transport.close()
     assert transport._transport_cc_timer is None
+
+
+async def test_a_sender_that_moves_is_not_told_its_old_path_lost_what_it_sent_there(
+    router: Router,
+) -> None:
+    """An address change: the client sent numbers 1020-1399 into a path that
+    no longer delivers, then checks (USE-CANDIDATE) and sends from a new
+    address.  The feedback, sent there, reports the new path's packets and
+    says nothing of 1020-1399 (TransportCcFeedback.new_path)."""
+    transport = await router.create_webrtc_transport()
+    params = producer_parameters("video", 0xB)
+    params["headerExtensions"].append({"uri": TRANSPORT_CC_URI, "id": TCC_ID})
+    params["codecs"][0]["rtcpFeedback"] = [{"type": "transport-cc", "parameter": ""}]
+    producer = await transport.produce(kind="video", rtp_parameters=params)
+    sender = RawClient()
+    loop = asyncio.get_running_loop()
+    moved: asyncio.DatagramTransport | None = None
+    try:
+        await asyncio.wait_for(sender.connect(transport), 10)
+        await wait_until(lambda: transport.dtls_state == "connected", 5, "DTLS")
+        old_path = spy_on_rtcp(sender)
+        for seq in range(20):
+            await sender.send_srtp(rtp_with_transport_cc(0xB, seq, 1000 + seq, loop.time()))
+            await asyncio.sleep(0.005)
+
+        def reported(packets: list[bytes]) -> dict[int, int | None]:
+            out: dict[int, int | None] = {}
+            for packet in packets:
+                if packet[1] == 205 and packet[0] & 0x1F == 15:
+                    base, arrivals = parse_feedback(packet)
+                    out.update({base + i: a for i, a in enumerate(arrivals)})
+            return out
+
+        await wait_until(lambda: 1019 in reported(old_path), 2, "the old path's feedback")
+
+        new_path: list[bytes] = []
+        rx = sender.dtls._rx_srtp
+
+        class NewAddress(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                if 127 < data[0] < 192 and 191 < data[1] < 224:
+                    new_path.extend(packet for _, _, packet in iter_rtcp(rx.unprotect_rtcp(data)))
+
+        candidate = transport.ice_candidates[0]
+        server = (candidate["ip"], candidate["port"])
+        moved, _ = await loop.create_datagram_endpoint(
+            NewAddress, local_addr=(sender.address[0], 0)
+        )
+        moved.sendto(binding_request(transport), server)
+        address = moved.get_extra_info("sockname")[:2]
+        await wait_until(
+            lambda: (transport.ice_selected_tuple or {}).get("remotePort") == address[1],
+            2,
+            "the server on the new address",
+        )
+        for i in range(20):  # RTP 400-419: 380 went into the old path
+            packet = sender.protect(rtp_with_transport_cc(0xB, 400 + i, 1400 + i, loop.time()))
+            assert packet is not None
+            moved.sendto(packet, server)
+            await asyncio.sleep(0.005)
+        await wait_until(lambda: producer.packet_count == 40, 2, "the new path's video")
+        await wait_until(lambda: 1419 in reported(new_path), 2, "the new path's feedback")
+
+        got = reported(new_path)
+        assert sorted(got) == list(range(1400, 1420))  # nothing about 1020-1399
+        assert all(arrival is not None for arrival in got.values())
+        assert not set(reported(old_path)) & set(range(1020, 1420))
+    finally:
+        if moved is not None:
+            moved.close()
+        await sender.close()
+        transport.close()
 
 
 async def test_packets_sent_before_produce_are_reported_once_the_extension_id_is_known(

@@ -134,6 +134,46 @@ def test_a_jump_far_ahead_starts_over_so_pending_state_stays_bounded() -> None:
     assert base == 30_000 and len(times) == 1
 
 
+def test_after_a_new_path_what_was_sent_into_the_old_one_is_not_reported_lost() -> None:
+    """An address change: the client sends 400 numbers into a path that no
+    longer delivers before it moves; none of them is reported lost."""
+    feedback = TransportCcFeedback()
+    for seq in range(40):  # the old path, up to the change
+        feedback.on_packet(seq, START_US + seq * 1_000, MEDIA_SSRC)
+    reported(report(feedback, {}))
+    for seq in range(40, 50):  # arrived, not reported yet when ICE moves
+        feedback.on_packet(seq, START_US + seq * 1_000, MEDIA_SSRC)
+
+    flushed = reported([parse_feedback(p) for p in feedback.new_path(SENDER_SSRC)])
+
+    assert flushed == {seq: START_US + seq * 1_000 for seq in range(40, 50)}
+    # 50-449 went into the old path; 450 on come by the new one, 452 lost there.
+    later = {seq: START_US + 3_000_000 + seq * 1_000 for seq in range(450, 460) if seq != 452}
+    got = reported(report(feedback, later))
+    assert min(got) == 450 and sorted(got) == list(range(450, 460))
+    assert [seq for seq, time_us in got.items() if time_us is None] == [452]
+
+
+def test_late_packets_of_the_old_path_are_not_reported_after_a_new_path() -> None:
+    feedback = TransportCcFeedback()
+    report(feedback, {seq: START_US + seq * 1_000 for seq in range(10)})
+    assert feedback.new_path(SENDER_SSRC) == []  # nothing pending
+
+    # Behind the highest number seen: the old path's, even if never reported.
+    assert report(feedback, {9: START_US + 20_000, 5: START_US + 21_000}) == []
+    got = reported(report(feedback, {300: START_US + 500_000, 200: START_US + 501_000}))
+    assert got == {300: START_US + 500_000}  # 200 came late, after the new path's first
+
+
+def test_a_new_path_before_any_packet_changes_nothing() -> None:
+    feedback = TransportCcFeedback()
+    assert feedback.new_path(SENDER_SSRC) == []
+
+    got = reported(report(feedback, {5: START_US, 7: START_US + 1_000}))
+
+    assert got == {5: START_US, 6: None, 7: START_US + 1_000}
+
+
 def test_packets_are_rtpfb_fmt_15_padded_to_32_bits_with_the_padding_counted() -> None:
     feedback = TransportCcFeedback()
     feedback.on_packet(1, START_US, MEDIA_SSRC)  # 20 header bytes + 2 chunk + 1 delta

@@ -307,6 +307,29 @@ async def outbound(page: Page) -> dict[str, Any]:
     return result
 
 
+async def send_estimate(page: Page) -> int | None:
+    """The page's own bandwidth estimate for what it sends (kbit/s): its send
+    transport's selected pair's ``availableOutgoingBitrate`` (Chrome's GoogCC
+    target, fed by the server's transport-cc feedback); None before it has one."""
+    estimate: int | None = await page.evaluate(
+        """async () => {
+            const transport = ghostless._sendTransport;
+            if (!transport) return null;
+            const stats = await transport.getStats();
+            let estimate = null;
+            stats.forEach((s) => {
+                if (s.type !== 'transport' || !s.selectedCandidatePairId) return;
+                const pair = stats.get(s.selectedCandidatePairId);
+                if (pair && typeof pair.availableOutgoingBitrate === 'number') {
+                    estimate = Math.round(pair.availableOutgoingBitrate / 1000);
+                }
+            });
+            return estimate;
+        }"""
+    )
+    return estimate
+
+
 async def transport_states(page: Page) -> dict[str, str | None]:
     states: dict[str, str | None] = await page.evaluate(
         """() => ({send: ghostless._sendTransport && ghostless._sendTransport.connectionState,
