@@ -272,23 +272,19 @@ class SimulcastConsumer(Consumer):
         if cap >= self._streams[spatial].peak_bitrate_up_to(temporal):
             return spatial, temporal  # granted what it desires: no limit in effect
         forwarded = self._rank(self._target_spatial, self._target_temporal)
-        lowest = -1
-        for s in range(spatial, -1, -1):
-            stream = self._streams[s]
-            if not stream.active:
-                continue
-            lowest = s
-            t = self._full_temporal(s)
-            limit = cap * DOWNGRADE_SLACK if self._rank(s, t) <= forwarded else cap
-            if stream.bitrate_up_to(t) <= limit:
-                return s, t
-        if lowest < 0:
+        # In order of preference: each active encoding at its full frame rate,
+        # then the lowest one's reduced rates (its base layer is the floor).
+        candidates = [
+            (s, self._full_temporal(s)) for s in range(spatial, -1, -1) if self._streams[s].active
+        ]
+        if not candidates:
             return spatial, 0
-        stream = self._streams[lowest]
-        for t in range(self._full_temporal(lowest) - 1, 0, -1):
-            limit = cap * DOWNGRADE_SLACK if self._rank(lowest, t) <= forwarded else cap
-            if stream.bitrate_up_to(t) <= limit:
-                return lowest, t
+        lowest = candidates[-1][0]
+        candidates += [(lowest, t) for t in range(self._full_temporal(lowest) - 1, 0, -1)]
+        for s, t in candidates:
+            limit = cap * DOWNGRADE_SLACK if self._rank(s, t) <= forwarded else cap
+            if self._streams[s].bitrate_up_to(t) <= limit:
+                return s, t
         return lowest, 0
 
     def _full_temporal(self, spatial: int) -> int:

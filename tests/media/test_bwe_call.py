@@ -214,6 +214,25 @@ def rtp_with_transport_cc(ssrc: int, seq: int, wide_seq: int, sent: float) -> by
     return struct.pack("!BBHII", 0x90, 96, seq, seq * 3000, ssrc) + block + bytes(800)
 
 
+def transport_cc_parameters() -> dict[str, Any]:
+    """A video producer's parameters with the transport-wide number and its feedback."""
+    params = producer_parameters("video", 0xB)
+    params["headerExtensions"].append({"uri": TRANSPORT_CC_URI, "id": TCC_ID})
+    params["codecs"][0]["rtcpFeedback"] = [{"type": "transport-cc", "parameter": ""}]
+    return params
+
+
+def feedback_arrivals(rtcp: list[bytes]) -> dict[int, int | None]:
+    """Every transport-wide number the transport-cc feedback in ``rtcp`` reports,
+    with its arrival time (None: reported not received)."""
+    out: dict[int, int | None] = {}
+    for packet in rtcp:
+        if packet[1] == 205 and packet[0] & 0x1F == 15:
+            base, arrivals = parse_feedback(packet)
+            out.update({base + i: a for i, a in enumerate(arrivals)})
+    return out
+
+
 def spy_on_rtcp(client: RawClient) -> list[bytes]:
     """Every decrypted RTCP packet the raw client receives, split."""
     received: list[bytes] = []
@@ -231,10 +250,7 @@ async def test_a_sender_with_transport_cc_gets_arrival_feedback_and_no_remb(
     router: Router,
 ) -> None:
     transport = await router.create_webrtc_transport()
-    params = producer_parameters("video", 0xB)
-    params["headerExtensions"].append({"uri": TRANSPORT_CC_URI, "id": TCC_ID})
-    params["codecs"][0]["rtcpFeedback"] = [{"type": "transport-cc", "parameter": ""}]
-    producer = await transport.produce(kind="video", rtp_parameters=params)
+    producer = await transport.produce(kind="video", rtp_parameters=transport_cc_parameters())
     sender = RawClient()
     loop = asyncio.get_running_loop()
     try:
@@ -249,16 +265,8 @@ async def test_a_sender_with_transport_cc_gets_arrival_feedback_and_no_remb(
             await asyncio.sleep(0.005)
         await wait_until(lambda: producer.packet_count == 60 - len(lost), 2, "the video")
 
-        def feedback() -> dict[int, int | None]:
-            out: dict[int, int | None] = {}
-            for packet in rtcp:
-                if packet[1] == 205 and packet[0] & 0x1F == 15:
-                    base, arrivals = parse_feedback(packet)
-                    out.update({base + i: a for i, a in enumerate(arrivals)})
-            return out
-
-        await wait_until(lambda: 1059 in feedback(), 2, "feedback for the last packet")
-        got = feedback()
+        await wait_until(lambda: 1059 in feedback_arrivals(rtcp), 2, "feedback for the last packet")
+        got = feedback_arrivals(rtcp)
         assert sorted(got) == list(range(1000, 1060))
         assert {seq for seq, arrival in got.items() if arrival is None} == {1000 + s for s in lost}
         times = [arrival for arrival in got.values() if arrival is not None]
@@ -279,10 +287,7 @@ async def test_a_sender_that_moves_is_not_told_its_old_path_lost_what_it_sent_th
     address.  The feedback, sent there, reports the new path's packets and
     says nothing of 1020-1399 (TransportCcFeedback.new_path)."""
     transport = await router.create_webrtc_transport()
-    params = producer_parameters("video", 0xB)
-    params["headerExtensions"].append({"uri": TRANSPORT_CC_URI, "id": TCC_ID})
-    params["codecs"][0]["rtcpFeedback"] = [{"type": "transport-cc", "parameter": ""}]
-    producer = await transport.produce(kind="video", rtp_parameters=params)
+    producer = await transport.produce(kind="video", rtp_parameters=transport_cc_parameters())
     sender = RawClient()
     loop = asyncio.get_running_loop()
     moved: asyncio.DatagramTransport | None = None
@@ -294,15 +299,7 @@ async def test_a_sender_that_moves_is_not_told_its_old_path_lost_what_it_sent_th
             await sender.send_srtp(rtp_with_transport_cc(0xB, seq, 1000 + seq, loop.time()))
             await asyncio.sleep(0.005)
 
-        def reported(packets: list[bytes]) -> dict[int, int | None]:
-            out: dict[int, int | None] = {}
-            for packet in packets:
-                if packet[1] == 205 and packet[0] & 0x1F == 15:
-                    base, arrivals = parse_feedback(packet)
-                    out.update({base + i: a for i, a in enumerate(arrivals)})
-            return out
-
-        await wait_until(lambda: 1019 in reported(old_path), 2, "the old path's feedback")
+        await wait_until(lambda: 1019 in feedback_arrivals(old_path), 2, "the old path's feedback")
 
         new_path: list[bytes] = []
         rx = sender.dtls._rx_srtp
@@ -330,12 +327,12 @@ async def test_a_sender_that_moves_is_not_told_its_old_path_lost_what_it_sent_th
             moved.sendto(packet, server)
             await asyncio.sleep(0.005)
         await wait_until(lambda: producer.packet_count == 40, 2, "the new path's video")
-        await wait_until(lambda: 1419 in reported(new_path), 2, "the new path's feedback")
+        await wait_until(lambda: 1419 in feedback_arrivals(new_path), 2, "the new path's feedback")
 
-        got = reported(new_path)
+        got = feedback_arrivals(new_path)
         assert sorted(got) == list(range(1400, 1420))  # nothing about 1020-1399
         assert all(arrival is not None for arrival in got.values())
-        assert not set(reported(old_path)) & set(range(1020, 1420))
+        assert not set(feedback_arrivals(old_path)) & set(range(1020, 1420))
     finally:
         if moved is not None:
             moved.close()
@@ -364,12 +361,7 @@ async def test_packets_sent_before_produce_are_reported_once_the_extension_id_is
         await transport.produce(kind="video", rtp_parameters=params)
 
         def reported() -> set[int]:
-            out: set[int] = set()
-            for packet in rtcp:
-                if packet[1] == 205 and packet[0] & 0x1F == 15:
-                    base, arrivals = parse_feedback(packet)
-                    out.update(base + i for i, a in enumerate(arrivals) if a is not None)
-            return out
+            return {seq for seq, arrival in feedback_arrivals(rtcp).items() if arrival is not None}
 
         await wait_until(lambda: reported() == set(range(500, 510)), 2, "the probe's feedback")
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 import struct
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,15 @@ def forwarding(sim: Simulcast, side: ConsumerSide, layer: int = 2) -> None:
     sim.send(layer, key=True)
     side.take()
     sim.send_side.rtcp.clear()
+
+
+def measured(layer: int = 2, **options: Any) -> tuple[Simulcast, SimulcastConsumer, ConsumerSide]:
+    """A consumer forwarding ``layer`` after 1.5 s of every encoding: bitrates measured."""
+    sim = Simulcast()
+    consumer, side = sim.consumer(**options)
+    forwarding(sim, side, layer)
+    sim.run(1.5)
+    return sim, consumer, side
 
 
 def consecutive(sent: list[Sent]) -> bool:
@@ -258,10 +268,7 @@ def test_the_key_frame_request_is_repeated_while_the_target_does_not_send_one() 
 
 
 def test_a_bitrate_cap_takes_the_highest_layers_that_fit_and_lifting_it_goes_back_up() -> None:
-    sim = Simulcast()
-    consumer, side = sim.consumer()
-    forwarding(sim, side, 2)
-    sim.run(1.5)
+    sim, consumer, _ = measured()
     r0, r1, r2 = sim.producer.streams
     assert r0.bitrate < r1.bitrate < r2.bitrate
     assert consumer.desired_bitrate == r2.bitrate
@@ -282,10 +289,7 @@ def test_a_bitrate_cap_takes_the_highest_layers_that_fit_and_lifting_it_goes_bac
 
 
 def test_a_cap_keeps_the_frame_rate_and_lowers_the_resolution() -> None:
-    sim = Simulcast()
-    consumer, side = sim.consumer()
-    forwarding(sim, side, 2)
-    sim.run(1.5)
+    sim, consumer, _ = measured()
     r1, r2 = sim.producer.streams[1:]
     assert r1.bitrate < r2.bitrate_up_to(1)
 
@@ -299,10 +303,7 @@ def test_a_cap_keeps_the_frame_rate_and_lowers_the_resolution() -> None:
 def test_a_low_cap_takes_the_lowest_encoding_at_full_rate_not_a_higher_ones_base_layer() -> None:
     # A jittery downlink's REMB (68 kbit/s for a 2026-11-29 call): r1's base
     # layer (7.5 fps) would fit, and so does r0 at 30 fps, which is taken.
-    sim = Simulcast()
-    consumer, side = sim.consumer()
-    forwarding(sim, side, 2)
-    sim.run(1.5)
+    sim, consumer, _ = measured()
     r0, r1, _ = sim.producer.streams
     cap = int(r0.bitrate * 1.1)
     assert r1.bitrate_up_to(0) < cap < r1.bitrate_up_to(1)
@@ -315,10 +316,7 @@ def test_a_low_cap_takes_the_lowest_encoding_at_full_rate_not_a_higher_ones_base
 def test_a_cap_below_the_lowest_encodings_frame_rate_cuts_temporal_layers_without_a_key_frame() -> (
     None
 ):
-    sim = Simulcast()
-    consumer, side = sim.consumer(preferred_layers={"spatialLayer": 0})
-    forwarding(sim, side, 0)
-    sim.run(1.5)
+    sim, consumer, side = measured(0, preferred_layers={"spatialLayer": 0})
     r0 = sim.producer.streams[0]
 
     consumer.available_bitrate = int(r0.bitrate_up_to(1) * 1.02)
