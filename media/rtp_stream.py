@@ -377,16 +377,24 @@ class RecvStream:
     # -- forwarding (hot path) -----------------------------------------------------
 
     def receive_rtp(self, buf: bytearray) -> None:
-        """One decrypted RTP packet of this encoding (ours to keep)."""
+        """One decrypted RTP packet of this encoding (ours to keep).
+
+        A packet nobody takes (no consumer forwards or awaits this encoding, as
+        for a simulcast layer above or below every receiver's, and no audio
+        level observer reads it) is counted, checked and parsed for its layer
+        but not prepared for sending: its extension ids stay as they came, it
+        gets no send time and is not cached (no receiver can ask for it again).
+        """
         second = buf[1]
         pt = self._payload_type_map[second & 0x7F]
         if pt < 0:
             return
+        taken = bool(self.sinks) or self.audio_level_sink is not None
         first = buf[0]
         start = 12 + ((first & 0x0F) << 2)  # where the payload starts (so far)
         if first & 0x30:  # X or P: parts libsrtp does not validate for us
             # Raises ValueError when the padding or the extension block overruns.
-            start = self._map_extensions(buf, first, start)
+            start = self._map_extensions(buf, first, start, taken)
         if pt != second & 0x7F:
             buf[1] = (second & 0x80) | pt
         seq, timestamp = _SEQ_AND_TIMESTAMP.unpack_from(buf, 2)
@@ -415,11 +423,18 @@ class RecvStream:
         self.packet_count += 1
         self.byte_count += size
         self.last_packet_at = arrival
-        index = seq & _RTX_CACHE_MASK
-        self._cache[index] = buf
-        self._cache_seq[index] = seq
         if not self.active:
             self._activate()
+            if not taken and (self.sinks or self.audio_level_sink is not None):
+                # A consumer aims at the encoding that has just appeared and
+                # may switch at this very packet: prepare it after all.
+                taken = True
+                if first & 0x10:
+                    self._map_extensions(buf, first, 12 + ((first & 0x0F) << 2), True)
+        if taken:
+            index = seq & _RTX_CACHE_MASK
+            self._cache[index] = buf
+            self._cache_seq[index] = seq
         descriptor = self.vp8
         if descriptor is not None:
             # Parsed once here for every consumer; bytes counted per temporal layer.
@@ -429,6 +444,8 @@ class RecvStream:
                 end = size - buf[-1] if first & 0x20 else size
                 vp8.parse_descriptor(descriptor, buf, start, end)
             self.layer_bytes[descriptor.tid] += size
+            if not taken:
+                return
             # Equal for the packets of one picture whose descriptors have the same
             # fields at the same place (a consumer treats them alike); None for a
             # packet with padding.
@@ -449,9 +466,9 @@ class RecvStream:
         for consumer in self.sinks:
             consumer.send_rtp(buf, seq, self)
 
-    def _map_extensions(self, buf: bytearray, first: int, start: int) -> int:
-        """Check the padding and map header extension ids in place (RFC 8285);
-        return where the payload starts.
+    def _map_extensions(self, buf: bytearray, first: int, start: int, taken: bool) -> int:
+        """Check the padding and, if the packet is ``taken`` (forwarded), map header
+        extension ids in place (RFC 8285); return where the payload starts.
 
         Raises ValueError when the padding or the extension block overruns the
         packet: it is malformed and must not be forwarded (mediasoup drops it too).
@@ -473,6 +490,8 @@ class RecvStream:
             return start if start >= 0 else 12 + ((first & 0x0F) << 2)
         if start < 0:
             raise ValueError("RTP header extension block overruns the packet")
+        if not taken:
+            return start
         if buf[block] != 0xBE or buf[block + 1] != 0xDE:
             rtp_packet.rewrite_extension_ids(buf, self._extension_ids)  # two-byte elements
             return start

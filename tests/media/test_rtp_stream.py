@@ -158,12 +158,15 @@ def test_a_packet_is_rewritten_in_place_exactly_as_the_rtp_packet_helpers_do(nam
     assert sink.packets == [(bytes(buf), rtp_seq(packet))]
 
 
+@pytest.mark.parametrize("taken", [True, False], ids=["forwarded", "taken-by-nobody"])
 @pytest.mark.parametrize("name", list(MALFORMED))
-def test_a_malformed_packet_is_refused_as_the_rtp_packet_helpers_refuse_it(name: str) -> None:
+def test_a_malformed_packet_is_refused_as_the_rtp_packet_helpers_refuse_it(
+    name: str, taken: bool
+) -> None:
     packet = MALFORMED[name]
     stream = recv_stream({1: 2})
     sink = Sink()
-    stream.sinks = (sink,)
+    stream.sinks = (sink,) if taken else ()
 
     with pytest.raises(ValueError, match="overruns") as refused:
         reference(packet, {1: 2})
@@ -201,6 +204,7 @@ def test_the_cache_finds_packets_whose_header_a_consumer_rewrote() -> None:
 
 def test_a_vp8_simulcast_streams_frame_is_the_same_for_the_packets_of_one_picture() -> None:
     stream = recv_stream({}, simulcast=True)
+    stream.sinks = (Sink(),)
     frames = []
     for seq, picture, start, tl0 in (
         (1, 7, True, 3),
@@ -216,3 +220,32 @@ def test_a_vp8_simulcast_streams_frame_is_the_same_for_the_packets_of_one_pictur
     assert frames[0] == frames[1] != frames[2]
     assert frames[3] != frames[2]  # no TL0PICIDX: another layout
     assert stream.frame is None  # padding
+
+
+@pytest.mark.parametrize("name", list(PACKETS))
+def test_a_packet_nobody_takes_is_counted_but_left_as_it_came_and_not_cached(name: str) -> None:
+    packet, id_map = PACKETS[name]
+    stream = recv_stream(id_map)
+
+    buf = bytearray(packet)
+    stream.receive_rtp(buf)
+
+    assert buf[2:] == packet[2:]  # extension ids as they came (and no send time)
+    assert stream.packet_count == 1 and stream.byte_count == len(packet)
+    assert stream.cached_packet(rtp_seq(packet)) is None
+
+
+def test_a_simulcast_layer_nobody_takes_still_counts_its_temporal_layers_and_key_frames() -> None:
+    stream = recv_stream({}, simulcast=True)
+    key_frames = []
+    for seq, tid in ((1, 0), (2, 2), (3, 1), (4, 2)):
+        payload = vp8_payload(picture_id=seq, tl0=1, tid=tid, key=seq == 1)
+        buf = bytearray(rtp(seq=seq, timestamp=seq * 3000, payload=payload))
+        stream.receive_rtp(buf)
+        key_frames.append(stream.is_key_frame(buf))  # what a consumer about to switch asks
+
+    assert key_frames == [True, False, False, False]
+
+    size = len(rtp(payload=vp8_payload(picture_id=1, tl0=1, tid=0)))
+    assert stream.layer_bytes[:3] == [size, size, 2 * size]
+    assert stream.packet_count == 4 and stream.frame is None  # no consumer compares frames
