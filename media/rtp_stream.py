@@ -383,7 +383,8 @@ class RecvStream:
         for a simulcast layer above or below every receiver's, and no audio
         level observer reads it) is counted, checked and parsed for its layer
         but not prepared for sending: its extension ids stay as they came, it
-        gets no send time and is not cached (no receiver can ask for it again).
+        gets no send time and is not cached (no receiver can ask for it again;
+        its sequence number is, so that a repair of it is known as a copy).
         """
         second = buf[1]
         pt = self._payload_type_map[second & 0x7F]
@@ -431,10 +432,11 @@ class RecvStream:
                 taken = True
                 if first & 0x10:
                     self._map_extensions(buf, first, 12 + ((first & 0x0F) << 2), True)
-        if taken:
-            index = seq & _RTX_CACHE_MASK
-            self._cache[index] = buf
-            self._cache_seq[index] = seq
+        # A packet nobody takes is not kept (nobody can be sent it again), but
+        # its number is: a repair of it is still a copy we did not need.
+        index = seq & _RTX_CACHE_MASK
+        self._cache[index] = buf if taken else None
+        self._cache_seq[index] = seq
         descriptor = self.vp8
         if descriptor is not None:
             # Parsed once here for every consumer; bytes counted per temporal layer.

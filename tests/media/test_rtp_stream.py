@@ -249,3 +249,16 @@ def test_a_simulcast_layer_nobody_takes_still_counts_its_temporal_layers_and_key
     size = len(rtp(payload=vp8_payload(picture_id=1, tl0=1, tid=0)))
     assert stream.layer_bytes[:3] == [size, size, 2 * size]
     assert stream.packet_count == 4 and stream.frame is None  # no consumer compares frames
+
+
+def test_a_repair_of_a_packet_nobody_took_is_known_as_a_copy_and_not_counted_again() -> None:
+    stream = recv_stream({})
+    for seq in (10, 11):
+        stream.receive_rtp(bytearray(rtp(seq=seq)))
+
+    # Chrome probes with RTX copies of recent packets: they are not new media.
+    rtx = rtp(ssrc=SSRC + 1, seq=1, payload_type=RTX_PT, payload=b"\x00\x0b" + rtp()[12:])
+    stream.receive_rtx(bytearray(rtx))
+
+    assert stream.packets_repaired == 0 and stream.packet_count == 2
+    assert stream.cached_packet(11) is None
