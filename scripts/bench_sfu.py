@@ -55,6 +55,10 @@ Run it from the repository root (about a minute with the defaults)::
     .venv/bin/python scripts/bench_sfu.py --fanout 1 --layers 1 --target-rate 0 --repeat 5
     .venv/bin/python scripts/bench_sfu.py --fanout 1 --profile   # + cProfile of 1->1
     .venv/bin/python scripts/bench_sfu.py --fanout 1 --layers 3 --profile   # ... simulcast
+    .venv/bin/python scripts/bench_sfu.py --repeat 5 --simulcast-mix 1,2,5   # the old mix
+
+For the forwarding path's user-space cost alone, steady enough to compare two
+trees on this VM, see ``scripts/bench_forwarding_path.py``.
 
 Caveats: everything runs on loopback, so the kernel's delivery of each datagram
 the server sends is charged to the server process (system time), which
