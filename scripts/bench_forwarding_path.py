@@ -19,6 +19,7 @@ Run it from the repository root (about half a minute)::
 
     .venv/bin/python scripts/bench_forwarding_path.py
     .venv/bin/python scripts/bench_forwarding_path.py --fanout 1 --simulcast-mix 1,2,5
+    .venv/bin/python scripts/bench_forwarding_path.py --fanout 1 --apart  # r2 / r0+r1 apart
 """
 
 from __future__ import annotations
@@ -177,14 +178,61 @@ async def _measure(
         worker.close()
 
 
+async def _measure_apart(fanout: int, mix: tuple[int, ...], batch: int, batches: int) -> None:
+    """Simulcast with r2's packets and the others fed in separate timed loops:
+    what a forwarded packet and a packet nobody takes each cost."""
+    worker = Worker(WorkerSettings())
+    try:
+        path = _Path(worker)
+        await path.setup(fanout, 3)
+        make = _packets(3, mix, batch)
+        feed = path.received
+        assert feed is not None
+        for data in path.protected(make()):
+            feed(data, CLIENT)
+        top = bench_sfu.PRODUCER_SSRC + 2
+        best = {True: float("inf"), False: float("inf")}
+        for _ in range(batches):
+            packets = make()
+            datagrams = path.protected(packets)  # protected in order, fed per group
+            for forwarded in (True, False):
+                group = [
+                    data
+                    for data, packet in zip(datagrams, packets, strict=True)
+                    if (int.from_bytes(packet[8:12], "big") == top) == forwarded
+                ]
+                gc.collect()
+                gc.disable()
+                started = time.perf_counter_ns()
+                for data in group:
+                    feed(data, CLIENT)
+                elapsed = (time.perf_counter_ns() - started) / 1000
+                gc.enable()
+                best[forwarded] = min(best[forwarded], elapsed / len(group))
+        print(
+            f"1->{fanout} simulcast fed apart: {best[True]:.2f} us per r2 packet (received and "
+            f"forwarded), {best[False]:.2f} us per r0/r1 packet (nobody takes it)",
+            flush=True,
+        )
+    finally:
+        worker.close()
+
+
 async def _main(args: argparse.Namespace) -> None:
     mix = tuple(args.simulcast_mix)
     print(
         f"bench_forwarding_path: in-process, best of {args.batches} batches of {args.batch:,} "
         f"packets; simulcast r0/r1/r2 packets per frame {'/'.join(map(str, mix))}"
     )
-    print(f"{'fan-out':<9}{'1 enc us/fwd':>14}{'sim us/fwd':>12}{'sim us/in':>11}{'sim/1 enc':>11}")
+    if not args.apart and not args.only:
+        print(
+            f"{'fan-out':<9}{'1 enc us/fwd':>14}{'sim us/fwd':>12}{'sim us/in':>11}"
+            f"{'sim/1 enc':>11}"
+        )
     for fanout in args.fanout:
+        if args.apart:
+            await _measure_apart(fanout, mix, args.batch, args.batches)
+            continue
         if args.only:
             fwd, inbound = await _measure(fanout, args.only, mix, args.batch, args.batches)
             print(f"1->{fanout}, {args.only} layer(s): {fwd:.2f} us/fwd, {inbound:.2f} us/in")
@@ -212,6 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fanout", type=bench_sfu._int_list, default=[1, 4, 10])
     parser.add_argument(
         "--simulcast-mix", type=bench_sfu._int_list, default=list(bench_sfu.SIMULCAST_MIX)
+    )
+    parser.add_argument(
+        "--apart",
+        action="store_true",
+        help="simulcast only: time r2's packets and the lower layers' separately",
     )
     parser.add_argument(
         "--only", type=int, choices=(1, 3), help="profile aid: measure only 1 or 3 layers"

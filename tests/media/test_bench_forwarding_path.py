@@ -30,3 +30,19 @@ def test_the_in_process_benchmark_forwards_both_kinds_of_producer_and_prints_the
     for row in rows:
         single, simulcast, ratio = float(row[1]), float(row[2]), float(row[4].rstrip("x"))
         assert single > 0 and simulcast > 0 and abs(ratio - simulcast / single) < 0.02
+
+
+def test_it_times_a_forwarded_packet_and_one_nobody_takes_apart() -> None:
+    small = ["--fanout", "1", "--batch", "2000", "--batches", "2", "--apart"]
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *small],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("1->1 ")]
+    forwarded, untaken = (float(word) for word in line.split() if word[0].isdigit() and "." in word)
+    assert forwarded > untaken > 0  # a packet nobody takes is not prepared for sending
