@@ -143,32 +143,45 @@ def _packets(layers: int, mix: tuple[int, ...], count: int) -> Callable[[], list
     return simulcast
 
 
+def _timed(path: _Path, datagrams: list[bytes]) -> float:
+    """Microseconds ``path`` takes over ``datagrams``, the garbage collector off."""
+    feed = path.received
+    assert feed is not None
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.perf_counter_ns()
+        for data in datagrams:
+            feed(data, CLIENT)
+        return (time.perf_counter_ns() - started) / 1000
+    finally:
+        gc.enable()
+
+
+async def _warm_path(
+    worker: Worker, fanout: int, layers: int, make: Callable[[], list[bytes]]
+) -> _Path:
+    path = _Path(worker)
+    await path.setup(fanout, layers)
+    _timed(path, path.protected(make()))  # warm-up: key frames, the layer choice
+    return path
+
+
 async def _measure(
     fanout: int, layers: int, mix: tuple[int, ...], batch: int, batches: int
 ) -> tuple[float, float]:
     """(us per forwarded packet, us per inbound packet) of the least disturbed batch."""
     worker = Worker(WorkerSettings())
     try:
-        path = _Path(worker)
-        await path.setup(fanout, layers)
         make = _packets(layers, mix, batch)
-        feed = path.received
-        assert feed is not None
-        for data in path.protected(make()):  # warm-up: key frames, the layer choice
-            feed(data, CLIENT)
+        path = await _warm_path(worker, fanout, layers, make)
         # Every consumer forwards every packet, or r2's.
         share = 1.0 if layers == 1 else mix[layers - 1] / sum(mix[:layers])
         samples = []
         for _ in range(batches):
             datagrams = path.protected(make())
             forwarded, inbound = path.forwarded, path.inbound
-            gc.collect()
-            gc.disable()
-            started = time.perf_counter_ns()
-            for data in datagrams:
-                feed(data, CLIENT)
-            elapsed = (time.perf_counter_ns() - started) / 1000
-            gc.enable()
+            elapsed = _timed(path, datagrams)
             forwarded, inbound = path.forwarded - forwarded, path.inbound - inbound
             if forwarded < 0.9 * fanout * share * len(datagrams):
                 raise RuntimeError(f"{forwarded:,} of {len(datagrams):,} packets forwarded")
@@ -183,13 +196,8 @@ async def _measure_apart(fanout: int, mix: tuple[int, ...], batch: int, batches:
     what a forwarded packet and a packet nobody takes each cost."""
     worker = Worker(WorkerSettings())
     try:
-        path = _Path(worker)
-        await path.setup(fanout, 3)
         make = _packets(3, mix, batch)
-        feed = path.received
-        assert feed is not None
-        for data in path.protected(make()):
-            feed(data, CLIENT)
+        path = await _warm_path(worker, fanout, 3, make)
         top = bench_sfu.PRODUCER_SSRC + 2
         best = {True: float("inf"), False: float("inf")}
         for _ in range(batches):
@@ -201,14 +209,7 @@ async def _measure_apart(fanout: int, mix: tuple[int, ...], batch: int, batches:
                     for data, packet in zip(datagrams, packets, strict=True)
                     if (int.from_bytes(packet[8:12], "big") == top) == forwarded
                 ]
-                gc.collect()
-                gc.disable()
-                started = time.perf_counter_ns()
-                for data in group:
-                    feed(data, CLIENT)
-                elapsed = (time.perf_counter_ns() - started) / 1000
-                gc.enable()
-                best[forwarded] = min(best[forwarded], elapsed / len(group))
+                best[forwarded] = min(best[forwarded], _timed(path, group) / len(group))
         print(
             f"1->{fanout} simulcast fed apart: {best[True]:.2f} us per r2 packet (received and "
             f"forwarded), {best[False]:.2f} us per r0/r1 packet (nobody takes it)",

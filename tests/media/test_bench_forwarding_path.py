@@ -14,18 +14,24 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_forwarding_path.py"
 
 
-def test_the_in_process_benchmark_forwards_both_kinds_of_producer_and_prints_their_ratio() -> None:
-    small = ["--fanout", "1,2", "--batch", "2000", "--batches", "2", "--rounds", "1"]
+def run_small(*args: str) -> str:
+    """The script's output on small batches (it exits non-zero if it forwarded too little)."""
+    small = ["--batch", "2000", "--batches", "2", "--rounds", "1"]
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), *small],
+        [sys.executable, str(SCRIPT), *small, *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-
     assert result.returncode == 0, result.stderr
-    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("1->")]
+    return result.stdout
+
+
+def test_the_in_process_benchmark_forwards_both_kinds_of_producer_and_prints_their_ratio() -> None:
+    output = run_small("--fanout", "1,2")
+
+    rows = [line.split() for line in output.splitlines() if line.startswith("1->")]
     assert [row[0] for row in rows] == ["1->1", "1->2"]
     for row in rows:
         single, simulcast, ratio = float(row[1]), float(row[2]), float(row[4].rstrip("x"))
@@ -33,16 +39,8 @@ def test_the_in_process_benchmark_forwards_both_kinds_of_producer_and_prints_the
 
 
 def test_it_times_a_forwarded_packet_and_one_nobody_takes_apart() -> None:
-    small = ["--fanout", "1", "--batch", "2000", "--batches", "2", "--apart"]
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *small],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    output = run_small("--fanout", "1", "--apart")
 
-    assert result.returncode == 0, result.stderr
-    [line] = [line for line in result.stdout.splitlines() if line.startswith("1->1 ")]
+    [line] = [line for line in output.splitlines() if line.startswith("1->1 ")]
     forwarded, untaken = (float(word) for word in line.split() if word[0].isdigit() and "." in word)
     assert forwarded > untaken > 0  # a packet nobody takes is not prepared for sending
