@@ -53,7 +53,6 @@ import contextlib
 import math
 import multiprocessing
 import os
-import secrets
 import shlex
 import shutil
 import statistics
@@ -286,26 +285,21 @@ async def _stop_reading(peer: bench_sfu._Peer) -> None:
 
 
 def _protected_stream(peer: bench_sfu._Peer, count: int) -> list[bytes]:
-    """``count`` consecutive packets of ``bench_sfu``'s sender (same numbering and
-    frames), SRTP-protected now, before the clock starts: sending them then costs
+    """At least ``count`` consecutive packets (whole frames) of ``bench_sfu``'s
+    sender, SRTP-protected now, before the clock starts: sending them then costs
     the client a ``sendto`` each instead of building and encrypting each one, so
     less of the core it shares with a node goes to the client.  Protected in
     order by the one sending session, so the rollover counter is right (RFC 3711
     section 3.3.1) even past a sequence number wrap."""
     tx = peer.dtls.tx_srtp
     assert tx is not None
-    build = bench_sfu._rtp_packet_builder()
-    seq = secrets.randbelow(0x10000)
-    timestamp = secrets.randbelow(1 << 32)
-    packets = []
-    for index in range(count):
-        last = index % bench_sfu.PACKETS_PER_FRAME == bench_sfu.PACKETS_PER_FRAME - 1
-        protected = tx.protect(build(seq, timestamp, last))
-        assert protected is not None
-        packets.append(protected)
-        seq = (seq + 1) & 0xFFFF
-        if last:
-            timestamp = (timestamp + 3000) & 0xFFFFFFFF
+    next_frame = bench_sfu._single_frames()
+    packets: list[bytes] = []
+    while len(packets) < count:
+        for packet in next_frame():
+            protected = tx.protect(packet)
+            assert protected is not None
+            packets.append(protected)
     return packets
 
 

@@ -114,33 +114,18 @@ class _Path:
 
 
 def _packets(layers: int, mix: tuple[int, ...], count: int) -> Callable[[], list[bytes]]:
-    """Batches of ``count`` packets, as bench_sfu's client sends them (one stream)."""
-    if layers == 1:
-        build = bench_sfu._rtp_packet_builder()
-        seq = secrets.randbelow(0x10000)
-        timestamp = secrets.randbelow(1 << 32)
+    """Batches of at least ``count`` packets, as bench_sfu's client sends them."""
+    next_frame = (
+        bench_sfu._single_frames() if layers == 1 else bench_sfu._simulcast_frames(mix[:layers])
+    )
 
-        def single() -> list[bytes]:
-            nonlocal seq, timestamp
-            out = []
-            for i in range(count):
-                marker = i % bench_sfu.PACKETS_PER_FRAME == bench_sfu.PACKETS_PER_FRAME - 1
-                out.append(build(seq, timestamp, marker))
-                seq = (seq + 1) & 0xFFFF
-                if marker:
-                    timestamp = (timestamp + 3000) & 0xFFFFFFFF
-            return out
-
-        return single
-    next_frame = bench_sfu._simulcast_frames(mix[:layers])
-
-    def simulcast() -> list[bytes]:
+    def batch() -> list[bytes]:
         out: list[bytes] = []
         while len(out) < count:
             out.extend(next_frame())
         return out
 
-    return simulcast
+    return batch
 
 
 def _timed(path: _Path, datagrams: list[bytes]) -> float:

@@ -616,17 +616,27 @@ _SIM_FILLER = bytes(PAYLOAD_SIZE - len(_SIM_DESCRIPTOR) - 1)
 _L1T3 = (0, 2, 1, 2)
 
 
-def _rtp_packet_builder() -> Callable[[int, int, bool], bytes]:
+def _single_frames() -> Callable[[], list[bytes]]:
+    """Each call: the next frame of a plain track, ``PACKETS_PER_FRAME`` packets
+    with consecutive sequence numbers, the marker on the last."""
     header = struct.Struct("!BBHII")
     tail = _EXTENSION + _PAYLOAD
+    seq = secrets.randbelow(0x10000)
+    timestamp = secrets.randbelow(1 << 32)
 
-    def build(seq: int, timestamp: int, marker: bool) -> bytes:
-        return (
-            header.pack(0x90, (0x80 if marker else 0) | PRODUCER_PT, seq, timestamp, PRODUCER_SSRC)
-            + tail
-        )
+    def next_frame() -> list[bytes]:
+        nonlocal seq, timestamp
+        packets = []
+        for i in range(PACKETS_PER_FRAME):
+            marker = 0x80 if i == PACKETS_PER_FRAME - 1 else 0
+            packets.append(
+                header.pack(0x90, marker | PRODUCER_PT, seq, timestamp, PRODUCER_SSRC) + tail
+            )
+            seq = (seq + 1) & 0xFFFF
+        timestamp = (timestamp + 3000) & 0xFFFFFFFF
+        return packets
 
-    return build
+    return next_frame
 
 
 def _simulcast_frames(mix: tuple[int, ...]) -> Callable[[], list[bytes]]:
@@ -698,67 +708,15 @@ async def _pump(
 ) -> None:
     """Send SRTP-protected RTP to the server, flat out (rate 0) or paced, until ``stop``;
     paced, it sleeps ``idle`` seconds when nothing is due (uvloop's timers have a
-    millisecond's resolution: shorter sleeps spin).  A simulcast producer's
-    ``layers`` encodings send ``mix`` packets a frame."""
-    if layers > 1:
-        await _pump_simulcast(peer, rate, stop, stats, mix[:layers], idle)
-        return
+    millisecond's resolution: shorter sleeps spin).  A plain track, or a
+    simulcast webcam whose ``layers`` encodings send ``mix`` packets a frame
+    (the frames of every encoding interleaved)."""
+    next_frame = _single_frames() if layers == 1 else _simulcast_frames(mix[:layers])
     tx = peer.dtls.tx_srtp
     assert tx is not None
     protect = tx.protect
     sendto = peer.sock.sendto
     server = peer.server
-    build = _rtp_packet_builder()
-    seq = secrets.randbelow(0x10000)
-    timestamp = secrets.randbelow(1 << 32)
-    in_frame = 0
-    started = time.monotonic()
-    sent = 0
-    errors = 0
-    while not stop.is_set():
-        if rate > 0:
-            due = int((time.monotonic() - started) * rate) - sent
-            count = min(due, 2 * BURST)
-            if count <= 0:
-                stats.sent, stats.send_errors = sent, errors
-                await asyncio.sleep(idle)
-                continue
-        else:
-            count = BURST
-        for _ in range(count):
-            in_frame += 1
-            last = in_frame == PACKETS_PER_FRAME
-            try:
-                protected = protect(build(seq, timestamp, last))
-                if protected is not None:
-                    sendto(protected, server)
-            except OSError:  # full socket buffer, or ICMP unreachable from a dead server
-                errors += 1
-            seq = (seq + 1) & 0xFFFF
-            if last:
-                in_frame = 0
-                timestamp = (timestamp + 3000) & 0xFFFFFFFF
-        sent += count
-        stats.sent, stats.send_errors = sent, errors
-        await asyncio.sleep(0)
-    stats.sent, stats.send_errors = sent, errors
-
-
-async def _pump_simulcast(
-    peer: _Peer,
-    rate: int,
-    stop: asyncio.Event,
-    stats: _SenderStats,
-    mix: tuple[int, ...],
-    idle: float = 0.0005,
-) -> None:
-    """``_pump`` for a simulcast webcam: frames of every encoding, interleaved."""
-    tx = peer.dtls.tx_srtp
-    assert tx is not None
-    protect = tx.protect
-    sendto = peer.sock.sendto
-    server = peer.server
-    next_frame = _simulcast_frames(mix)
     queued: list[bytes] = []
     started = time.monotonic()
     sent = 0
@@ -780,7 +738,7 @@ async def _pump_simulcast(
                 protected = protect(queued.pop())
                 if protected is not None:
                     sendto(protected, server)
-            except OSError:
+            except OSError:  # full socket buffer, or ICMP unreachable from a dead server
                 errors += 1
         sent += count
         stats.sent, stats.send_errors = sent, errors

@@ -642,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--balancer-threads",
-        type=int,
+        type=_at_least_one,
         help="each HAProxy's nbthread (default: HAProxy's, a thread per CPU); 1 when "
         "several instances share this machine's cores",
     )
@@ -653,9 +653,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--nodes must be at least 1")
     if args.balancers < 1:
         parser.error("--balancers must be at least 1")
-    if args.balancer_threads is not None and args.balancer_threads < 1:
-        parser.error("--balancer-threads must be at least 1")
     return _run(args)
+
+
+def _at_least_one(text: str) -> int:
+    """An argparse type: an integer of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _render(argv: list[str]) -> int:
@@ -673,10 +682,8 @@ def _render(argv: list[str]) -> int:
         help="a file that must exist (empty): HAProxy keeps room -> holder hints there",
     )
     parser.add_argument("--check-interval", default="1s")
-    parser.add_argument("--threads", type=int, help="nbthread (default: HAProxy's)")
+    parser.add_argument("--threads", type=_at_least_one, help="nbthread (default: HAProxy's)")
     args = parser.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be at least 1")
 
     def pairs(values: list[str]) -> list[tuple[str, str]]:
         return [(name, address) for name, _, address in (v.partition("=") for v in values)]
