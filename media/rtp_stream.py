@@ -426,11 +426,11 @@ class RecvStream:
         self.last_packet_at = arrival
         if not self.active:
             self._activate()
-            if not taken and (self.sinks or self.audio_level_sink is not None):
-                # A consumer aims at the encoding that has just appeared and
-                # may switch at this very packet: prepare it after all.
-                taken = True
-                if first & 0x10:
+            if not taken:
+                # A consumer may aim at the encoding that has just appeared and
+                # switch at this very packet: if so, prepare it after all.
+                taken = bool(self.sinks) or self.audio_level_sink is not None
+                if taken and first & 0x10:
                     self._map_extensions(buf, first, 12 + ((first & 0x0F) << 2), True)
         # A packet nobody takes is not kept (nobody can be sent it again), but
         # its number is: a repair of it is still a copy we did not need.

@@ -21,19 +21,10 @@ from media.rtp_packet import RTCP_SR, build_sender_report
 from media.rtp_stream import loss_score
 
 from .simulcast_harness import Simulcast
+from .test_rtp_stream import Sink
 from .vp8_packets import one_byte_extension, rtp, vp8_payload
 
 MID, RID, RRID = 1, 2, 3
-
-
-class PacketSink:
-    """Stands in for a consumer of one encoding: keeps what it is handed."""
-
-    def __init__(self, packets: list[bytes]) -> None:
-        self.packets = packets
-
-    def send_rtp(self, packet: bytearray, seq: int, stream: Any) -> None:
-        self.packets.append(bytes(packet))
 
 
 def simulcast_parameters(*, ssrcs: bool = False) -> dict[str, Any]:
@@ -121,8 +112,8 @@ async def test_rid_and_repaired_rid_bind_each_encoding_and_its_own_rtx_stream(
         handler(packet)
     # r0's and r1's RTX streams carry repaired-rid, not rid: each is its own
     # encoding's (it used to be taken for r2's).  A consumer takes r0.
-    taken: list[bytes] = []
-    producer.streams[0].sinks = (PacketSink(taken),)
+    sink = Sink()
+    producer.streams[0].sinks = (sink,)
     lost = media_packet(100, 11, "r0")
     for i in (0, 1):
         original = media_packet(100 + i, 11, f"r{i}")
@@ -143,7 +134,7 @@ async def test_rid_and_repaired_rid_bind_each_encoding_and_its_own_rtx_stream(
         cached is not None and cached[12:] != b"" and struct.unpack_from("!I", cached, 8)[0] == 100
     )
     assert lost[2:4] == cached[2:4]
-    assert taken == [bytes(cached)]
+    assert sink.packets == [(bytes(cached), 11)]
     assert transport._rtp_table[200] == producer.streams[0].receive_rtx
 
 
